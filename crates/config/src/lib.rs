@@ -1,1 +1,480 @@
-//! placeholder
+//! kiebot's configuration contract (design.md section 9).
+//!
+//! Settings come from environment variables. `KIEBOT_CONFIG` may name a TOML
+//! file whose top-level keys mirror the variable names
+//! (`DATABASE_URL = "postgres://..."`); a variable set in the environment wins
+//! over the file. Everything is parsed once, here, into [`Settings`]: a missing
+//! or malformed value stops start-up with one [`ConfigError`] line naming the
+//! variable. Secrets are wrapped in [`Secret`], whose `Debug` and `Display`
+//! never show the value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use kiebot_domain::{Pricing, Rate, UserId};
+
+/// A configuration value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that sends it (an HTTP header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A variable that is missing or malformed. Displayed as one line that names
+/// the variable and says what was expected, never its value when it is secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// What is wrong and what was expected.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError { var, reason: reason.into() }
+    }
+}
+
+/// How the bot receives updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotMode {
+    /// getUpdates long polling (default; needs no public address).
+    Polling,
+    /// Telegram posts updates to `PUBLIC_URL`.
+    Webhook,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// How the processes are laid out, which follows from the storage settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One process, SQLite for state and queue.
+    Embedded,
+    /// Front bot and N workers, PostgreSQL for state, Redis for the queue.
+    Fleet,
+}
+
+/// Which database engine a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Every setting, typed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `TELEGRAM_BOT_TOKEN`: needed only by commands that talk to Telegram.
+    pub telegram_token: Option<Secret>,
+    /// `TELEGRAM_API_URL`.
+    pub telegram_api_url: String,
+    /// `BOT_MODE`.
+    pub bot_mode: BotMode,
+    /// `KIE_API_KEY`: needed only by commands that call KIE (unless `DRY_RUN`).
+    pub kie_api_key: Option<Secret>,
+    /// `KIE_API_URL`.
+    pub kie_api_url: String,
+    /// `KIE_UPLOAD_URL`.
+    pub kie_upload_url: String,
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `REDIS_URL`; unset means the embedded queue.
+    pub redis_url: Option<String>,
+    /// `HTTP_ADDR`: health, metrics, dashboard, callbacks, webhook.
+    pub http_addr: SocketAddr,
+    /// `PUBLIC_URL`: where KIE callbacks and the Telegram webhook reach us.
+    pub public_url: Option<String>,
+    /// `ADMIN_IDS`: the first is the owner.
+    pub admin_ids: Vec<UserId>,
+    /// `CATALOG_PATH`: a catalog file replacing the shipped one.
+    pub catalog_path: Option<PathBuf>,
+    /// `WORKER_CONCURRENCY`: jobs run at once per worker process.
+    pub worker_concurrency: usize,
+    /// `DRY_RUN`: no KIE calls and no charges.
+    pub dry_run: bool,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otel_endpoint: Option<String>,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `USD_PER_CREDIT`, `FX_RATE`, `MARKUP`.
+    pub pricing: Pricing,
+    /// `MAX_ACTIVE_GENERATIONS`: concurrent generations per user.
+    pub max_active_generations: u32,
+    /// `DASHBOARD_TOKEN`: required to open the queue dashboard.
+    pub dashboard_token: Option<Secret>,
+}
+
+/// The variables this contract reads, for `--help` texts and docs.
+pub const VARIABLES: &[&str] = &[
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_API_URL",
+    "BOT_MODE",
+    "KIE_API_KEY",
+    "KIE_API_URL",
+    "KIE_UPLOAD_URL",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "HTTP_ADDR",
+    "PUBLIC_URL",
+    "ADMIN_IDS",
+    "CATALOG_PATH",
+    "WORKER_CONCURRENCY",
+    "DRY_RUN",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "LOG_FORMAT",
+    "USD_PER_CREDIT",
+    "FX_RATE",
+    "MARKUP",
+    "MAX_ACTIVE_GENERATIONS",
+    "DASHBOARD_TOKEN",
+];
+
+impl Settings {
+    /// Reads the process environment (and `KIEBOT_CONFIG`, if set).
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        let mut vars: BTreeMap<String, String> = BTreeMap::new();
+        if let Ok(path) = std::env::var("KIEBOT_CONFIG") {
+            vars.extend(read_file(&path)?);
+        }
+        for name in VARIABLES {
+            if let Ok(v) = std::env::var(name) {
+                vars.insert((*name).to_owned(), v);
+            }
+        }
+        Self::from_map(&vars)
+    }
+
+    /// Parses settings from a name -> value map (empty values count as unset).
+    pub fn from_map(vars: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let url = |name: &'static str, default: &str| -> Result<String, ConfigError> {
+            let v = get(name).unwrap_or(default);
+            if v.starts_with("http://") || v.starts_with("https://") {
+                Ok(v.trim_end_matches('/').to_owned())
+            } else {
+                Err(ConfigError::new(name, format!("expected an http(s) URL, got {v:?}")))
+            }
+        };
+        let database_url = get("DATABASE_URL").unwrap_or("sqlite://kiebot.db").to_owned();
+        database_kind(&database_url)?;
+        let redis_url = get("REDIS_URL").map(str::to_owned);
+        if let Some(r) = &redis_url
+            && !(r.starts_with("redis://") || r.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new("REDIS_URL", "expected a redis:// or rediss:// URL"));
+        }
+        let bot_mode = match get("BOT_MODE").unwrap_or("polling") {
+            "polling" => BotMode::Polling,
+            "webhook" => BotMode::Webhook,
+            other => return Err(ConfigError::new("BOT_MODE", format!("expected polling or webhook, got {other:?}"))),
+        };
+        let public_url = match get("PUBLIC_URL") {
+            Some(_) => Some(url("PUBLIC_URL", "")?),
+            None => None,
+        };
+        if bot_mode == BotMode::Webhook && public_url.is_none() {
+            return Err(ConfigError::new("PUBLIC_URL", "required when BOT_MODE=webhook"));
+        }
+        let http_addr = get("HTTP_ADDR")
+            .unwrap_or("127.0.0.1:8080")
+            .parse()
+            .map_err(|_| ConfigError::new("HTTP_ADDR", "expected host:port, like 127.0.0.1:8080"))?;
+        let admin_ids = match get("ADMIN_IDS") {
+            None => vec![],
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<i64>()
+                        .ok()
+                        .filter(|id| *id > 0)
+                        .map(UserId)
+                        .ok_or_else(|| ConfigError::new("ADMIN_IDS", format!("{s:?} is not a Telegram user id")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let worker_concurrency = parse_in::<usize>(get("WORKER_CONCURRENCY"), "WORKER_CONCURRENCY", 16, 1, 4096)?;
+        let max_active_generations = parse_in::<u32>(get("MAX_ACTIVE_GENERATIONS"), "MAX_ACTIVE_GENERATIONS", 5, 1, 1000)?;
+        let dry_run = match get("DRY_RUN").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("0" | "false" | "no") => false,
+            Some("1" | "true" | "yes") => true,
+            Some(other) => return Err(ConfigError::new("DRY_RUN", format!("expected true or false, got {other:?}"))),
+        };
+        let log_format = match get("LOG_FORMAT").unwrap_or("pretty") {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError::new("LOG_FORMAT", format!("expected pretty or json, got {other:?}"))),
+        };
+        let defaults = Pricing::default();
+        let rate = |name: &'static str, default: Rate| -> Result<Rate, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => match Rate::from_str(v) {
+                    Ok(r) if r.micros() > 0 => Ok(r),
+                    _ => Err(ConfigError::new(name, format!("expected a positive decimal, got {v:?}"))),
+                },
+            }
+        };
+        let pricing = Pricing {
+            usd_per_credit: rate("USD_PER_CREDIT", defaults.usd_per_credit)?,
+            fx: rate("FX_RATE", defaults.fx)?,
+            markup: rate("MARKUP", defaults.markup)?,
+        };
+        if pricing.markup.micros() < 1_000_000 {
+            return Err(ConfigError::new("MARKUP", "must be at least 1 (selling below KIE's cost)"));
+        }
+        let token = get("TELEGRAM_BOT_TOKEN").map(Secret::new);
+        if let Some(t) = &token {
+            let ok = t.expose().split_once(':').is_some_and(|(id, rest)| {
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
+            });
+            if !ok {
+                return Err(ConfigError::new("TELEGRAM_BOT_TOKEN", "expected <bot id>:<secret> as BotFather gives it"));
+            }
+        }
+        Ok(Settings {
+            telegram_token: token,
+            telegram_api_url: url("TELEGRAM_API_URL", "https://api.telegram.org")?,
+            bot_mode,
+            kie_api_key: get("KIE_API_KEY").map(Secret::new),
+            kie_api_url: url("KIE_API_URL", "https://api.kie.ai")?,
+            kie_upload_url: url("KIE_UPLOAD_URL", "https://kieai.redpandaai.co")?,
+            database_url,
+            redis_url,
+            http_addr,
+            public_url,
+            admin_ids,
+            catalog_path: get("CATALOG_PATH").map(PathBuf::from),
+            worker_concurrency,
+            dry_run,
+            otel_endpoint: match get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Some(_) => Some(url("OTEL_EXPORTER_OTLP_ENDPOINT", "")?),
+                None => None,
+            },
+            log_format,
+            pricing,
+            max_active_generations,
+            dashboard_token: get("DASHBOARD_TOKEN").map(Secret::new),
+        })
+    }
+
+    /// The engine `DATABASE_URL` points at.
+    pub fn database_kind(&self) -> DatabaseKind {
+        database_kind(&self.database_url).unwrap_or(DatabaseKind::Sqlite)
+    }
+
+    /// Embedded or fleet, or an error when the storage settings do not form
+    /// either (a shared queue with a local file, or a shared database without
+    /// a shared queue).
+    pub fn mode(&self) -> Result<Mode, ConfigError> {
+        match (self.database_kind(), &self.redis_url) {
+            (DatabaseKind::Sqlite, None) => Ok(Mode::Embedded),
+            (DatabaseKind::Postgres, Some(_)) => Ok(Mode::Fleet),
+            (DatabaseKind::Sqlite, Some(_)) => {
+                Err(ConfigError::new("DATABASE_URL", "the fleet (REDIS_URL set) needs a postgres:// database"))
+            }
+            (DatabaseKind::Postgres, None) => {
+                Err(ConfigError::new("REDIS_URL", "required with a postgres:// DATABASE_URL (fleet mode)"))
+            }
+        }
+    }
+
+    /// The bot token, or the error naming the variable.
+    pub fn require_telegram_token(&self) -> Result<&Secret, ConfigError> {
+        self.telegram_token
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("TELEGRAM_BOT_TOKEN", "required to talk to Telegram (try `kiebot demo`)"))
+    }
+
+    /// The KIE key, or the error naming the variable. Not needed in dry runs.
+    pub fn require_kie_key(&self) -> Result<Option<&Secret>, ConfigError> {
+        if self.dry_run {
+            return Ok(None);
+        }
+        self.kie_api_key
+            .as_ref()
+            .map(Some)
+            .ok_or_else(|| ConfigError::new("KIE_API_KEY", "required unless DRY_RUN=true"))
+    }
+
+    /// The owner: the first admin id.
+    pub fn owner(&self) -> Option<UserId> {
+        self.admin_ids.first().copied()
+    }
+}
+
+fn database_kind(url: &str) -> Result<DatabaseKind, ConfigError> {
+    if url.starts_with("sqlite:") {
+        Ok(DatabaseKind::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DatabaseKind::Postgres)
+    } else {
+        Err(ConfigError::new("DATABASE_URL", "expected a sqlite:// or postgres:// URL"))
+    }
+}
+
+fn parse_in<T>(v: Option<&str>, name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let Some(v) = v else { return Ok(default) };
+    match v.parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(ConfigError::new(name, format!("expected a whole number from {min} to {max}, got {v:?}"))),
+    }
+}
+
+fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("KIEBOT_CONFIG", format!("cannot read {path}: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::new("KIEBOT_CONFIG", format!("{path}: {}", e.message())))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in table {
+        let Some(name) = VARIABLES.iter().find(|n| **n == k) else {
+            return Err(ConfigError::new("KIEBOT_CONFIG", format!("{path}: unknown setting {k}")));
+        };
+        let s = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => {
+                items.iter().map(|i| i.to_string().trim_matches('"').to_owned()).collect::<Vec<_>>().join(",")
+            }
+            _ => return Err(ConfigError::new("KIEBOT_CONFIG", format!("{path}: {k} must be a plain value"))),
+        };
+        out.insert((*name).to_owned(), s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_mean_the_embedded_mode() {
+        let s = Settings::from_map(&map(&[])).unwrap();
+        assert_eq!(s.mode().unwrap(), Mode::Embedded);
+        assert_eq!(s.database_url, "sqlite://kiebot.db");
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.pricing, Pricing::default());
+        assert!(!s.dry_run);
+    }
+
+    #[test]
+    fn postgres_and_redis_mean_the_fleet() {
+        let s = Settings::from_map(&map(&[
+            ("DATABASE_URL", "postgres://u@h/db"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ]))
+        .unwrap();
+        assert_eq!(s.mode().unwrap(), Mode::Fleet);
+        let half = Settings::from_map(&map(&[("DATABASE_URL", "postgres://u@h/db")])).unwrap();
+        assert_eq!(half.mode().unwrap_err().var, "REDIS_URL");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases = [
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "http://x"),
+            ("BOT_MODE", "push"),
+            ("HTTP_ADDR", "localhost"),
+            ("ADMIN_IDS", "12,abc"),
+            ("WORKER_CONCURRENCY", "0"),
+            ("DRY_RUN", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("FX_RATE", "-3"),
+            ("MARKUP", "0.5"),
+            ("TELEGRAM_API_URL", "ftp://x"),
+            ("TELEGRAM_BOT_TOKEN", "not-a-token"),
+            ("MAX_ACTIVE_GENERATIONS", "many"),
+        ];
+        for (var, value) in cases {
+            let err = Settings::from_map(&map(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{var}={value}: {err}");
+            assert!(err.to_string().starts_with(var));
+        }
+        let err = Settings::from_map(&map(&[("BOT_MODE", "webhook")])).unwrap_err();
+        assert_eq!(err.var, "PUBLIC_URL");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::from_map(&map(&[("TELEGRAM_BOT_TOKEN", "123:SECRETVALUE"), ("KIE_API_KEY", "kie-secret-key")]))
+            .unwrap();
+        let dump = format!("{s:?}");
+        assert!(!dump.contains("SECRETVALUE"));
+        assert!(!dump.contains("kie-secret-key"));
+        assert_eq!(s.require_telegram_token().unwrap().expose(), "123:SECRETVALUE");
+    }
+
+    #[test]
+    fn admin_ids_and_pricing_parse() {
+        let s = Settings::from_map(&map(&[("ADMIN_IDS", "42, 7"), ("FX_RATE", "90.5"), ("MARKUP", "1.5")])).unwrap();
+        assert_eq!(s.admin_ids, vec![UserId(42), UserId(7)]);
+        assert_eq!(s.owner(), Some(UserId(42)));
+        assert_eq!(s.pricing.fx.micros(), 90_500_000);
+        assert_eq!(s.pricing.markup.micros(), 1_500_000);
+    }
+
+    #[test]
+    fn a_toml_file_mirrors_the_variables() {
+        let dir = std::env::temp_dir().join(format!("kiebot-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kiebot.toml");
+        std::fs::write(&path, "DATABASE_URL = \"sqlite://x.db\"\nWORKER_CONCURRENCY = 4\nADMIN_IDS = [1, 2]\n").unwrap();
+        let vars = read_file(path.to_str().unwrap()).unwrap();
+        let s = Settings::from_map(&vars).unwrap();
+        assert_eq!(s.database_url, "sqlite://x.db");
+        assert_eq!(s.worker_concurrency, 4);
+        assert_eq!(s.admin_ids, vec![UserId(1), UserId(2)]);
+        std::fs::write(&path, "NOPE = 1\n").unwrap();
+        assert_eq!(read_file(path.to_str().unwrap()).unwrap_err().var, "KIEBOT_CONFIG");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

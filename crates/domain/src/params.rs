@@ -556,9 +556,9 @@ mod tests {
                 ParamValue::Files(vec!["https://x/1.png".into()]),
             ),
         ]);
-        g.insert("guidance_scale".into(), ParamValue::Num(3.14159));
+        g.insert("guidance_scale".into(), ParamValue::Num(3.16159));
         let p = Params::validate(&m, &g).unwrap();
-        assert_eq!(p.get("guidance_scale"), Some(&ParamValue::Num(3.1)));
+        assert_eq!(p.get("guidance_scale"), Some(&ParamValue::Num(3.2)));
     }
 
     #[test]

@@ -210,11 +210,15 @@ fn credits_for(model: &Model, rule: &PriceRule, params: &Params) -> Result<Credi
 /// The price of every price-driving combination with other fields at their
 /// defaults, keyed like the price table. Used by `kiebot catalog` and tests.
 pub fn price_list(pricing: &Pricing, model: &Model) -> BTreeMap<String, Result<Money, PriceError>> {
+    let by = model.price.as_ref().map_or(&[][..], |p| p.by.as_slice());
     crate::catalog::price_combinations(model)
         .into_iter()
         .map(|combo| {
-            let key = combo
-                .values()
+            // Join in `by` order, as the table is keyed, not in the map's
+            // alphabetical order.
+            let key = by
+                .iter()
+                .filter_map(|name| combo.get(name))
                 .map(|v| match v {
                     ParamValue::Choice(c) => c.clone(),
                     ParamValue::Bool(b) => b.to_string(),

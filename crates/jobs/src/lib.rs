@@ -1,0 +1,335 @@
+//! Jobs: tiny versioned contracts between the front bot, the workers and the
+//! reconciler.
+//!
+//! A job carries ids only; everything else is re-read from the database when
+//! it runs, so a job that runs late, twice, or after a restart still does the
+//! right thing. Queue names are explicit constants with a version suffix
+//! ([`names`]), never a Rust type name, so renaming a type never strands jobs
+//! and a payload change ships as a new queue.
+//!
+//! The queue is not the source of truth: the database is. A job lost with a
+//! Redis restart or a killed process is found again by the reconciler, which
+//! re-enqueues work from database state (pending rows, due polls, observed
+//! results, undelivered results). That is why pushing a job is fire-and-forget
+//! for callers that have already committed the state the job acts on.
+//!
+//! [`Queues`] is the enqueue side over the two backends: apalis-redis for the
+//! fleet and apalis-sqlite (in the embedded database file) for one process.
+
+use std::fmt;
+
+use apalis_core::backend::TaskSink;
+use kiebot_domain::GenerationId;
+use serde::{Deserialize, Serialize};
+
+pub mod names;
+
+pub use apalis_redis::RedisStorage;
+pub use apalis_sqlite::SqliteStorage;
+
+/// Create the KIE task for a pending generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submit {
+    /// The generation.
+    pub generation: GenerationId,
+}
+
+/// Ask KIE for a submitted generation's state once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Poll {
+    /// The generation.
+    pub generation: GenerationId,
+}
+
+/// Apply an observed KIE outcome: capture on success, release otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finalize {
+    /// The generation.
+    pub generation: GenerationId,
+}
+
+/// Send a finished generation (result or failure notice) to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deliver {
+    /// The generation.
+    pub generation: GenerationId,
+}
+
+/// One job of any kind, for code that routes work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// See [`Submit`].
+    Submit(GenerationId),
+    /// See [`Poll`].
+    Poll(GenerationId),
+    /// See [`Finalize`].
+    Finalize(GenerationId),
+    /// See [`Deliver`].
+    Deliver(GenerationId),
+}
+
+impl Job {
+    /// The queue's short name, for logs and metrics labels.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Job::Submit(_) => "submit",
+            Job::Poll(_) => "poll",
+            Job::Finalize(_) => "finalize",
+            Job::Deliver(_) => "deliver",
+        }
+    }
+
+    /// The generation the job is about.
+    pub fn generation(self) -> GenerationId {
+        match self {
+            Job::Submit(g) | Job::Poll(g) | Job::Finalize(g) | Job::Deliver(g) => g,
+        }
+    }
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.kind(), self.generation())
+    }
+}
+
+/// Pushing to the queue failed (the backend is unreachable or refused).
+#[derive(Debug, thiserror::Error)]
+#[error("queue {queue}: {message}")]
+pub struct QueueError {
+    /// Which queue.
+    pub queue: String,
+    /// The backend's message.
+    pub message: String,
+}
+
+/// The storages of one backend, one per job kind.
+#[derive(Clone)]
+pub struct Storages<S, P, F, D> {
+    /// Submit jobs.
+    pub submit: S,
+    /// Poll jobs.
+    pub poll: P,
+    /// Finalize jobs.
+    pub finalize: F,
+    /// Deliver jobs.
+    pub deliver: D,
+}
+
+/// Redis storages (fleet).
+pub type RedisStorages =
+    Storages<RedisStorage<Submit>, RedisStorage<Poll>, RedisStorage<Finalize>, RedisStorage<Deliver>>;
+
+/// SQLite storages (embedded).
+pub type SqliteStorages =
+    Storages<SqliteStorage<Submit>, SqliteStorage<Poll>, SqliteStorage<Finalize>, SqliteStorage<Deliver>>;
+
+/// The enqueue side, over either backend.
+#[derive(Clone)]
+pub enum Queues {
+    /// apalis-redis: shared by every process of a fleet.
+    Redis {
+        /// One storage per job kind.
+        storages: RedisStorages,
+        /// A plain connection for health checks and queue depth.
+        conn: redis::aio::ConnectionManager,
+        /// The queue names in use.
+        names: names::QueueNames,
+    },
+    /// apalis-sqlite in the embedded database file.
+    Sqlite {
+        /// One storage per job kind.
+        storages: SqliteStorages,
+        /// The queue's pool (same file as the application's data).
+        pool: sqlx::SqlitePool,
+        /// The queue names in use.
+        names: names::QueueNames,
+    },
+}
+
+/// Jobs per push when a caller enqueues many at once: large enough to
+/// amortise round trips, small enough that one push never blocks for long.
+pub const PUSH_CHUNK: usize = 500;
+
+impl Queues {
+    /// Connects to Redis. `names` carries the namespace (tests use a random
+    /// one so they never see each other's jobs).
+    pub async fn redis(url: &str, names: names::QueueNames) -> Result<Queues, QueueError> {
+        let err = |e: &dyn fmt::Display| QueueError { queue: "redis".into(), message: e.to_string() };
+        let client = redis::Client::open(url).map_err(|e| err(&e))?;
+        let conn = client.get_connection_manager().await.map_err(|e| err(&e))?;
+        let cfg = |queue: &str| {
+            apalis_redis::Config::default()
+                .queue(queue)
+                .batch_size(names::FETCH_BATCH)
+                // Results are in our database; keeping them in Redis would
+                // grow memory with every job ever run.
+                .persist_results(false)
+                .emit_events(false)
+                .heartbeat_interval(names::HEARTBEAT)
+        };
+        let storages = Storages {
+            submit: RedisStorage::new(conn.clone()).with_config(cfg(&names.submit)),
+            poll: RedisStorage::new(conn.clone()).with_config(cfg(&names.poll)),
+            finalize: RedisStorage::new(conn.clone()).with_config(cfg(&names.finalize)),
+            deliver: RedisStorage::new(conn.clone()).with_config(cfg(&names.deliver)),
+        };
+        Ok(Queues::Redis { storages, conn, names })
+    }
+
+    /// Opens the embedded queue in the SQLite file at `url` and creates its
+    /// tables. The application's own migrations share the file's migration
+    /// table, so both sides ignore each other's entries.
+    pub async fn sqlite(url: &str, names: names::QueueNames) -> Result<Queues, QueueError> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        use std::str::FromStr;
+        let err = |e: &dyn fmt::Display| QueueError { queue: "sqlite".into(), message: e.to_string() };
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| err(&e))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(|e| err(&e))?;
+        let mut migrator = SqliteStorage::<()>::migrations();
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await.map_err(|e| err(&e))?;
+        let cfg = |queue: &str| {
+            apalis_sqlite::Config::default()
+                .queue(queue)
+                .batch_size(names::FETCH_BATCH)
+                .heartbeat_interval(names::HEARTBEAT)
+        };
+        let storages = Storages {
+            submit: SqliteStorage::new(&pool).with_config(cfg(&names.submit)),
+            poll: SqliteStorage::new(&pool).with_config(cfg(&names.poll)),
+            finalize: SqliteStorage::new(&pool).with_config(cfg(&names.finalize)),
+            deliver: SqliteStorage::new(&pool).with_config(cfg(&names.deliver)),
+        };
+        Ok(Queues::Sqlite { storages, pool, names })
+    }
+
+    /// The queue names in use.
+    pub fn names(&self) -> &names::QueueNames {
+        match self {
+            Queues::Redis { names, .. } | Queues::Sqlite { names, .. } => names,
+        }
+    }
+
+    /// Enqueues one job.
+    #[tracing::instrument(name = "queue.push", skip(self), fields(job = %job))]
+    pub async fn push(&self, job: Job) -> Result<(), QueueError> {
+        self.push_many(&[job]).await
+    }
+
+    /// Enqueues many jobs, grouped by kind and pushed in chunks of
+    /// [`PUSH_CHUNK`].
+    pub async fn push_many(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        let mut submit = vec![];
+        let mut poll = vec![];
+        let mut finalize = vec![];
+        let mut deliver = vec![];
+        for j in jobs {
+            match *j {
+                Job::Submit(generation) => submit.push(Submit { generation }),
+                Job::Poll(generation) => poll.push(Poll { generation }),
+                Job::Finalize(generation) => finalize.push(Finalize { generation }),
+                Job::Deliver(generation) => deliver.push(Deliver { generation }),
+            }
+        }
+        match self {
+            Queues::Redis { storages, names, .. } => {
+                push_all(&mut storages.submit.clone(), submit, &names.submit).await?;
+                push_all(&mut storages.poll.clone(), poll, &names.poll).await?;
+                push_all(&mut storages.finalize.clone(), finalize, &names.finalize).await?;
+                push_all(&mut storages.deliver.clone(), deliver, &names.deliver).await
+            }
+            Queues::Sqlite { storages, names, .. } => {
+                push_all(&mut storages.submit.clone(), submit, &names.submit).await?;
+                push_all(&mut storages.poll.clone(), poll, &names.poll).await?;
+                push_all(&mut storages.finalize.clone(), finalize, &names.finalize).await?;
+                push_all(&mut storages.deliver.clone(), deliver, &names.deliver).await
+            }
+        }
+    }
+
+    /// Whether the backend answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        match self {
+            Queues::Redis { conn, .. } => {
+                let mut c = conn.clone();
+                redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ()).map_err(|e| QueueError {
+                    queue: "redis".into(),
+                    message: e.to_string(),
+                })
+            }
+            Queues::Sqlite { pool, .. } => {
+                sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| QueueError {
+                    queue: "sqlite".into(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Jobs waiting to be fetched, per queue name (for metrics, the
+    /// dashboard, and back-pressure in the reconciler).
+    pub async fn depths(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        let names = self.names().all();
+        let mut out = Vec::with_capacity(names.len());
+        match self {
+            Queues::Redis { conn, .. } => {
+                let mut c = conn.clone();
+                for name in names {
+                    let key = format!("{name}:active");
+                    let n: u64 = redis::cmd("LLEN").arg(&key).query_async(&mut c).await.map_err(|e| QueueError {
+                        queue: name.clone(),
+                        message: e.to_string(),
+                    })?;
+                    out.push((name, n));
+                }
+            }
+            Queues::Sqlite { pool, .. } => {
+                for name in names {
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND status IN ('Pending', 'Queued')",
+                    )
+                    .bind(&name)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| QueueError { queue: name.clone(), message: e.to_string() })?;
+                    out.push((name, n.max(0) as u64));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn push_all<S, A>(storage: &mut S, jobs: Vec<A>, queue: &str) -> Result<(), QueueError>
+where
+    S: TaskSink<A, apalis_core::backend::finalize::Durable> + Send,
+    S::Error: fmt::Display,
+    A: Send,
+{
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut jobs = jobs;
+    while !jobs.is_empty() {
+        let rest = jobs.split_off(jobs.len().min(PUSH_CHUNK));
+        storage
+            .push_bulk(jobs)
+            .await
+            .map_err(|e| QueueError { queue: queue.to_owned(), message: sink_error(e) })?;
+        jobs = rest;
+    }
+    Ok(())
+}
+
+fn sink_error<E: fmt::Display>(e: apalis_core::backend::TaskSinkError<E>) -> String {
+    match e {
+        apalis_core::backend::TaskSinkError::PushError(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
