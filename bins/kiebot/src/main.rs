@@ -1,1 +1,161 @@
-fn main() {}
+//! `kiebot`: the all-in-one binary.
+//!
+//! Subcommands wire library crates together; the work itself lives in them.
+//! Configuration comes from the environment (see `kiebot-config`); a bad value
+//! stops the command with one line naming the variable.
+
+mod admin;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kiebot_config::{LogFormat, Settings};
+use kiebot_domain::pricing::price_list;
+use kiebot_domain::{Money, Params, UserId};
+
+#[derive(Parser)]
+#[command(name = "kiebot", version, about = "AI generations for Telegram, paid from a prepaid balance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply database migrations to DATABASE_URL.
+    Migrate,
+    /// Print the catalog: one JSON object per model and line.
+    Catalog {
+        /// Include models that are not sold ("coming soon").
+        #[arg(long)]
+        all: bool,
+    },
+    /// Operator commands.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Recompute every wallet from its ledger entries; exit 1 on drift.
+    LedgerCheck,
+    /// Credit a user's balance (audited).
+    Grant {
+        /// The user's Telegram id.
+        telegram_id: i64,
+        /// Amount in the operator's currency, like 150 or 150.50.
+        amount: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "granted from the command line")]
+        reason: String,
+        /// Idempotency key: repeating a grant with the same key credits once.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiebot: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiebot: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiebot: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate => {
+            let store = admin::open_store(&settings).await?;
+            store.migrate().await.context("applying migrations")?;
+            println!("migrations applied to {}", redact_url(&settings.database_url));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog { all } => {
+            let catalog = kiebot_catalog::load(settings.catalog_path.as_deref())?;
+            for model in catalog.models() {
+                if !all && !model.is_sold() {
+                    continue;
+                }
+                let price = settings.pricing.price(model, &Params::defaults_for_pricing(model)).ok();
+                let prices: serde_json::Map<String, serde_json::Value> = price_list(&settings.pricing, model)
+                    .into_iter()
+                    .filter_map(|(k, v)| v.ok().map(|m| (k, serde_json::Value::from(m.minor()))))
+                    .collect();
+                let line = serde_json::json!({
+                    "id": model.id.as_str(),
+                    "name": model.name.en,
+                    "category": model.category,
+                    "types": model.types,
+                    "output": model.output,
+                    "active": model.is_sold(),
+                    "free": model.price.as_ref().is_some_and(|p| p.free),
+                    "price": price.map(Money::minor),
+                    "prices": prices,
+                });
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { command: AdminCommand::LedgerCheck } => admin::ledger_check(&settings).await,
+        Command::Admin { command: AdminCommand::Grant { telegram_id, amount, reason, key } } => {
+            let amount: Money = amount.parse().with_context(|| format!("amount {amount:?}"))?;
+            admin::grant(&settings, UserId(telegram_id), amount, &reason, key).await
+        }
+    }
+}
+
+/// Hides a password in a database URL before printing it.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,kiebot=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden_in_printed_urls() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://kiebot.db"), "sqlite://kiebot.db");
+    }
+}
