@@ -1,0 +1,58 @@
+//! Typed async client for the KIE AI HTTP API.
+//!
+//! KIE generates asynchronously: [`KieClient::create_task`] returns a
+//! [`TaskId`], then [`KieClient::record_info`] (or a callback, parsed with
+//! [`parse_callback`]) tells how the task ends. This crate speaks only HTTP and
+//! JSON; what a generation means for a user's money lives elsewhere.
+//!
+//! # Map
+//! - [`config`]: [`KieConfig`] (hosts, timeouts) and the [`ApiKey`] that never
+//!   prints.
+//! - [`client`]: [`KieClient`], one method per endpoint, each with a timeout and
+//!   a tracing span (`kie.create_task`, `kie.record_info`, `kie.credits`,
+//!   `kie.upload_stream`, `kie.upload_url`).
+//! - [`task`]: [`TaskRecord`], [`TaskState`], [`TaskResult`] and the parsing of
+//!   recordInfo replies and callbacks (including the JSON-inside-JSON
+//!   `resultJson`).
+//! - [`error`]: [`KieError`], split into retryable and final classes.
+//! - [`retry`]: [`retrying`], bounded exponential backoff with jitter over the
+//!   retryable class only.
+//!
+//! # The life of a call
+//! 1. The request goes out with `Authorization: Bearer <key>`; the key is held
+//!    by [`ApiKey`] and by a header value marked sensitive, so neither Debug
+//!    output nor errors can show it.
+//! 2. The whole exchange (connect, send, read the body) is bounded by the
+//!    configured timeout; running out of time is [`KieError::Timeout`].
+//! 3. The reply is checked twice: the HTTP status and the envelope
+//!    `{"code", "msg", "data"}`, because KIE reports errors with HTTP 200 and a
+//!    non-200 `code` as often as with an error status.
+//! 4. `data` is parsed into typed values. Anything unexpected (an HTML page,
+//!    truncated JSON, an unknown state, a missing task id) is
+//!    [`KieError::BadResponse`]: one generation fails cleanly, nothing panics.
+//!
+//! # Retry and the lost-reply hazard
+//! createTask has no idempotency key. A timeout or a dropped connection after
+//! KIE accepted the request still created (and will bill) a task; retrying it
+//! creates another. [`KieError::is_retryable`] says whether *trying again can
+//! help*, not whether it is free: callers record each attempt before making it
+//! and keep the number of attempts small ([`RetryPolicy::max_attempts`]).
+//!
+//! # Logging
+//! Spans carry `endpoint`, `model`, `task_id`, `outcome` and `latency_ms`.
+//! They never carry the key, a callback URL (its path holds a secret) or a
+//! request body (task inputs hold URLs of users' files).
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod retry;
+pub mod task;
+pub mod upload;
+
+pub use client::KieClient;
+pub use config::{ApiKey, KieConfig};
+pub use error::KieError;
+pub use retry::{RetryPolicy, retrying, retrying_if};
+pub use task::{TaskId, TaskRecord, TaskResult, TaskState, parse_callback};
+pub use upload::UploadedFile;
