@@ -1,0 +1,212 @@
+//! A database of its own for every test.
+//!
+//! ```no_run
+//! # async fn example() {
+//! let db = kiebot_testkit::TestDb::postgres().await;
+//! // connect to db.url(), migrate, test...
+//! # }
+//! // dropping `db` drops the database (or deletes the SQLite directory)
+//! ```
+//!
+//! PostgreSQL: `CREATE DATABASE kiebot_t_<random>` on the server named by
+//! `TEST_POSTGRES_URL` (default [`DEFAULT_POSTGRES_URL`]), removed with
+//! `DROP DATABASE ... WITH (FORCE)` on drop, which also ends connections a test
+//! left open. SQLite: `kiebot.db` in a fresh temporary directory, deleted with
+//! the directory.
+//!
+//! Setup failures panic with a message naming the server: this is test code,
+//! and a test that cannot get its database has nothing better to do.
+
+use std::path::PathBuf;
+
+use rand::Rng;
+use sqlx::{Connection, Executor, PgConnection};
+
+/// The server used when `TEST_POSTGRES_URL` is not set.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Prefix of every database a [`TestDb`] creates, so leftovers of a killed
+/// test run are easy to find (`SELECT datname FROM pg_database WHERE datname
+/// LIKE 'kiebot_t_%'`).
+pub const DATABASE_PREFIX: &str = "kiebot_t_";
+
+/// A database that exists for as long as this value does.
+#[derive(Debug)]
+pub struct TestDb {
+    url: String,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Postgres { admin_url: String, name: String },
+    Sqlite { _dir: tempfile::TempDir },
+}
+
+impl TestDb {
+    /// A fresh, empty PostgreSQL database on the server at `TEST_POSTGRES_URL`.
+    ///
+    /// # Panics
+    /// When the server cannot be reached or refuses `CREATE DATABASE`.
+    pub async fn postgres() -> TestDb {
+        let admin_url =
+            std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let name = format!("{DATABASE_PREFIX}{:016x}", rand::rng().random::<u64>());
+        let mut conn = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("cannot connect to the test PostgreSQL server {admin_url}: {e}")
+        });
+        // The name is ours (prefix + hex), so formatting it into SQL is safe.
+        conn.execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create database {name} on {admin_url}: {e}"));
+        let _ = conn.close().await;
+        TestDb {
+            url: with_database(&admin_url, &name),
+            kind: Kind::Postgres { admin_url, name },
+        }
+    }
+
+    /// A fresh SQLite file (`kiebot.db`, not yet created) in a new temporary
+    /// directory.
+    ///
+    /// # Panics
+    /// When the temporary directory cannot be created.
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::Builder::new()
+            .prefix("kiebot-test-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
+        let path = dir.path().join("kiebot.db");
+        TestDb {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            kind: Kind::Sqlite { _dir: dir },
+        }
+    }
+
+    /// The sqlx connection URL of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The SQLite file, or `None` for PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &self.kind {
+            Kind::Sqlite { _dir } => Some(_dir.path().join("kiebot.db")),
+            Kind::Postgres { .. } => None,
+        }
+    }
+
+    /// Whether this is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.kind, Kind::Postgres { .. })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // The SQLite directory removes itself (TempDir's own Drop).
+        let Kind::Postgres { admin_url, name } = &self.kind else {
+            return;
+        };
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        // Drop runs inside the test's runtime, where blocking on a future is
+        // not allowed; a plain thread with a runtime of its own can.
+        let outcome = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&admin_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                )))
+                .await
+                .map_err(|e| e.to_string())?;
+                let _ = conn.close().await;
+                Ok::<_, String>(())
+            })
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: test database {} was not dropped: {e}", self.url),
+            Err(_) => eprintln!("warning: dropping test database {} panicked", self.url),
+        }
+    }
+}
+
+/// `url` with its database (the path) replaced by `name`, query kept.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_name_replaces_the_path_and_keeps_the_query() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "x"),
+            "postgres://h:5432/x"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_postgres_test_database_is_created_and_dropped() {
+        let db = TestDb::postgres().await;
+        let Kind::Postgres { admin_url, name } = &db.kind else {
+            unreachable!()
+        };
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        let mut conn = PgConnection::connect(db.url()).await.unwrap();
+        let current: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(current, name);
+        // An open connection must not keep the database alive.
+        drop(db);
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn a_sqlite_test_database_lives_in_a_directory_that_is_removed() {
+        let db = TestDb::sqlite();
+        let path = db.sqlite_path().unwrap();
+        assert!(db.url().starts_with("sqlite://") && db.url().ends_with("?mode=rwc"));
+        std::fs::write(&path, b"x").unwrap();
+        let dir = path.parent().unwrap().to_path_buf();
+        drop(db);
+        assert!(!dir.exists());
+    }
+}
