@@ -1,0 +1,691 @@
+//! Generations: the rows behind the lifecycle in [`GenerationStatus`].
+//!
+//! Every status change is a conditional `UPDATE .. WHERE status IN (legal
+//! sources)`, so two workers racing on one generation cannot both move it,
+//! and a change that moves money does it in the same transaction through the
+//! ledger: entering `succeeded` captures the hold, entering `failed`,
+//! `expired` or `canceled` releases it. There is no way to change the status
+//! without its money step.
+//!
+//! The `finish_*`, `mark_*` and `schedule_*` calls are safe to repeat: "it is
+//! already done" is success (`Ok(false)`), never a second charge.
+
+use kiebot_domain::{GenerationId, GenerationStatus, ModelId, Money, TransitionError, UserId};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use crate::ledger::{self, HoldState};
+use crate::sql::{get_count, get_parsed, placeholders};
+use crate::{Result, Store, StoreError, now_ms};
+
+/// What the bot knows when the user confirms a generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGeneration {
+    /// Who pays.
+    pub user: UserId,
+    /// The confirm button's draft id: a second tap finds the first generation.
+    pub draft_key: String,
+    /// The KIE model.
+    pub model: ModelId,
+    /// The wizard's parameters (JSON), for history and "repeat".
+    pub params_json: String,
+    /// The exact KIE `createTask` body (JSON).
+    pub request_json: String,
+    /// The price; zero places no hold.
+    pub price: Money,
+    /// Where to deliver the result.
+    pub chat_id: i64,
+    /// The model's deadline, counted from now.
+    pub deadline_secs: u32,
+    /// The most active (pending or submitted) generations a user may have.
+    pub max_active: u32,
+}
+
+/// The outcome of [`Generations::create_pending`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// A new pending generation, with its hold placed.
+    Created(GenerationId),
+    /// The draft was confirmed before; nothing changed.
+    AlreadyExists(GenerationId),
+}
+
+impl Creation {
+    /// The generation, new or old.
+    pub fn id(self) -> GenerationId {
+        match self {
+            Creation::Created(id) | Creation::AlreadyExists(id) => id,
+        }
+    }
+}
+
+/// A generation row. Times are unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    /// Row id.
+    pub id: GenerationId,
+    /// Who pays.
+    pub user: UserId,
+    /// The confirm button's draft id.
+    pub draft_key: String,
+    /// The KIE model.
+    pub model: ModelId,
+    /// The wizard's parameters (JSON).
+    pub params_json: String,
+    /// The exact KIE request body (JSON).
+    pub request_json: String,
+    /// The price (held, then captured or released).
+    pub price: Money,
+    /// Where it is in its life.
+    pub status: GenerationStatus,
+    /// KIE's task id, once submitted.
+    pub kie_task_id: Option<String>,
+    /// createTask calls started (recorded before each call).
+    pub submit_attempts: u32,
+    /// Polls that found the task unfinished.
+    pub poll_attempts: u32,
+    /// When the next poll is due.
+    pub next_poll_at: Option<i64>,
+    /// When the generation expires unfinished.
+    pub deadline_at: Option<i64>,
+    /// The result (JSON: URLs or text).
+    pub result_json: Option<String>,
+    /// Machine-readable failure (KIE code, `deadline`, ...).
+    pub fail_code: Option<String>,
+    /// Human-readable failure.
+    pub fail_reason: Option<String>,
+    /// Where to deliver.
+    pub chat_id: i64,
+    /// The message edited with progress.
+    pub progress_message_id: Option<i64>,
+    /// Confirmed.
+    pub created_at: i64,
+    /// Last change of any kind.
+    pub updated_at: i64,
+    /// Entered `submitted`.
+    pub submitted_at: Option<i64>,
+    /// Entered a final KIE outcome (succeeded, failed, expired, canceled).
+    pub finished_at: Option<i64>,
+    /// Entered `delivered`.
+    pub delivered_at: Option<i64>,
+    /// Delivery attempts that did not finish.
+    pub delivery_attempts: u32,
+    /// When the next delivery attempt is due (`succeeded` only).
+    pub next_delivery_at: Option<i64>,
+    /// A handler's lease on the row (see [`crate::pipeline`]).
+    pub claimed_until: Option<i64>,
+    /// Telegram file ids of the delivered result (JSON list).
+    pub file_ids: Option<String>,
+    /// Why delivery was given up.
+    pub delivery_error: Option<String>,
+}
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! generation_columns {
+    () => {
+        "id, user_id, draft_key, model, params, request, price, status, kie_task_id, \
+         submit_attempts, poll_attempts, next_poll_at, deadline_at, result, fail_code, \
+         fail_reason, chat_id, progress_message_id, created_at, updated_at, submitted_at, \
+         finished_at, delivered_at, delivery_attempts, next_delivery_at, claimed_until, \
+         file_ids, delivery_error"
+    };
+}
+
+/// Generations. See the [module docs](self).
+#[derive(Debug, Clone, Copy)]
+pub struct Generations<'a> {
+    store: &'a Store,
+}
+
+/// Optional columns a status change also sets.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Outcome<'s> {
+    result_json: Option<&'s str>,
+    fail_code: Option<&'s str>,
+    fail_reason: Option<&'s str>,
+}
+
+impl<'a> Generations<'a> {
+    pub(crate) fn new(store: &'a Store) -> Self {
+        Generations { store }
+    }
+
+    pub(crate) fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    /// Confirms a generation, in one transaction: the row (`pending`) keyed by
+    /// `draft_key`, the checks (user not blocked, fewer than `max_active`
+    /// active generations, enough available money) and the hold. A repeated
+    /// `draft_key` returns [`Creation::AlreadyExists`] and changes nothing.
+    pub async fn create_pending(&self, new: &NewGeneration) -> Result<Creation> {
+        if new.price < Money::ZERO {
+            return Err(StoreError::InvalidAmount {
+                amount: new.price,
+                why: "a price cannot be negative",
+            });
+        }
+        write_tx!(self.store, |conn| create_in(conn, new, now_ms()).await)
+    }
+
+    /// The generation.
+    pub async fn get(&self, id: GenerationId) -> Result<Option<Generation>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            generation_columns!(),
+            " FROM generations WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(self.store.pool())
+        .await?;
+        row.as_ref().map(generation_from_row).transpose()
+    }
+
+    /// The generation KIE knows as `task_id`.
+    pub async fn by_task_id(&self, task_id: &str) -> Result<Option<Generation>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            generation_columns!(),
+            " FROM generations WHERE kie_task_id = $1"
+        ))
+        .bind(task_id)
+        .fetch_optional(self.store.pool())
+        .await?;
+        row.as_ref().map(generation_from_row).transpose()
+    }
+
+    /// Moves the generation to `to` if it is in one of `from` (an empty `from`
+    /// means every state `to` can be reached from), with the money step of
+    /// `to` in the same transaction. `Ok(false)`: it was in none of them.
+    /// A `from` that cannot become `to` is [`StoreError::IllegalTransition`].
+    pub async fn transition(
+        &self,
+        id: GenerationId,
+        from: &[GenerationStatus],
+        to: GenerationStatus,
+    ) -> Result<bool> {
+        for &f in from {
+            f.transition(to)?;
+        }
+        let sources = if from.is_empty() {
+            GenerationStatus::sources_of(to)
+        } else {
+            from.to_vec()
+        };
+        write_tx!(self.store, |conn| {
+            let moved = move_in(conn, id, &sources, to, Outcome::default(), now_ms()).await?;
+            if !moved {
+                status_in(conn, id).await?;
+            }
+            Ok::<_, StoreError>(moved)
+        })
+    }
+
+    /// Counts a createTask attempt, before the call (KIE has no idempotency
+    /// key, so the count bounds duplicate tasks). `None`: the generation is no
+    /// longer pending, do not submit.
+    pub async fn record_submit_attempt(&self, id: GenerationId) -> Result<Option<u32>> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE generations SET submit_attempts = submit_attempts + 1, updated_at = $2 \
+             WHERE id = $1 AND status = 'pending' RETURNING submit_attempts",
+        )
+        .bind(id.0)
+        .bind(now_ms())
+        .fetch_optional(self.store.pool())
+        .await?;
+        match attempts {
+            Some(n) => Ok(Some(u32::try_from(n).unwrap_or(u32::MAX))),
+            None => {
+                self.require(id).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// `pending -> submitted` with KIE's task id, the first poll time and the
+    /// deadline. `Ok(false)`: it was not pending (already submitted, or ended).
+    pub async fn mark_submitted(
+        &self,
+        id: GenerationId,
+        task_id: &str,
+        next_poll_at: i64,
+        deadline_at: i64,
+    ) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE generations SET status = 'submitted', kie_task_id = $2, next_poll_at = $3, \
+                 deadline_at = $4, submitted_at = $5, updated_at = $5 \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id.0)
+        .bind(task_id)
+        .bind(next_poll_at)
+        .bind(deadline_at)
+        .bind(now_ms())
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            self.require(id).await?;
+        }
+        Ok(changed > 0)
+    }
+
+    /// Schedules the next poll of a submitted generation and counts the poll
+    /// that found it unfinished. `Ok(false)`: it is no longer submitted.
+    pub async fn schedule_poll(&self, id: GenerationId, at: i64) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE generations SET next_poll_at = $2, poll_attempts = poll_attempts + 1, \
+                 updated_at = $3 \
+             WHERE id = $1 AND status = 'submitted'",
+        )
+        .bind(id.0)
+        .bind(at)
+        .bind(now_ms())
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            self.require(id).await?;
+        }
+        Ok(changed > 0)
+    }
+
+    /// Submitted generations whose poll is due at `now`, earliest first.
+    pub async fn due_polls(&self, now: i64, limit: u32) -> Result<Vec<GenerationId>> {
+        self.ids(
+            "SELECT id FROM generations \
+             WHERE status = 'submitted' AND next_poll_at <= $1 \
+             ORDER BY next_poll_at, id LIMIT $2",
+            now,
+            limit,
+        )
+        .await
+    }
+
+    /// Pending generations untouched (no submit attempt, no change) since
+    /// `ts`: their submit job was probably lost. Oldest first.
+    pub async fn pending_older_than(&self, ts: i64, limit: u32) -> Result<Vec<GenerationId>> {
+        self.ids(
+            "SELECT id FROM generations \
+             WHERE status = 'pending' AND updated_at < $1 \
+             ORDER BY updated_at, id LIMIT $2",
+            ts,
+            limit,
+        )
+        .await
+    }
+
+    /// Active generations past their deadline at `now`, earliest first. A
+    /// generation whose outcome a poll already recorded is not overdue: it is
+    /// waiting for finalization, and KIE did finish in time.
+    pub async fn overdue(&self, now: i64, limit: u32) -> Result<Vec<GenerationId>> {
+        self.ids(
+            "SELECT id FROM generations \
+             WHERE status IN ('pending', 'submitted') AND deadline_at <= $1 \
+                 AND result IS NULL AND fail_code IS NULL \
+             ORDER BY deadline_at, id LIMIT $2",
+            now,
+            limit,
+        )
+        .await
+    }
+
+    /// `submitted -> succeeded` with the result, capturing the hold in the
+    /// same transaction. `Ok(false)`: already succeeded or delivered (nothing
+    /// captured twice). Any other state is [`StoreError::IllegalTransition`].
+    /// The generation becomes due for delivery at once.
+    pub async fn finish_success(&self, id: GenerationId, result_json: &str) -> Result<bool> {
+        let outcome = Outcome {
+            result_json: Some(result_json),
+            ..Outcome::default()
+        };
+        write_tx!(self.store, |conn| {
+            let to = GenerationStatus::Succeeded;
+            if move_in(
+                conn,
+                id,
+                &[GenerationStatus::Submitted],
+                to,
+                outcome,
+                now_ms(),
+            )
+            .await?
+            {
+                return Ok(true);
+            }
+            match status_in(conn, id).await? {
+                GenerationStatus::Succeeded | GenerationStatus::Delivered => Ok(false),
+                from => Err(StoreError::IllegalTransition(TransitionError { from, to })),
+            }
+        })
+    }
+
+    /// Ends an active generation as `to` (failed, expired or canceled) with
+    /// the reason, releasing the hold in the same transaction. `Ok(false)`: it
+    /// had already ended unsuccessfully (nothing released twice). A generation
+    /// that succeeded cannot fail: [`StoreError::IllegalTransition`].
+    pub async fn finish_failure(
+        &self,
+        id: GenerationId,
+        to: GenerationStatus,
+        code: &str,
+        reason: &str,
+    ) -> Result<bool> {
+        let outcome = Outcome {
+            fail_code: Some(code),
+            fail_reason: Some(reason),
+            ..Outcome::default()
+        };
+        write_tx!(self.store, |conn| {
+            if !to.releases_hold() {
+                let from = status_in(conn, id).await?;
+                return Err(StoreError::IllegalTransition(TransitionError { from, to }));
+            }
+            let sources = GenerationStatus::sources_of(to);
+            if move_in(conn, id, &sources, to, outcome, now_ms()).await? {
+                return Ok(true);
+            }
+            match status_in(conn, id).await? {
+                from if from.releases_hold() => Ok(false),
+                from => Err(StoreError::IllegalTransition(TransitionError { from, to })),
+            }
+        })
+    }
+
+    /// `succeeded -> delivered`. `Ok(false)`: already delivered.
+    pub async fn mark_delivered(&self, id: GenerationId) -> Result<bool> {
+        write_tx!(self.store, |conn| {
+            let to = GenerationStatus::Delivered;
+            let sources = [GenerationStatus::Succeeded];
+            if move_in(conn, id, &sources, to, Outcome::default(), now_ms()).await? {
+                return Ok(true);
+            }
+            match status_in(conn, id).await? {
+                GenerationStatus::Delivered => Ok(false),
+                from => Err(StoreError::IllegalTransition(TransitionError { from, to })),
+            }
+        })
+    }
+
+    /// Schedules the next delivery attempt of a succeeded generation and
+    /// counts the one that failed. `Ok(false)`: it is not awaiting delivery.
+    pub async fn schedule_delivery(&self, id: GenerationId, at: i64) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE generations SET next_delivery_at = $2, \
+                 delivery_attempts = delivery_attempts + 1, updated_at = $3 \
+             WHERE id = $1 AND status = 'succeeded'",
+        )
+        .bind(id.0)
+        .bind(at)
+        .bind(now_ms())
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            self.require(id).await?;
+        }
+        Ok(changed > 0)
+    }
+
+    /// Succeeded generations whose delivery is due at `now`, earliest first.
+    /// A fresh success is due at once, so a reconciler should pass `now` minus
+    /// a grace period to leave the delivery job in flight alone.
+    pub async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<GenerationId>> {
+        self.ids(
+            "SELECT id FROM generations \
+             WHERE status = 'succeeded' AND next_delivery_at <= $1 \
+             ORDER BY next_delivery_at, id LIMIT $2",
+            now,
+            limit,
+        )
+        .await
+    }
+
+    /// Remembers the message that shows the generation's progress.
+    pub async fn set_progress_message(&self, id: GenerationId, message_id: i64) -> Result<()> {
+        let changed = sqlx::query(
+            "UPDATE generations SET progress_message_id = $2, updated_at = $3 WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(message_id)
+        .bind(now_ms())
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::not_found("generation", id));
+        }
+        Ok(())
+    }
+
+    /// The user's generations, newest first (history pages).
+    pub async fn list_for_user(
+        &self,
+        user: UserId,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<Generation>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            generation_columns!(),
+            " FROM generations WHERE user_id = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        ))
+        .bind(user.0)
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter().map(generation_from_row).collect()
+    }
+
+    /// How many generations are in each state (every state listed, in
+    /// [`GenerationStatus::ALL`] order).
+    pub async fn count_by_status(&self) -> Result<Vec<(GenerationStatus, u64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM generations GROUP BY status")
+            .fetch_all(self.store.pool())
+            .await?;
+        let mut counts: Vec<(GenerationStatus, u64)> =
+            GenerationStatus::ALL.iter().map(|&s| (s, 0)).collect();
+        for r in &rows {
+            let status: GenerationStatus = get_parsed(r, "status")?;
+            let n: i64 = r.try_get("n")?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                slot.1 = crate::sql::count(n);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn ids(&self, sql: &'static str, at: i64, limit: u32) -> Result<Vec<GenerationId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(sql)
+            .bind(at)
+            .bind(i64::from(limit))
+            .fetch_all(self.store.pool())
+            .await?;
+        Ok(ids.into_iter().map(GenerationId).collect())
+    }
+
+    /// `NotFound` unless the generation exists.
+    async fn require(&self, id: GenerationId) -> Result<()> {
+        let mut conn = self.store.pool().acquire().await?;
+        status_in(&mut conn, id).await.map(|_| ())
+    }
+}
+
+async fn create_in(conn: &mut AnyConnection, new: &NewGeneration, now: i64) -> Result<Creation> {
+    // The deciding write: the draft key is unique, so a second tap (even a
+    // concurrent one, which waits for the first to commit) inserts nothing.
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
+             chat_id, deadline_at, created_at, updated_at, \
+             submit_attempts, poll_attempts, delivery_attempts) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, 0, 0, 0) \
+         ON CONFLICT (draft_key) DO NOTHING RETURNING id",
+    )
+    .bind(new.user.0)
+    .bind(new.draft_key.as_str())
+    .bind(new.model.as_str())
+    .bind(new.params_json.as_str())
+    .bind(new.request_json.as_str())
+    .bind(new.price.minor())
+    .bind(new.chat_id)
+    .bind(now.saturating_add(i64::from(new.deadline_secs) * 1000))
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
+            StoreError::not_found("user", new.user)
+        }
+        _ => StoreError::Db(e),
+    })?;
+
+    let Some(id) = inserted.map(GenerationId) else {
+        let row = sqlx::query("SELECT id, user_id FROM generations WHERE draft_key = $1")
+            .bind(new.draft_key.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+        if row.try_get::<i64, _>("user_id")? != new.user.0 {
+            return Err(StoreError::KeyConflict {
+                key: new.draft_key.clone(),
+            });
+        }
+        return Ok(Creation::AlreadyExists(GenerationId(row.try_get("id")?)));
+    };
+
+    // Locks the user's row on Postgres, so that concurrent confirmations of
+    // one user count each other's generations.
+    let blocked = sqlx::query("UPDATE users SET last_seen_at = $2 WHERE id = $1 RETURNING blocked")
+        .bind(new.user.0)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::not_found("user", new.user))?;
+    if crate::sql::get_bool(&blocked, "blocked")? {
+        return Err(StoreError::Blocked { user: new.user });
+    }
+
+    let others: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM generations \
+         WHERE user_id = $1 AND status IN ('pending', 'submitted') AND id <> $2",
+    )
+    .bind(new.user.0)
+    .bind(id.0)
+    .fetch_one(&mut *conn)
+    .await?;
+    if others >= i64::from(new.max_active) {
+        return Err(StoreError::TooManyActive {
+            limit: new.max_active,
+        });
+    }
+
+    if new.price.is_positive() {
+        ledger::hold_in(conn, new.user, id, new.price, now).await?;
+    }
+    Ok(Creation::Created(id))
+}
+
+/// The conditional status change and its money step. `false`: the row was
+/// not in any of `sources` (or does not exist).
+pub(crate) async fn move_in(
+    conn: &mut AnyConnection,
+    id: GenerationId,
+    sources: &[GenerationStatus],
+    to: GenerationStatus,
+    outcome: Outcome<'_>,
+    now: i64,
+) -> Result<bool> {
+    if sources.is_empty() {
+        return Ok(false);
+    }
+    let stamps = match to {
+        GenerationStatus::Pending => "",
+        GenerationStatus::Submitted => ", submitted_at = $3",
+        GenerationStatus::Succeeded => {
+            ", finished_at = $3, next_poll_at = NULL, next_delivery_at = $3"
+        }
+        GenerationStatus::Delivered => ", delivered_at = $3, next_delivery_at = NULL",
+        GenerationStatus::Failed | GenerationStatus::Expired | GenerationStatus::Canceled => {
+            ", finished_at = $3, next_poll_at = NULL, next_delivery_at = $3"
+        }
+    };
+    // Only numbered placeholders are formatted in; every value is bound.
+    let sql = format!(
+        "UPDATE generations SET status = $2, updated_at = $3, claimed_until = NULL{stamps}, \
+             result = COALESCE($4, result), fail_code = COALESCE($5, fail_code), \
+             fail_reason = COALESCE($6, fail_reason) \
+         WHERE id = $1 AND status IN ({}) RETURNING price",
+        placeholders(7, sources.len())
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .bind(id.0)
+        .bind(to.as_str())
+        .bind(now)
+        .bind(outcome.result_json)
+        .bind(outcome.fail_code)
+        .bind(outcome.fail_reason);
+    for s in sources {
+        query = query.bind(s.as_str());
+    }
+    let Some(price) = query.fetch_optional(&mut *conn).await? else {
+        return Ok(false);
+    };
+    let price = Money::from_minor(price.try_get("price")?);
+
+    if price.is_positive() {
+        if to == GenerationStatus::Succeeded {
+            ledger::settle_in(conn, id, HoldState::Captured, now).await?;
+        } else if to.releases_hold() {
+            ledger::settle_in(conn, id, HoldState::Released, now).await?;
+        }
+    }
+    Ok(true)
+}
+
+/// The generation's status, or `NotFound`.
+async fn status_in(conn: &mut AnyConnection, id: GenerationId) -> Result<GenerationStatus> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM generations WHERE id = $1")
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let status = status.ok_or_else(|| StoreError::not_found("generation", id))?;
+    status
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("generation {id} has status {status:?}")))
+}
+
+pub(crate) fn generation_from_row(r: &AnyRow) -> Result<Generation> {
+    let model: String = r.try_get("model")?;
+    Ok(Generation {
+        id: GenerationId(r.try_get("id")?),
+        user: UserId(r.try_get("user_id")?),
+        draft_key: r.try_get("draft_key")?,
+        model: ModelId::parse(&model).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        params_json: r.try_get("params")?,
+        request_json: r.try_get("request")?,
+        price: Money::from_minor(r.try_get("price")?),
+        status: get_parsed(r, "status")?,
+        kie_task_id: r.try_get("kie_task_id")?,
+        submit_attempts: get_count(r, "submit_attempts")?,
+        poll_attempts: get_count(r, "poll_attempts")?,
+        next_poll_at: r.try_get("next_poll_at")?,
+        deadline_at: r.try_get("deadline_at")?,
+        result_json: r.try_get("result")?,
+        fail_code: r.try_get("fail_code")?,
+        fail_reason: r.try_get("fail_reason")?,
+        chat_id: r.try_get("chat_id")?,
+        progress_message_id: r.try_get("progress_message_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        submitted_at: r.try_get("submitted_at")?,
+        finished_at: r.try_get("finished_at")?,
+        delivered_at: r.try_get("delivered_at")?,
+        delivery_attempts: get_count(r, "delivery_attempts")?,
+        next_delivery_at: r.try_get("next_delivery_at")?,
+        claimed_until: r.try_get("claimed_until")?,
+        file_ids: r.try_get("file_ids")?,
+        delivery_error: r.try_get("delivery_error")?,
+    })
+}

@@ -1,0 +1,425 @@
+//! The worker side of the generation lifecycle: claims, leases and the
+//! reconciler's batch queries.
+//!
+//! Two kinds of timestamps drive the pipeline:
+//!
+//! - `next_poll_at` / `next_delivery_at`: when the **reconciler** should next
+//!   enqueue work for the row. A reconciler claim selects due rows and moves
+//!   this time forward by a lease *in the same statement*, so concurrent
+//!   reconcilers never enqueue a row twice, and a job that is lost is enqueued
+//!   again when the lease runs out.
+//! - `claimed_until`: a **handler's** lease. Submit and Deliver claim the row
+//!   before doing anything outside the database, so two copies of one job
+//!   (apalis delivers at least once) never call KIE or Telegram concurrently.
+//!   Every status change clears it.
+//!
+//! For a pending row, `next_poll_at` means "re-enqueue Submit at"; it is null
+//! until a first submit attempt fails, and the row is due `grace` after its
+//! creation. For a submitted row with a recorded outcome (`result` or
+//! `fail_code` set while still `submitted`), it means "re-enqueue Finalize at".
+
+use kiebot_domain::{GenerationId, GenerationStatus};
+use sqlx::Row;
+
+use crate::generations::{Generation, Generations, generation_from_row};
+use crate::sql::get_parsed;
+use crate::{Result, now_ms};
+
+/// What KIE said about a finished task, recorded before it is finalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A result (the stored JSON: `resultUrls`, `text`, ...).
+    Success {
+        /// The result JSON.
+        result: String,
+    },
+    /// A failure.
+    Failure {
+        /// Machine-readable code (KIE's failCode, an HTTP code, ...).
+        code: String,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+impl Generation {
+    /// The outcome recorded by a poll, if any (meaningful while `submitted`;
+    /// after finalization the same columns hold the final result).
+    pub fn outcome(&self) -> Option<Outcome> {
+        if let Some(result) = &self.result_json {
+            return Some(Outcome::Success {
+                result: result.clone(),
+            });
+        }
+        self.fail_code.as_ref().map(|code| Outcome::Failure {
+            code: code.clone(),
+            reason: self.fail_reason.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Whether a poll has recorded the outcome.
+    pub fn outcome_recorded(&self) -> bool {
+        self.result_json.is_some() || self.fail_code.is_some()
+    }
+
+    /// A boolean parameter as the user chose it (`None` when absent).
+    pub fn params_flag(&self, name: &str) -> Option<bool> {
+        let v: serde_json::Value = serde_json::from_str(&self.params_json).ok()?;
+        // Stored parameters are `{"name": {"t": "bool", "v": true}}` or plain values.
+        let field = v.get(name)?;
+        field.get("v").unwrap_or(field).as_bool()
+    }
+}
+
+const FINISHED: &str = "('succeeded', 'failed', 'expired', 'canceled')";
+
+impl Generations<'_> {
+    /// Claims a pending generation for a submit attempt and counts the
+    /// attempt, before KIE is called. `None`: not pending, or another worker
+    /// holds the claim.
+    pub async fn claim_submit(
+        &self,
+        id: GenerationId,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Generation>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE generations SET submit_attempts = submit_attempts + 1, claimed_until = $3, updated_at = $2 \
+             WHERE id = $1 AND status = 'pending' AND (claimed_until IS NULL OR claimed_until <= $2) \
+             RETURNING {}",
+            crate::generation_columns!()
+        )))
+        .bind(id.0)
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(self.store().pool())
+        .await?;
+        row.as_ref().map(generation_from_row).transpose()
+    }
+
+    /// Gives up a submit claim after a retryable failure; the reconciler
+    /// re-enqueues the row at `at`.
+    pub async fn retry_submit_at(&self, id: GenerationId, at: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE generations SET claimed_until = NULL, next_poll_at = $2, updated_at = $3 \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id.0)
+        .bind(at)
+        .bind(now_ms())
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Records what KIE said about a finished task, once; the row becomes due
+    /// for Finalize at `now + lease` should the Finalize job be lost.
+    /// `false`: not submitted, or an outcome was already recorded.
+    pub async fn record_outcome(
+        &self,
+        id: GenerationId,
+        outcome: &Outcome,
+        requeue_at: i64,
+    ) -> Result<bool> {
+        let (result, code, reason) = match outcome {
+            Outcome::Success { result } => (Some(result.as_str()), None, None),
+            Outcome::Failure { code, reason } => (None, Some(code.as_str()), Some(reason.as_str())),
+        };
+        let n = sqlx::query(
+            "UPDATE generations SET result = $2, fail_code = $3, fail_reason = $4, next_poll_at = $5, \
+                 updated_at = $6 \
+             WHERE id = $1 AND status = 'submitted' AND result IS NULL AND fail_code IS NULL",
+        )
+        .bind(id.0)
+        .bind(result)
+        .bind(code)
+        .bind(reason)
+        .bind(requeue_at)
+        .bind(now_ms())
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Moves a submitted generation's next poll to `now` (a KIE callback's
+    /// hint). `false`: not submitted.
+    pub async fn poll_now(&self, id: GenerationId, now: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE generations SET next_poll_at = $2, updated_at = $2 WHERE id = $1 AND status = 'submitted'",
+        )
+        .bind(id.0)
+        .bind(now)
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Makes whatever the generation waits for due now and drops any handler
+    /// lease (an operator's "retry"). Returns the status, `None` if absent.
+    pub async fn nudge(&self, id: GenerationId, now: i64) -> Result<Option<GenerationStatus>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE generations SET \
+                 next_poll_at = CASE WHEN status IN ('pending', 'submitted') THEN $2 ELSE next_poll_at END, \
+                 next_delivery_at = CASE WHEN delivered_at IS NULL AND status IN {FINISHED} THEN $2 \
+                     ELSE next_delivery_at END, \
+                 claimed_until = NULL, updated_at = $2 \
+             WHERE id = $1 RETURNING status"
+        )))
+        .bind(id.0)
+        .bind(now)
+        .fetch_optional(self.store().pool())
+        .await?;
+        row.as_ref().map(|r| get_parsed(r, "status")).transpose()
+    }
+
+    /// Claims a finished, untold generation for a delivery attempt and counts
+    /// the attempt. `None`: told already, not finished, given up, or another
+    /// worker holds the claim.
+    pub async fn claim_delivery(
+        &self,
+        id: GenerationId,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Generation>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE generations SET delivery_attempts = delivery_attempts + 1, claimed_until = $3, updated_at = $2 \
+             WHERE id = $1 AND delivered_at IS NULL AND status IN {FINISHED} \
+                 AND next_delivery_at IS NOT NULL \
+                 AND (claimed_until IS NULL OR claimed_until <= $2) \
+             RETURNING {}",
+            crate::generation_columns!()
+        )))
+        .bind(id.0)
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(self.store().pool())
+        .await?;
+        row.as_ref().map(generation_from_row).transpose()
+    }
+
+    /// The user has been told: a success becomes `delivered` (with the
+    /// Telegram file ids), a failure keeps its status and gets `delivered_at`.
+    /// `false`: told already.
+    pub async fn mark_told(&self, id: GenerationId, file_ids_json: &str) -> Result<bool> {
+        let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE generations SET \
+                 status = CASE WHEN status = 'succeeded' THEN 'delivered' ELSE status END, \
+                 delivered_at = $2, next_delivery_at = NULL, claimed_until = NULL, file_ids = $3, \
+                 updated_at = $2 \
+             WHERE id = $1 AND delivered_at IS NULL AND status IN {FINISHED}"
+        )))
+        .bind(id.0)
+        .bind(now_ms())
+        .bind(file_ids_json)
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Releases a delivery claim after a temporary failure; due again at `at`.
+    pub async fn retry_delivery_at(&self, id: GenerationId, at: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE generations SET next_delivery_at = $2, claimed_until = NULL, updated_at = $3 \
+             WHERE id = $1 AND delivered_at IS NULL",
+        )
+        .bind(id.0)
+        .bind(at)
+        .bind(now_ms())
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Stops delivery attempts (the chat stays unreachable); the reason is
+    /// kept for operators and the result stays in the user's history.
+    pub async fn give_up_delivery(&self, id: GenerationId, reason: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE generations SET next_delivery_at = NULL, claimed_until = NULL, delivery_error = $2, \
+                 updated_at = $3 \
+             WHERE id = $1 AND delivered_at IS NULL",
+        )
+        .bind(id.0)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Reconciler: pending rows nobody is submitting — never tried and older
+    /// than `grace_ms`, or due for a retry — claimed until `requeue_at`.
+    pub async fn claim_due_submits(
+        &self,
+        now: i64,
+        grace_ms: i64,
+        requeue_at: i64,
+        limit: i64,
+    ) -> Result<Vec<GenerationId>> {
+        let due = "status = 'pending' AND COALESCE(next_poll_at, created_at + $2) <= $1 \
+                   AND (claimed_until IS NULL OR claimed_until <= $1)";
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE generations SET next_poll_at = $3 \
+             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY id LIMIT $4) AND {due} \
+             RETURNING id"
+        )))
+        .bind(now)
+        .bind(grace_ms)
+        .bind(requeue_at)
+        .bind(limit)
+        .fetch_all(self.store().pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok(GenerationId(r.try_get("id")?)))
+            .collect()
+    }
+
+    /// Reconciler: submitted rows whose next poll (or, with a recorded
+    /// outcome, whose Finalize) is due, claimed until `requeue_at`. The flag
+    /// says whether the outcome is recorded (enqueue Finalize, not Poll).
+    pub async fn claim_due_polls(
+        &self,
+        now: i64,
+        requeue_at: i64,
+        limit: i64,
+    ) -> Result<Vec<(GenerationId, bool)>> {
+        let due = "status = 'submitted' AND next_poll_at <= $1";
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE generations SET next_poll_at = $2 \
+             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_poll_at, id LIMIT $3) AND {due} \
+             RETURNING id, CAST(CASE WHEN result IS NULL AND fail_code IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+                 AS has_outcome"
+        )))
+        .bind(now)
+        .bind(requeue_at)
+        .bind(limit)
+        .fetch_all(self.store().pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    GenerationId(r.try_get("id")?),
+                    r.try_get::<i64, _>("has_outcome")? != 0,
+                ))
+            })
+            .collect()
+    }
+
+    /// Reconciler: finished rows whose user has not been told and whose
+    /// delivery is due at `due_before` (callers pass now minus a grace, to
+    /// leave the Deliver job that finalization enqueued alone), claimed until
+    /// `requeue_at`.
+    pub async fn claim_due_deliveries(
+        &self,
+        due_before: i64,
+        requeue_at: i64,
+        limit: i64,
+    ) -> Result<Vec<GenerationId>> {
+        let due =
+            format!("delivered_at IS NULL AND status IN {FINISHED} AND next_delivery_at <= $1");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE generations SET next_delivery_at = $2 \
+             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_delivery_at, id LIMIT $3) AND {due} \
+             RETURNING id"
+        )))
+        .bind(due_before)
+        .bind(requeue_at)
+        .bind(limit)
+        .fetch_all(self.store().pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok(GenerationId(r.try_get("id")?)))
+            .collect()
+    }
+
+    /// How many generations are not terminal (for tests and the dashboard).
+    pub async fn count_unfinished(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM generations WHERE status IN ('pending', 'submitted', 'succeeded')",
+        )
+        .fetch_one(self.store().pool())
+        .await?;
+        Ok(crate::sql::count(n))
+    }
+
+    /// Total price of generations that succeeded (delivered or not): what the
+    /// ledger must have captured.
+    pub async fn succeeded_total(&self) -> Result<kiebot_domain::Money> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM generations \
+             WHERE status IN ('succeeded', 'delivered')",
+        )
+        .fetch_one(self.store().pool())
+        .await?;
+        Ok(kiebot_domain::Money::from_minor(n))
+    }
+}
+
+impl Generations<'_> {
+    /// Finished generations whose user has not been told yet (delivery still
+    /// to be attempted; given-up ones are not counted).
+    pub async fn count_untold(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM generations \
+             WHERE delivered_at IS NULL AND status IN {FINISHED} AND next_delivery_at IS NOT NULL"
+        )))
+        .fetch_one(self.store().pool())
+        .await?;
+        Ok(crate::sql::count(n))
+    }
+}
+
+/// Money in the ledger by what happened to it, for invariant checks and
+/// metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MoneyTotals {
+    /// Every capture entry, summed.
+    pub captured: kiebot_domain::Money,
+    /// Every release entry, summed.
+    pub released: kiebot_domain::Money,
+    /// Held across all wallets right now.
+    pub held: kiebot_domain::Money,
+}
+
+impl crate::Store {
+    /// Totals of captured, released and currently held money.
+    pub async fn money_totals(&self) -> Result<MoneyTotals> {
+        let row = sqlx::query(
+            "SELECT \
+                 CAST(COALESCE((SELECT SUM(amount) FROM ledger_entries WHERE kind = 'capture'), 0) AS BIGINT) AS captured, \
+                 CAST(COALESCE((SELECT SUM(amount) FROM ledger_entries WHERE kind = 'release'), 0) AS BIGINT) AS released, \
+                 CAST(COALESCE((SELECT SUM(held) FROM wallets), 0) AS BIGINT) AS held",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(MoneyTotals {
+            captured: kiebot_domain::Money::from_minor(row.try_get("captured")?),
+            released: kiebot_domain::Money::from_minor(row.try_get("released")?),
+            held: kiebot_domain::Money::from_minor(row.try_get("held")?),
+        })
+    }
+}
+
+impl crate::Store {
+    /// The setting's value, storing `value` first if the key is unset. Safe
+    /// to race: every caller gets the one value that won.
+    pub async fn setting_or_init(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(self.pool())
+        .await?;
+        let v: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(v)
+    }
+}

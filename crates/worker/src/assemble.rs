@@ -1,0 +1,88 @@
+//! Building a pipeline context from settings: the one place where the store,
+//! the queue, KIE, the Bot API client and the rate limiter are chosen for a
+//! mode. Binaries, the demo, tests and benchmarks all assemble here, so they
+//! run the same parts.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kiebot_config::{Mode, Settings};
+use kiebot_jobs::Queues;
+use kiebot_jobs::names::QueueNames;
+use kiebot_kie::{ApiKey, KieClient, KieConfig};
+use kiebot_store::Store;
+use kiebot_tg::rate_limit::{DeliveryLimiter, InProcessLimiter, LimiterConfig, RedisLimiter};
+use rand::Rng;
+
+use crate::context::{Ctx, KieMode, PipelineConfig};
+
+/// Settings key of the secret in the KIE callback path, shared by every
+/// process through the database.
+const CALLBACK_SECRET_KEY: &str = "kie_callback_secret";
+
+/// Everything [`assemble`] needs beyond the settings.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Queue and rate-limit key namespace (`""` in production; tests and
+    /// benchmarks isolate themselves with a random one).
+    pub namespace: String,
+    /// Pipeline timings; `None` for production defaults.
+    pub pipeline: Option<PipelineConfig>,
+}
+
+/// Connects to everything the settings name and builds the shared context.
+/// Applies migrations (they are idempotent and safe to race).
+pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<Arc<Ctx>> {
+    let mode = settings.mode()?;
+    let store = Store::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
+    store.migrate().await.context("applying migrations")?;
+    let names = QueueNames::new(&options.namespace);
+    let (queues, limiter): (Queues, Arc<dyn DeliveryLimiter>) = match mode {
+        Mode::Fleet => {
+            let url = settings.redis_url.as_deref().context("REDIS_URL: required in fleet mode")?;
+            let queues = Queues::redis(url, names).await.context("connecting to REDIS_URL")?;
+            let limiter = RedisLimiter::connect(url, &format!("{}kiebot:tg", prefix(&options.namespace)), LimiterConfig::default())
+                .await
+                .context("connecting the delivery rate limiter to REDIS_URL")?;
+            (queues, Arc::new(limiter))
+        }
+        Mode::Embedded => {
+            let queues = Queues::sqlite(&settings.database_url, names).await.context("opening the embedded queue")?;
+            (queues, Arc::new(InProcessLimiter::new(LimiterConfig::default())))
+        }
+    };
+    let kie = if settings.dry_run {
+        tracing::warn!("DRY_RUN: no KIE endpoint will be called and nothing will be charged");
+        KieMode::DryRun
+    } else {
+        let key = settings.require_kie_key()?.context("KIE_API_KEY: required unless DRY_RUN=true")?;
+        let mut cfg = KieConfig::new(ApiKey::new(key.expose()));
+        cfg.api_base = settings.kie_api_url.parse().context("KIE_API_URL")?;
+        cfg.upload_base = settings.kie_upload_url.parse().context("KIE_UPLOAD_URL")?;
+        KieMode::Live(KieClient::new(cfg).context("building the KIE client")?)
+    };
+    let catalog = Arc::new(kiebot_catalog::load(settings.catalog_path.as_deref())?);
+    let token = settings.require_telegram_token()?;
+    let bot = teloxide::Bot::new(token.expose())
+        .set_api_url(settings.telegram_api_url.parse().context("TELEGRAM_API_URL")?);
+    let mut config = options.pipeline.unwrap_or_default();
+    if let Some(public) = &settings.public_url {
+        let secret = callback_secret(&store).await?;
+        config.callback_url = Some(format!("{public}/kie/callback/{secret}"));
+    }
+    Ok(Arc::new(Ctx { store, queues, kie, catalog, bot, limiter, config }))
+}
+
+/// The secret in the callback path: made once, kept in the database, so every
+/// process of a fleet agrees on it and a restart keeps it.
+pub async fn callback_secret(store: &Store) -> anyhow::Result<String> {
+    let fresh: String = {
+        let mut rng = rand::rng();
+        (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    };
+    Ok(store.setting_or_init(CALLBACK_SECRET_KEY, &fresh).await?)
+}
+
+fn prefix(namespace: &str) -> String {
+    if namespace.is_empty() { String::new() } else { format!("{namespace}:") }
+}

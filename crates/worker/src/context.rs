@@ -1,0 +1,164 @@
+//! What every handler needs, built once per process and shared.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiebot_domain::Catalog;
+use kiebot_jobs::Queues;
+use kiebot_kie::{KieClient, RetryPolicy};
+use kiebot_store::Store;
+use kiebot_tg::rate_limit::DeliveryLimiter;
+
+/// Milliseconds since the Unix epoch, the unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Whether KIE is really called.
+#[derive(Clone)]
+pub enum KieMode {
+    /// Calls KIE.
+    Live(KieClient),
+    /// `DRY_RUN`: no KIE endpoint is called and nothing is charged; every
+    /// generation "succeeds" with a text that says it was a dry run.
+    DryRun,
+}
+
+/// Timings and limits of the pipeline. Production values are the defaults;
+/// tests and benchmarks shorten them.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Base of the KIE callback URL (`PUBLIC_URL/kie/callback/<secret>`), or
+    /// `None` to rely on polling alone.
+    pub callback_url: Option<String>,
+    /// Delay before the first poll of a fresh task.
+    pub poll_first: Duration,
+    /// Longest delay between polls.
+    pub poll_max: Duration,
+    /// In-handler retries of createTask for errors that prove no task was
+    /// created (429, 5xx, 455).
+    pub submit_retry: RetryPolicy,
+    /// Submit attempts before a generation fails (each may create a billed
+    /// KIE task when a reply is lost, so keep it small).
+    pub max_submit_attempts: i64,
+    /// How long a claimed row is left alone before the reconciler may hand
+    /// it to another worker (a worker died mid-job).
+    pub lease: Duration,
+    /// How long a fresh pending row waits for its Submit job before the
+    /// reconciler re-enqueues it.
+    pub pending_grace: Duration,
+    /// Delivery attempts before giving up on a chat.
+    pub max_delivery_attempts: i64,
+    /// Rows the reconciler claims per kind and tick.
+    pub reconcile_batch: i64,
+    /// How often the reconciler ticks.
+    pub reconcile_interval: Duration,
+    /// Queue depth above which the reconciler stops adding polls (the queue
+    /// never holds an unbounded backlog; the database does).
+    pub queue_high_water: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            callback_url: None,
+            poll_first: Duration::from_secs(3),
+            poll_max: Duration::from_secs(30),
+            submit_retry: RetryPolicy::default(),
+            max_submit_attempts: 3,
+            lease: Duration::from_secs(60),
+            pending_grace: Duration::from_secs(20),
+            max_delivery_attempts: 8,
+            reconcile_batch: 1000,
+            reconcile_interval: Duration::from_secs(1),
+            queue_high_water: 20_000,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The delay before poll number `attempt` (0-based): grows by half each
+    /// time from `poll_first`, capped at `poll_max`. KIE advises starting at
+    /// 2-3 s and backing off.
+    pub fn poll_delay(&self, attempt: i64) -> Duration {
+        let mut d = self.poll_first;
+        for _ in 0..attempt.clamp(0, 32) {
+            d = d.mul_f64(1.5);
+            if d >= self.poll_max {
+                return self.poll_max;
+            }
+        }
+        d.min(self.poll_max)
+    }
+
+    /// The delay before delivery attempt `attempt` (1-based): 2 s doubling,
+    /// capped at 10 minutes.
+    pub fn delivery_delay(&self, attempt: i64) -> Duration {
+        let secs = 2u64.saturating_pow(attempt.clamp(1, 20) as u32);
+        Duration::from_secs(secs.min(600))
+    }
+}
+
+/// The shared context of all handlers in a process.
+pub struct Ctx {
+    /// The database.
+    pub store: Store,
+    /// The enqueue side.
+    pub queues: Queues,
+    /// KIE, or a dry run.
+    pub kie: KieMode,
+    /// The catalog (deadlines, output kinds).
+    pub catalog: Arc<Catalog>,
+    /// The Bot API client used for delivery.
+    pub bot: teloxide::Bot,
+    /// The delivery rate limiter shared by all workers.
+    pub limiter: Arc<dyn DeliveryLimiter>,
+    /// Timings and limits.
+    pub config: PipelineConfig,
+}
+
+impl Ctx {
+    /// A copy sharing every connection, for tests that swap one part (the
+    /// KIE mode, the timings).
+    pub fn clone_for_test(&self) -> Ctx {
+        Ctx {
+            store: self.store.clone(),
+            queues: self.queues.clone(),
+            kie: self.kie.clone(),
+            catalog: self.catalog.clone(),
+            bot: self.bot.clone(),
+            limiter: self.limiter.clone(),
+            config: self.config.clone(),
+        }
+    }
+
+    /// Milliseconds of a duration, for timestamp arithmetic.
+    pub fn ms(d: Duration) -> i64 {
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_back_off_from_three_to_thirty_seconds() {
+        let c = PipelineConfig::default();
+        assert_eq!(c.poll_delay(0), Duration::from_secs(3));
+        assert!(c.poll_delay(1) > c.poll_delay(0));
+        assert_eq!(c.poll_delay(10), Duration::from_secs(30));
+        assert_eq!(c.poll_delay(1000), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn delivery_retries_back_off_and_cap() {
+        let c = PipelineConfig::default();
+        assert_eq!(c.delivery_delay(1), Duration::from_secs(2));
+        assert_eq!(c.delivery_delay(3), Duration::from_secs(8));
+        assert_eq!(c.delivery_delay(50), Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,50 @@
+//! The generation pipeline: job handlers, the reconciler and the worker
+//! runtime.
+//!
+//! # The life of a generation here
+//! 1. [`submit`]: a `Submit` job claims the pending row (counting the attempt
+//!    *before* calling KIE, since createTask has no idempotency key), creates
+//!    the KIE task and records its id with the first poll time and the
+//!    deadline.
+//! 2. [`poll`]: the [`reconcile`] tick claims rows whose `next_poll_at` is due
+//!    and enqueues `Poll` jobs in bounded batches; a KIE callback only moves
+//!    the poll time to now. A poll asks KIE once and either schedules the next
+//!    poll (backing off from a few seconds to thirty) or records the outcome
+//!    and enqueues `Finalize`.
+//! 3. [`finalize`]: one transaction moves the row to `succeeded` and captures
+//!    the hold, or to `failed` and releases it; then `Deliver` is enqueued.
+//! 4. [`deliver`]: sends the result (or the reason it failed) through the Bot
+//!    API and marks it delivered.
+//!
+//! Every step reads the database first and treats "already done" as success,
+//! because apalis delivers jobs at least once and the reconciler re-enqueues
+//! anything a crash interrupted. The queue carries ids only; the database is
+//! the source of truth.
+
+pub mod assemble;
+pub mod context;
+pub mod deliver;
+pub mod finalize;
+#[cfg(feature = "harness")]
+pub mod harness;
+pub mod metrics_names;
+pub mod poll;
+pub mod reconcile;
+pub mod runtime;
+pub mod submit;
+
+pub use context::{Ctx, KieMode, PipelineConfig, now_ms};
+pub use runtime::{WorkerRuntime, worker_name};
+
+/// A handler failed for a reason that retrying may fix (the database or the
+/// queue is unreachable). Business failures (KIE refused a task, a user
+/// blocked the bot) are not errors: they are recorded and the job succeeds.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] kiebot_store::StoreError),
+    /// The queue.
+    #[error(transparent)]
+    Queue(#[from] kiebot_jobs::QueueError),
+}

@@ -1,0 +1,37 @@
+//! Metric names, in one place so dashboards and alerts can rely on them.
+//!
+//! Units are in the names. Labels: `queue`, `outcome`, `endpoint`, `state`.
+
+/// Counter: jobs handled, by `queue` and `outcome` (ok, error).
+pub const JOBS: &str = "kiebot_jobs_total";
+/// Histogram: job handling time in seconds, by `queue`.
+pub const JOB_SECONDS: &str = "kiebot_job_duration_seconds";
+/// Counter: KIE calls, by `endpoint` and `outcome` (ok, or the error class).
+pub const KIE_CALLS: &str = "kiebot_kie_calls_total";
+/// Histogram: KIE call latency in seconds, by `endpoint`.
+pub const KIE_SECONDS: &str = "kiebot_kie_call_duration_seconds";
+/// Counter: generations entering a state, by `state`.
+pub const GENERATIONS: &str = "kiebot_generations_total";
+/// Counter: money captured, in minor units.
+pub const MONEY_CAPTURED: &str = "kiebot_money_captured_minor_total";
+/// Counter: money released, in minor units.
+pub const MONEY_RELEASED: &str = "kiebot_money_released_minor_total";
+/// Counter: Telegram 429 answers seen during delivery.
+pub const TELEGRAM_429: &str = "kiebot_telegram_429_total";
+/// Counter: deliveries, by `outcome` (sent, uploaded, link, blocked, retry, gave_up).
+pub const DELIVERIES: &str = "kiebot_deliveries_total";
+/// Counter: jobs enqueued by the reconciler, by `queue`.
+pub const RECONCILED: &str = "kiebot_reconciled_jobs_total";
+/// Gauge: jobs waiting in a queue, by `queue`.
+pub const QUEUE_DEPTH: &str = "kiebot_queue_depth";
+
+/// Records one KIE call.
+pub fn kie_call(endpoint: &'static str, outcome: &'static str, seconds: f64) {
+    metrics::counter!(KIE_CALLS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
+    metrics::histogram!(KIE_SECONDS, "endpoint" => endpoint).record(seconds);
+}
+
+/// Records a generation entering a state.
+pub fn generation_state(state: &'static str) {
+    metrics::counter!(GENERATIONS, "state" => state).increment(1);
+}

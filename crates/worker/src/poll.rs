@@ -1,0 +1,140 @@
+//! `Poll`: ask KIE once where a submitted task is.
+//!
+//! Polls are scheduled in the database (`next_poll_at`), never as delayed
+//! queue entries: the reconciler enqueues the due ones in bounded batches, so
+//! 100,000 generations in flight cost 100,000 rows, not 100,000 timers in
+//! Redis. A poll that finds the task still running only moves the row's next
+//! poll time; one that finds an outcome records it and hands over to
+//! `Finalize`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use apalis::prelude::Data;
+use kiebot_domain::GenerationStatus;
+use kiebot_jobs::{Job, Poll};
+use kiebot_kie::{KieError, TaskId, TaskState};
+use kiebot_store::pipeline::Outcome;
+use tracing::{info, warn};
+
+use crate::context::{Ctx, KieMode, now_ms};
+use crate::{JobError, metrics_names};
+
+/// Handles one `Poll` job.
+#[tracing::instrument(name = "job.poll", skip_all, fields(generation = %job.generation))]
+pub async fn handle(job: Poll, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
+    run(&ctx, job).await
+}
+
+/// The handler's body.
+pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
+    let id = job.generation;
+    let gens = ctx.store.generations();
+    let Some(g) = gens.get(id).await? else {
+        warn!("generation is gone; nothing to poll");
+        return Ok(());
+    };
+    if g.status != GenerationStatus::Submitted || g.outcome_recorded() {
+        // Already finalized, or waiting for Finalize: make sure it is queued.
+        if g.status == GenerationStatus::Submitted {
+            ctx.queues.push(Job::Finalize(id)).await?;
+        }
+        return Ok(());
+    }
+    let Some(task_id) = g.kie_task_id.as_deref() else {
+        return Ok(());
+    };
+    let client = match &ctx.kie {
+        KieMode::DryRun => {
+            // Nothing was generated, so nothing may be charged: a priced
+            // generation ends as failed (its hold released), a free one gets
+            // the request echoed back.
+            let outcome = if g.price.is_positive() {
+                Outcome::Failure {
+                    code: "dry_run".into(),
+                    reason: "DRY_RUN is on: nothing was generated and nothing was charged".into(),
+                }
+            } else {
+                let text = format!("DRY RUN: no KIE call was made. Request:\n{}", g.request_json);
+                Outcome::Success { result: serde_json::json!({ "resultUrls": [], "text": text, "dryRun": true }).to_string() }
+            };
+            if gens.record_outcome(id, &outcome, requeue_at(ctx)).await? {
+                ctx.queues.push(Job::Finalize(id)).await?;
+            }
+            return Ok(());
+        }
+        KieMode::Live(c) => c,
+    };
+    let Some(task) = TaskId::parse(task_id) else {
+        let o = Outcome::Failure { code: "bad_task_id".into(), reason: "stored task id is invalid".into() };
+        if gens.record_outcome(id, &o, requeue_at(ctx)).await? {
+            ctx.queues.push(Job::Finalize(id)).await?;
+        }
+        return Ok(());
+    };
+    let started = Instant::now();
+    let reply = client.record_info(&task).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let outcome = match reply {
+        Ok(record) => {
+            metrics_names::kie_call("recordInfo", "ok", seconds);
+            match record.state {
+                TaskState::Waiting | TaskState::Queuing | TaskState::Generating => None,
+                TaskState::Success(result) if result.is_empty() => Some(Outcome::Failure {
+                    code: "empty_result".into(),
+                    reason: "KIE reported success without a result".into(),
+                }),
+                TaskState::Success(result) => Some(Outcome::Success { result: result_json(&result) }),
+                TaskState::Fail { code, message } => Some(Outcome::Failure {
+                    code: if code.is_empty() { "fail".into() } else { code },
+                    reason: if message.is_empty() { "generation failed".into() } else { message },
+                }),
+            }
+        }
+        Err(e) => {
+            metrics_names::kie_call("recordInfo", e.outcome(), seconds);
+            if e.is_retryable() {
+                info!(error = %e, "recordInfo failed; polling again later");
+                None
+            } else {
+                warn!(error = %e, "recordInfo refused; failing the generation");
+                Some(Outcome::Failure { code: error_code(&e), reason: e.to_string() })
+            }
+        }
+    };
+    match outcome {
+        None => {
+            let at = now_ms() + Ctx::ms(ctx.config.poll_delay(i64::from(g.poll_attempts) + 1));
+            gens.schedule_poll(id, at).await?;
+        }
+        Some(o) => {
+            if gens.record_outcome(id, &o, requeue_at(ctx)).await? {
+                ctx.queues.push(Job::Finalize(id)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When the reconciler re-enqueues Finalize if the job we push is lost.
+fn requeue_at(ctx: &Ctx) -> i64 {
+    now_ms() + Ctx::ms(ctx.config.lease)
+}
+
+fn error_code(e: &KieError) -> String {
+    e.code().map_or_else(|| e.outcome().to_owned(), |c| c.to_string())
+}
+
+/// The stored form of a result: KIE's keys, so the stored JSON reads like
+/// KIE's own `resultJson`.
+fn result_json(r: &kiebot_kie::TaskResult) -> String {
+    let mut obj = r.extra.clone();
+    obj.insert("resultUrls".into(), serde_json::json!(r.result_urls));
+    if !r.watermark_urls.is_empty() {
+        obj.insert("resultWaterMarkUrls".into(), serde_json::json!(r.watermark_urls));
+    }
+    if let Some(t) = &r.text {
+        obj.insert("text".into(), serde_json::json!(t));
+    }
+    serde_json::Value::Object(obj).to_string()
+}

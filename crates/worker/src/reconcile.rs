@@ -1,0 +1,132 @@
+//! The reconciler: everything a crash, a lost job or a Redis restart can
+//! interrupt is resumed from the database.
+//!
+//! Each tick, in bounded batches:
+//! 1. expires generations past their deadline (the hold is released);
+//! 2. claims rows whose next check is due and enqueues the job their state
+//!    needs: `Submit` for pending rows nobody submitted, `Poll` for running
+//!    tasks, `Finalize` for recorded outcomes, `Deliver` for undelivered
+//!    results and notices.
+//!
+//! A claim moves the row's next check forward by the lease, in the same
+//! statement that selects it, so any number of reconcilers (one per worker
+//! process) can tick at once without enqueuing a row twice; a job that is
+//! lost is enqueued again when its lease runs out. When the poll queue is
+//! already deep, polls are left in the database for a later tick instead of
+//! piling up in the queue.
+
+use std::sync::Arc;
+
+use apalis::prelude::Data;
+use apalis_cron::Tick;
+use kiebot_domain::GenerationStatus;
+use kiebot_jobs::Job;
+use tracing::{debug, info};
+
+use crate::context::{Ctx, now_ms};
+use crate::{JobError, metrics_names};
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Generations expired.
+    pub expired: usize,
+    /// Submit jobs enqueued.
+    pub submits: usize,
+    /// Poll jobs enqueued.
+    pub polls: usize,
+    /// Finalize jobs enqueued.
+    pub finalizes: usize,
+    /// Deliver jobs enqueued.
+    pub deliveries: usize,
+}
+
+impl Report {
+    /// Jobs enqueued in total.
+    pub fn enqueued(&self) -> usize {
+        self.submits + self.polls + self.finalizes + self.deliveries
+    }
+}
+
+/// The cron handler.
+#[tracing::instrument(name = "job.reconcile", skip_all)]
+pub async fn handle(_tick: Tick, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
+    let report = tick(&ctx).await?;
+    if report.enqueued() > 0 || report.expired > 0 {
+        info!(?report, "reconciled");
+    } else {
+        debug!("nothing to reconcile");
+    }
+    Ok(())
+}
+
+/// One reconciliation pass.
+pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
+    let gens = ctx.store.generations();
+    let cfg = &ctx.config;
+    let now = now_ms();
+    let requeue_at = now + Ctx::ms(cfg.lease);
+    let mut report = Report::default();
+    let mut jobs: Vec<Job> = Vec::new();
+
+    for id in gens.overdue(now, batch_u32(cfg.reconcile_batch)).await? {
+        let reason = "no result before the model's deadline";
+        if gens.finish_failure(id, GenerationStatus::Expired, "deadline", reason).await? {
+            report.expired += 1;
+            metrics_names::generation_state(GenerationStatus::Expired.as_str());
+            jobs.push(Job::Deliver(id));
+        }
+    }
+
+    for id in gens.claim_due_submits(now, Ctx::ms(cfg.pending_grace), requeue_at, cfg.reconcile_batch).await? {
+        jobs.push(Job::Submit(id));
+        report.submits += 1;
+    }
+
+    if poll_queue_depth(ctx).await < cfg.queue_high_water {
+        for (id, has_outcome) in gens.claim_due_polls(now, requeue_at, cfg.reconcile_batch).await? {
+            if has_outcome {
+                jobs.push(Job::Finalize(id));
+                report.finalizes += 1;
+            } else {
+                jobs.push(Job::Poll(id));
+                report.polls += 1;
+            }
+        }
+    }
+
+    // A fresh result or failure already has its Deliver job in the queue;
+    // only rows left behind for a while are the reconciler's business.
+    let due_before = now - Ctx::ms(cfg.pending_grace);
+    for id in gens.claim_due_deliveries(due_before, requeue_at, cfg.reconcile_batch).await? {
+        jobs.push(Job::Deliver(id));
+        report.deliveries += 1;
+    }
+
+    if !jobs.is_empty() {
+        ctx.queues.push_many(&jobs).await?;
+        for j in &jobs {
+            metrics::counter!(metrics_names::RECONCILED, "queue" => j.kind()).increment(1);
+        }
+    }
+    Ok(report)
+}
+
+fn batch_u32(n: i64) -> u32 {
+    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Depth of the poll queue; an unreachable queue counts as empty so that the
+/// push itself reports the problem.
+async fn poll_queue_depth(ctx: &Ctx) -> u64 {
+    let poll_name = ctx.queues.names().poll.clone();
+    match ctx.queues.depths().await {
+        Ok(depths) => {
+            for (name, n) in &depths {
+                metrics::gauge!(metrics_names::QUEUE_DEPTH, "queue" => name.clone()).set(*n as f64);
+            }
+            depths.into_iter().find(|(n, _)| *n == poll_name).map_or(0, |(_, d)| d)
+        }
+        Err(_) => 0,
+    }
+}

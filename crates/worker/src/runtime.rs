@@ -1,0 +1,184 @@
+//! The worker runtime: one apalis `Monitor` per process running a worker per
+//! queue plus the reconciler, with graceful shutdown.
+//!
+//! Layers are applied in a deliberate order, outermost first: tracing (a span
+//! per job), panic catching (a panicking handler fails its job, never the
+//! process), retry with backoff for infrastructure errors (the database or
+//! queue briefly unreachable), a timeout, then the concurrency limit and
+//! parallel execution. On SIGTERM (or ctrl-c) the monitor stops fetching and
+//! waits up to `shutdown_timeout` for in-flight jobs; anything still running
+//! then is handed back by the backend's orphan recovery and, failing that, by
+//! the reconciler, because every handler is idempotent.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::layers::retry::RetryPolicy;
+use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
+use apalis::prelude::*;
+use apalis_cron::CronScheduler;
+use kiebot_jobs::Queues;
+use tracing::info;
+
+use crate::context::Ctx;
+use crate::{deliver, finalize, poll, reconcile, submit};
+
+/// A unique, readable worker name: host, process id and role. apalis tracks
+/// workers by name, so two processes must never share one.
+pub fn worker_name(role: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{host}-{}-{role}", std::process::id())
+}
+
+/// Which parts of the pipeline a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Submit, poll, finalize and deliver workers.
+    pub jobs: bool,
+    /// The reconciler tick.
+    pub reconciler: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles { jobs: true, reconciler: true }
+    }
+}
+
+/// The running pipeline of one process.
+pub struct WorkerRuntime {
+    ctx: Arc<Ctx>,
+    concurrency: usize,
+    roles: Roles,
+    shutdown_timeout: Duration,
+}
+
+/// Per-job time limit: longer than any KIE or Telegram call with its
+/// retries, shorter than the claim lease.
+const JOB_TIMEOUT: Duration = Duration::from_secs(50);
+
+macro_rules! register {
+    ($monitor:expr, $role:expr, $backend:expr, $handler:path, $ctx:expr, $conc:expr) => {{
+        let backend = $backend.clone();
+        let ctx = $ctx.clone();
+        let name = worker_name($role);
+        let concurrency = $conc;
+        $monitor.register(move |_restarts| {
+            WorkerBuilder::new(name.clone())
+                .backend(backend.clone())
+                .enable_tracing()
+                .catch_panic()
+                .retry(
+                    RetryPolicy::retries(5).with_backoff(
+                        ExponentialBackoffMaker::new(
+                            Duration::from_millis(200),
+                            Duration::from_secs(10),
+                            1.25,
+                            apalis::layers::retry::HasherRng::default(),
+                        )
+                        .expect("valid backoff bounds")
+                        .make_backoff(),
+                    ),
+                )
+                .timeout(JOB_TIMEOUT)
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .data(ctx.clone())
+                .build($handler)
+        })
+    }};
+}
+
+impl WorkerRuntime {
+    /// A runtime over a shared context.
+    pub fn new(ctx: Arc<Ctx>, concurrency: usize) -> Self {
+        WorkerRuntime { ctx, concurrency: concurrency.max(1), roles: Roles::default(), shutdown_timeout: Duration::from_secs(60) }
+    }
+
+    /// Runs only some roles (a fleet can run reconcilers apart from workers).
+    pub fn roles(mut self, roles: Roles) -> Self {
+        self.roles = roles;
+        self
+    }
+
+    /// How long SIGTERM waits for in-flight jobs.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Runs until `shutdown` resolves, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MonitorError> {
+        let ctx = self.ctx;
+        let n = self.concurrency;
+        let mut monitor = Monitor::new().shutdown_timeout(self.shutdown_timeout);
+        if self.roles.jobs {
+            match &ctx.queues {
+                Queues::Redis { storages, .. } => {
+                    monitor = register!(monitor, "submit", storages.submit, submit::handle, ctx, n);
+                    monitor = register!(monitor, "poll", storages.poll, poll::handle, ctx, n);
+                    monitor = register!(monitor, "finalize", storages.finalize, finalize::handle, ctx, n);
+                    monitor = register!(monitor, "deliver", storages.deliver, deliver::handle, ctx, n);
+                }
+                Queues::Sqlite { storages, .. } => {
+                    monitor = register!(monitor, "submit", storages.submit, submit::handle, ctx, n);
+                    monitor = register!(monitor, "poll", storages.poll, poll::handle, ctx, n);
+                    monitor = register!(monitor, "finalize", storages.finalize, finalize::handle, ctx, n);
+                    monitor = register!(monitor, "deliver", storages.deliver, deliver::handle, ctx, n);
+                }
+            }
+        }
+        if self.roles.reconciler {
+            // Every second; a tick drains more than one batch when it is
+            // behind (see `reconcile::handle`).
+            let schedule = cron::Schedule::from_str("* * * * * *").expect("valid cron expression");
+            let rctx = ctx.clone();
+            let name = worker_name("reconciler");
+            monitor = monitor.register(move |_| {
+                WorkerBuilder::new(name.clone())
+                    .backend(CronScheduler::new(schedule.clone()))
+                    .enable_tracing()
+                    .catch_panic()
+                    .data(rctx.clone())
+                    .build(reconcile::handle)
+            });
+        }
+        info!(concurrency = n, ?self.roles, "worker runtime starting");
+        monitor
+            .run_with_signal(async move {
+                shutdown.await;
+                info!("shutdown requested; draining in-flight jobs");
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
