@@ -14,7 +14,9 @@ const SHELL_ACTOR: UserId = UserId(0);
 /// Connects to `DATABASE_URL` and applies pending migrations, so operator
 /// commands work on a fresh database too.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Store::connect(&settings.database_url).await.context("connecting to DATABASE_URL")
+    Store::connect(&settings.database_url)
+        .await
+        .context("connecting to DATABASE_URL")
 }
 
 async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
@@ -26,16 +28,24 @@ async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
 /// `kiebot admin ledger-check`.
 pub async fn ledger_check(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = migrated_store(settings).await?;
-    let drift = store.ledger().check().await.context("recomputing wallets")?;
+    let drift = store
+        .ledger()
+        .check()
+        .await
+        .context("recomputing wallets")?;
     if drift.is_empty() {
         println!("ledger-check: ok, every wallet matches its entries");
         return Ok(ExitCode::SUCCESS);
     }
     println!("ledger-check: {} wallet(s) drifted", drift.len());
     for d in &drift {
+        let stored = d.stored.map_or_else(
+            || "no wallet".to_owned(),
+            |w| format!("balance {} held {}", w.balance, w.held),
+        );
         println!(
-            "user {}: balance stored {} expected {}, held stored {} expected {}",
-            d.user, d.stored_balance, d.expected_balance, d.stored_held, d.expected_held
+            "user {}: stored {stored}; entries say balance {} held {}",
+            d.user, d.expected.balance, d.expected.held
         );
     }
     Ok(ExitCode::from(1))
@@ -49,10 +59,17 @@ pub async fn grant(
     reason: &str,
     key: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(user.0 > 0, "telegram_id must be a positive Telegram user id");
+    anyhow::ensure!(
+        user.0 > 0,
+        "telegram_id must be a positive Telegram user id"
+    );
     anyhow::ensure!(amount.is_positive(), "amount must be positive");
     let store = migrated_store(settings).await?;
-    store.users().ensure(user).await.context("creating the user")?;
+    store
+        .users()
+        .ensure(user)
+        .await
+        .context("creating the user")?;
     let key = key.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -67,9 +84,15 @@ pub async fn grant(
         .context("crediting the wallet")?;
     let wallet = store.ledger().wallet(user).await?;
     if applied.fresh {
-        println!("granted {amount} to {user}; balance {} (held {})", Money::from_minor(wallet.balance), Money::from_minor(wallet.held));
+        println!(
+            "granted {amount} to {user}; balance {} (held {})",
+            wallet.balance, wallet.held
+        );
     } else {
-        println!("already granted with this key; balance {} (held {})", Money::from_minor(wallet.balance), Money::from_minor(wallet.held));
+        println!(
+            "already granted with this key; balance {} (held {})",
+            wallet.balance, wallet.held
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,11 @@ use kiebot_domain::pricing::price_list;
 use kiebot_domain::{Money, Params, UserId};
 
 #[derive(Parser)]
-#[command(name = "kiebot", version, about = "AI generations for Telegram, paid from a prepaid balance")]
+#[command(
+    name = "kiebot",
+    version,
+    about = "AI generations for Telegram, paid from a prepaid balance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,7 +71,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kiebot: cannot start the async runtime: {e}");
@@ -88,7 +95,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let store = admin::open_store(&settings).await?;
             store.migrate().await.context("applying migrations")?;
-            println!("migrations applied to {}", redact_url(&settings.database_url));
+            println!(
+                "migrations applied to {}",
+                redact_url(&settings.database_url)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog { all } => {
@@ -97,11 +107,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 if !all && !model.is_sold() {
                     continue;
                 }
-                let price = settings.pricing.price(model, &Params::defaults_for_pricing(model)).ok();
-                let prices: serde_json::Map<String, serde_json::Value> = price_list(&settings.pricing, model)
-                    .into_iter()
-                    .filter_map(|(k, v)| v.ok().map(|m| (k, serde_json::Value::from(m.minor()))))
-                    .collect();
+                let price = settings
+                    .pricing
+                    .price(model, &Params::defaults_for_pricing(model))
+                    .ok();
+                let prices: serde_json::Map<String, serde_json::Value> =
+                    price_list(&settings.pricing, model)
+                        .into_iter()
+                        .filter_map(|(k, v)| {
+                            v.ok().map(|m| (k, serde_json::Value::from(m.minor())))
+                        })
+                        .collect();
                 let line = serde_json::json!({
                     "id": model.id.as_str(),
                     "name": model.name.en,
@@ -117,9 +133,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Admin { command: AdminCommand::LedgerCheck } => admin::ledger_check(&settings).await,
-        Command::Admin { command: AdminCommand::Grant { telegram_id, amount, reason, key } } => {
-            let amount: Money = amount.parse().with_context(|| format!("amount {amount:?}"))?;
+        Command::Admin {
+            command: AdminCommand::LedgerCheck,
+        } => admin::ledger_check(&settings).await,
+        Command::Admin {
+            command:
+                AdminCommand::Grant {
+                    telegram_id,
+                    amount,
+                    reason,
+                    key,
+                },
+        } => {
+            let amount: Money = amount
+                .parse()
+                .with_context(|| format!("amount {amount:?}"))?;
             admin::grant(&settings, UserId(telegram_id), amount, &reason, key).await
         }
     }
@@ -141,8 +169,11 @@ fn redact_url(url: &str) -> String {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,kiebot=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,kiebot=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),
@@ -155,7 +186,10 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden_in_printed_urls() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact_url("sqlite://kiebot.db"), "sqlite://kiebot.db");
     }
 }

@@ -22,16 +22,32 @@ fn stdout(o: &Output) -> String {
 
 async fn grant_and_check(db: TestDb) {
     let migrate = kiebot(&db, &["migrate"]);
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
 
     let grant = kiebot(&db, &["admin", "grant", "42", "150.50", "--key", "welcome"]);
-    assert!(grant.status.success(), "{}", String::from_utf8_lossy(&grant.stderr));
-    assert!(stdout(&grant).contains("balance 150.50"), "{}", stdout(&grant));
+    assert!(
+        grant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grant.stderr)
+    );
+    assert!(
+        stdout(&grant).contains("balance 150.50"),
+        "{}",
+        stdout(&grant)
+    );
 
     // Same key: credited once.
     let again = kiebot(&db, &["admin", "grant", "42", "150.50", "--key", "welcome"]);
     assert!(again.status.success());
-    assert!(stdout(&again).contains("already granted"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("already granted"),
+        "{}",
+        stdout(&again)
+    );
     assert!(stdout(&again).contains("balance 150.50"));
 
     let check = kiebot(&db, &["admin", "ledger-check"]);
@@ -72,9 +88,15 @@ async fn bad_grants_are_refused_and_change_nothing() {
 fn the_catalog_lists_every_sold_model_with_a_price() {
     let db = TestDb::sqlite();
     let out = kiebot(&db, &["catalog"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        stdout(&out).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
     assert!(lines.len() >= 56, "{} models", lines.len());
     for m in &lines {
         let price = m["price"].as_i64().expect("a price");
@@ -86,7 +108,10 @@ fn the_catalog_lists_every_sold_model_with_a_price() {
         assert!(!m["types"].as_array().unwrap().is_empty());
     }
     let all = kiebot(&db, &["catalog", "--all"]);
-    assert!(stdout(&all).lines().count() > lines.len(), "coming-soon models are listed with --all");
+    assert!(
+        stdout(&all).lines().count() > lines.len(),
+        "coming-soon models are listed with --all"
+    );
 }
 
 #[test]

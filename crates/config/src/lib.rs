@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use kiebot_domain::{Pricing, Rate, UserId};
+use kiebot_domain::{Money, Pricing, Rate, UserId};
 
 /// A configuration value that must never reach a log line.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,7 +57,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(var: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError { var, reason: reason.into() }
+        ConfigError {
+            var,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -136,8 +139,19 @@ pub struct Settings {
     pub pricing: Pricing,
     /// `MAX_ACTIVE_GENERATIONS`: concurrent generations per user.
     pub max_active_generations: u32,
+    /// `STARS_RATE`: minor units credited per Telegram Star (default 150,
+    /// 1.50 in the operator's currency).
+    pub stars_rate: Money,
     /// `DASHBOARD_TOKEN`: required to open the queue dashboard.
     pub dashboard_token: Option<Secret>,
+    /// `QUEUE_NAMESPACE`: prefix of queue and rate-limit keys, so several
+    /// deployments can share one Redis (empty by default).
+    pub queue_namespace: String,
+    /// `JOB_LEASE_SECS`: how long a claimed row is left to the worker that
+    /// claimed it before another may take over (a worker died mid-job).
+    pub job_lease: std::time::Duration,
+    /// `POLL_INITIAL_MS`: delay before the first poll of a new KIE task.
+    pub poll_initial: std::time::Duration,
 }
 
 /// The variables this contract reads, for `--help` texts and docs.
@@ -162,7 +176,11 @@ pub const VARIABLES: &[&str] = &[
     "FX_RATE",
     "MARKUP",
     "MAX_ACTIVE_GENERATIONS",
+    "STARS_RATE",
     "DASHBOARD_TOKEN",
+    "QUEUE_NAMESPACE",
+    "JOB_LEASE_SECS",
+    "POLL_INITIAL_MS",
 ];
 
 impl Settings {
@@ -188,33 +206,51 @@ impl Settings {
             if v.starts_with("http://") || v.starts_with("https://") {
                 Ok(v.trim_end_matches('/').to_owned())
             } else {
-                Err(ConfigError::new(name, format!("expected an http(s) URL, got {v:?}")))
+                Err(ConfigError::new(
+                    name,
+                    format!("expected an http(s) URL, got {v:?}"),
+                ))
             }
         };
-        let database_url = get("DATABASE_URL").unwrap_or("sqlite://kiebot.db").to_owned();
+        let database_url = get("DATABASE_URL")
+            .unwrap_or("sqlite://kiebot.db")
+            .to_owned();
         database_kind(&database_url)?;
         let redis_url = get("REDIS_URL").map(str::to_owned);
         if let Some(r) = &redis_url
             && !(r.starts_with("redis://") || r.starts_with("rediss://"))
         {
-            return Err(ConfigError::new("REDIS_URL", "expected a redis:// or rediss:// URL"));
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "expected a redis:// or rediss:// URL",
+            ));
         }
         let bot_mode = match get("BOT_MODE").unwrap_or("polling") {
             "polling" => BotMode::Polling,
             "webhook" => BotMode::Webhook,
-            other => return Err(ConfigError::new("BOT_MODE", format!("expected polling or webhook, got {other:?}"))),
+            other => {
+                return Err(ConfigError::new(
+                    "BOT_MODE",
+                    format!("expected polling or webhook, got {other:?}"),
+                ));
+            }
         };
         let public_url = match get("PUBLIC_URL") {
             Some(_) => Some(url("PUBLIC_URL", "")?),
             None => None,
         };
         if bot_mode == BotMode::Webhook && public_url.is_none() {
-            return Err(ConfigError::new("PUBLIC_URL", "required when BOT_MODE=webhook"));
+            return Err(ConfigError::new(
+                "PUBLIC_URL",
+                "required when BOT_MODE=webhook",
+            ));
         }
         let http_addr = get("HTTP_ADDR")
             .unwrap_or("127.0.0.1:8080")
             .parse()
-            .map_err(|_| ConfigError::new("HTTP_ADDR", "expected host:port, like 127.0.0.1:8080"))?;
+            .map_err(|_| {
+                ConfigError::new("HTTP_ADDR", "expected host:port, like 127.0.0.1:8080")
+            })?;
         let admin_ids = match get("ADMIN_IDS") {
             None => vec![],
             Some(list) => list
@@ -226,21 +262,50 @@ impl Settings {
                         .ok()
                         .filter(|id| *id > 0)
                         .map(UserId)
-                        .ok_or_else(|| ConfigError::new("ADMIN_IDS", format!("{s:?} is not a Telegram user id")))
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                "ADMIN_IDS",
+                                format!("{s:?} is not a Telegram user id"),
+                            )
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let worker_concurrency = parse_in::<usize>(get("WORKER_CONCURRENCY"), "WORKER_CONCURRENCY", 16, 1, 4096)?;
-        let max_active_generations = parse_in::<u32>(get("MAX_ACTIVE_GENERATIONS"), "MAX_ACTIVE_GENERATIONS", 5, 1, 1000)?;
+        let worker_concurrency =
+            parse_in::<usize>(get("WORKER_CONCURRENCY"), "WORKER_CONCURRENCY", 16, 1, 4096)?;
+        let max_active_generations = parse_in::<u32>(
+            get("MAX_ACTIVE_GENERATIONS"),
+            "MAX_ACTIVE_GENERATIONS",
+            5,
+            1,
+            1000,
+        )?;
+        let stars_rate = Money::from_minor(parse_in::<i64>(
+            get("STARS_RATE"),
+            "STARS_RATE",
+            150,
+            1,
+            1_000_000,
+        )?);
         let dry_run = match get("DRY_RUN").map(str::to_ascii_lowercase).as_deref() {
             None | Some("0" | "false" | "no") => false,
             Some("1" | "true" | "yes") => true,
-            Some(other) => return Err(ConfigError::new("DRY_RUN", format!("expected true or false, got {other:?}"))),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "DRY_RUN",
+                    format!("expected true or false, got {other:?}"),
+                ));
+            }
         };
         let log_format = match get("LOG_FORMAT").unwrap_or("pretty") {
             "pretty" => LogFormat::Pretty,
             "json" => LogFormat::Json,
-            other => return Err(ConfigError::new("LOG_FORMAT", format!("expected pretty or json, got {other:?}"))),
+            other => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("expected pretty or json, got {other:?}"),
+                ));
+            }
         };
         let defaults = Pricing::default();
         let rate = |name: &'static str, default: Rate| -> Result<Rate, ConfigError> {
@@ -248,7 +313,10 @@ impl Settings {
                 None => Ok(default),
                 Some(v) => match Rate::from_str(v) {
                     Ok(r) if r.micros() > 0 => Ok(r),
-                    _ => Err(ConfigError::new(name, format!("expected a positive decimal, got {v:?}"))),
+                    _ => Err(ConfigError::new(
+                        name,
+                        format!("expected a positive decimal, got {v:?}"),
+                    )),
                 },
             }
         };
@@ -258,7 +326,20 @@ impl Settings {
             markup: rate("MARKUP", defaults.markup)?,
         };
         if pricing.markup.micros() < 1_000_000 {
-            return Err(ConfigError::new("MARKUP", "must be at least 1 (selling below KIE's cost)"));
+            return Err(ConfigError::new(
+                "MARKUP",
+                "must be at least 1 (selling below KIE's cost)",
+            ));
+        }
+        let queue_namespace = get("QUEUE_NAMESPACE").unwrap_or("").to_owned();
+        if !queue_namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                "QUEUE_NAMESPACE",
+                "use letters, digits, '-' and '_' only",
+            ));
         }
         let token = get("TELEGRAM_BOT_TOKEN").map(Secret::new);
         if let Some(t) = &token {
@@ -266,7 +347,10 @@ impl Settings {
                 !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
             });
             if !ok {
-                return Err(ConfigError::new("TELEGRAM_BOT_TOKEN", "expected <bot id>:<secret> as BotFather gives it"));
+                return Err(ConfigError::new(
+                    "TELEGRAM_BOT_TOKEN",
+                    "expected <bot id>:<secret> as BotFather gives it",
+                ));
             }
         }
         Ok(Settings {
@@ -291,7 +375,23 @@ impl Settings {
             log_format,
             pricing,
             max_active_generations,
+            stars_rate,
             dashboard_token: get("DASHBOARD_TOKEN").map(Secret::new),
+            queue_namespace,
+            job_lease: std::time::Duration::from_secs(parse_in::<u64>(
+                get("JOB_LEASE_SECS"),
+                "JOB_LEASE_SECS",
+                60,
+                2,
+                3600,
+            )?),
+            poll_initial: std::time::Duration::from_millis(parse_in::<u64>(
+                get("POLL_INITIAL_MS"),
+                "POLL_INITIAL_MS",
+                3000,
+                0,
+                60_000,
+            )?),
         })
     }
 
@@ -307,20 +407,25 @@ impl Settings {
         match (self.database_kind(), &self.redis_url) {
             (DatabaseKind::Sqlite, None) => Ok(Mode::Embedded),
             (DatabaseKind::Postgres, Some(_)) => Ok(Mode::Fleet),
-            (DatabaseKind::Sqlite, Some(_)) => {
-                Err(ConfigError::new("DATABASE_URL", "the fleet (REDIS_URL set) needs a postgres:// database"))
-            }
-            (DatabaseKind::Postgres, None) => {
-                Err(ConfigError::new("REDIS_URL", "required with a postgres:// DATABASE_URL (fleet mode)"))
-            }
+            (DatabaseKind::Sqlite, Some(_)) => Err(ConfigError::new(
+                "DATABASE_URL",
+                "the fleet (REDIS_URL set) needs a postgres:// database",
+            )),
+            (DatabaseKind::Postgres, None) => Err(ConfigError::new(
+                "REDIS_URL",
+                "required with a postgres:// DATABASE_URL (fleet mode)",
+            )),
         }
     }
 
     /// The bot token, or the error naming the variable.
     pub fn require_telegram_token(&self) -> Result<&Secret, ConfigError> {
-        self.telegram_token
-            .as_ref()
-            .ok_or_else(|| ConfigError::new("TELEGRAM_BOT_TOKEN", "required to talk to Telegram (try `kiebot demo`)"))
+        self.telegram_token.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "TELEGRAM_BOT_TOKEN",
+                "required to talk to Telegram (try `kiebot demo`)",
+            )
+        })
     }
 
     /// The KIE key, or the error naming the variable. Not needed in dry runs.
@@ -346,41 +451,63 @@ fn database_kind(url: &str) -> Result<DatabaseKind, ConfigError> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(DatabaseKind::Postgres)
     } else {
-        Err(ConfigError::new("DATABASE_URL", "expected a sqlite:// or postgres:// URL"))
+        Err(ConfigError::new(
+            "DATABASE_URL",
+            "expected a sqlite:// or postgres:// URL",
+        ))
     }
 }
 
-fn parse_in<T>(v: Option<&str>, name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+fn parse_in<T>(
+    v: Option<&str>,
+    name: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: FromStr + PartialOrd + fmt::Display + Copy,
 {
     let Some(v) = v else { return Ok(default) };
     match v.parse::<T>() {
         Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(ConfigError::new(name, format!("expected a whole number from {min} to {max}, got {v:?}"))),
+        _ => Err(ConfigError::new(
+            name,
+            format!("expected a whole number from {min} to {max}, got {v:?}"),
+        )),
     }
 }
 
 fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("KIEBOT_CONFIG", format!("cannot read {path}: {e}")))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::new("KIEBOT_CONFIG", format!("{path}: {}", e.message())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigError::new("KIEBOT_CONFIG", format!("{path}: {}", e.message()))
+    })?;
     let mut out = BTreeMap::new();
     for (k, v) in table {
         let Some(name) = VARIABLES.iter().find(|n| **n == k) else {
-            return Err(ConfigError::new("KIEBOT_CONFIG", format!("{path}: unknown setting {k}")));
+            return Err(ConfigError::new(
+                "KIEBOT_CONFIG",
+                format!("{path}: unknown setting {k}"),
+            ));
         };
         let s = match v {
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) => {
-                items.iter().map(|i| i.to_string().trim_matches('"').to_owned()).collect::<Vec<_>>().join(",")
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.to_string().trim_matches('"').to_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => {
+                return Err(ConfigError::new(
+                    "KIEBOT_CONFIG",
+                    format!("{path}: {k} must be a plain value"),
+                ));
             }
-            _ => return Err(ConfigError::new("KIEBOT_CONFIG", format!("{path}: {k} must be a plain value"))),
         };
         out.insert((*name).to_owned(), s);
     }
@@ -392,7 +519,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -433,6 +563,9 @@ mod tests {
             ("TELEGRAM_API_URL", "ftp://x"),
             ("TELEGRAM_BOT_TOKEN", "not-a-token"),
             ("MAX_ACTIVE_GENERATIONS", "many"),
+            ("QUEUE_NAMESPACE", "a b"),
+            ("JOB_LEASE_SECS", "1"),
+            ("POLL_INITIAL_MS", "soon"),
         ];
         for (var, value) in cases {
             let err = Settings::from_map(&map(&[(var, value)])).unwrap_err();
@@ -445,17 +578,28 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let s = Settings::from_map(&map(&[("TELEGRAM_BOT_TOKEN", "123:SECRETVALUE"), ("KIE_API_KEY", "kie-secret-key")]))
-            .unwrap();
+        let s = Settings::from_map(&map(&[
+            ("TELEGRAM_BOT_TOKEN", "123:SECRETVALUE"),
+            ("KIE_API_KEY", "kie-secret-key"),
+        ]))
+        .unwrap();
         let dump = format!("{s:?}");
         assert!(!dump.contains("SECRETVALUE"));
         assert!(!dump.contains("kie-secret-key"));
-        assert_eq!(s.require_telegram_token().unwrap().expose(), "123:SECRETVALUE");
+        assert_eq!(
+            s.require_telegram_token().unwrap().expose(),
+            "123:SECRETVALUE"
+        );
     }
 
     #[test]
     fn admin_ids_and_pricing_parse() {
-        let s = Settings::from_map(&map(&[("ADMIN_IDS", "42, 7"), ("FX_RATE", "90.5"), ("MARKUP", "1.5")])).unwrap();
+        let s = Settings::from_map(&map(&[
+            ("ADMIN_IDS", "42, 7"),
+            ("FX_RATE", "90.5"),
+            ("MARKUP", "1.5"),
+        ]))
+        .unwrap();
         assert_eq!(s.admin_ids, vec![UserId(42), UserId(7)]);
         assert_eq!(s.owner(), Some(UserId(42)));
         assert_eq!(s.pricing.fx.micros(), 90_500_000);
@@ -467,14 +611,33 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiebot-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("kiebot.toml");
-        std::fs::write(&path, "DATABASE_URL = \"sqlite://x.db\"\nWORKER_CONCURRENCY = 4\nADMIN_IDS = [1, 2]\n").unwrap();
+        std::fs::write(
+            &path,
+            "DATABASE_URL = \"sqlite://x.db\"\nWORKER_CONCURRENCY = 4\nADMIN_IDS = [1, 2]\n",
+        )
+        .unwrap();
         let vars = read_file(path.to_str().unwrap()).unwrap();
         let s = Settings::from_map(&vars).unwrap();
         assert_eq!(s.database_url, "sqlite://x.db");
         assert_eq!(s.worker_concurrency, 4);
         assert_eq!(s.admin_ids, vec![UserId(1), UserId(2)]);
         std::fs::write(&path, "NOPE = 1\n").unwrap();
-        assert_eq!(read_file(path.to_str().unwrap()).unwrap_err().var, "KIEBOT_CONFIG");
+        assert_eq!(
+            read_file(path.to_str().unwrap()).unwrap_err().var,
+            "KIEBOT_CONFIG"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stars_rate_defaults_to_150_minor_units_and_rejects_nonsense() {
+        let s = Settings::from_map(&map(&[])).unwrap();
+        assert_eq!(s.stars_rate, Money::from_minor(150));
+        let s = Settings::from_map(&map(&[("STARS_RATE", "200")])).unwrap();
+        assert_eq!(s.stars_rate, Money::from_minor(200));
+        for bad in ["0", "-5", "1.5", "lots"] {
+            let e = Settings::from_map(&map(&[("STARS_RATE", bad)])).unwrap_err();
+            assert_eq!(e.var, "STARS_RATE");
+        }
     }
 }

@@ -117,12 +117,20 @@ pub struct Storages<S, P, F, D> {
 }
 
 /// Redis storages (fleet).
-pub type RedisStorages =
-    Storages<RedisStorage<Submit>, RedisStorage<Poll>, RedisStorage<Finalize>, RedisStorage<Deliver>>;
+pub type RedisStorages = Storages<
+    RedisStorage<Submit>,
+    RedisStorage<Poll>,
+    RedisStorage<Finalize>,
+    RedisStorage<Deliver>,
+>;
 
 /// SQLite storages (embedded).
-pub type SqliteStorages =
-    Storages<SqliteStorage<Submit>, SqliteStorage<Poll>, SqliteStorage<Finalize>, SqliteStorage<Deliver>>;
+pub type SqliteStorages = Storages<
+    SqliteStorage<Submit>,
+    SqliteStorage<Poll>,
+    SqliteStorage<Finalize>,
+    SqliteStorage<Deliver>,
+>;
 
 /// The enqueue side, over either backend.
 #[derive(Clone)]
@@ -155,7 +163,10 @@ impl Queues {
     /// Connects to Redis. `names` carries the namespace (tests use a random
     /// one so they never see each other's jobs).
     pub async fn redis(url: &str, names: names::QueueNames) -> Result<Queues, QueueError> {
-        let err = |e: &dyn fmt::Display| QueueError { queue: "redis".into(), message: e.to_string() };
+        let err = |e: &dyn fmt::Display| QueueError {
+            queue: "redis".into(),
+            message: e.to_string(),
+        };
         let client = redis::Client::open(url).map_err(|e| err(&e))?;
         let conn = client.get_connection_manager().await.map_err(|e| err(&e))?;
         let cfg = |queue: &str| {
@@ -174,23 +185,36 @@ impl Queues {
             finalize: RedisStorage::new(conn.clone()).with_config(cfg(&names.finalize)),
             deliver: RedisStorage::new(conn.clone()).with_config(cfg(&names.deliver)),
         };
-        Ok(Queues::Redis { storages, conn, names })
+        Ok(Queues::Redis {
+            storages,
+            conn,
+            names,
+        })
     }
 
     /// Opens the embedded queue in the SQLite file at `url` and creates its
     /// tables. The application's own migrations share the file's migration
     /// table, so both sides ignore each other's entries.
     pub async fn sqlite(url: &str, names: names::QueueNames) -> Result<Queues, QueueError> {
-        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        use sqlx::sqlite::{
+            SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+        };
         use std::str::FromStr;
-        let err = |e: &dyn fmt::Display| QueueError { queue: "sqlite".into(), message: e.to_string() };
+        let err = |e: &dyn fmt::Display| QueueError {
+            queue: "sqlite".into(),
+            message: e.to_string(),
+        };
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| err(&e))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(|e| err(&e))?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| err(&e))?;
         let mut migrator = SqliteStorage::<()>::migrations();
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await.map_err(|e| err(&e))?;
@@ -206,7 +230,11 @@ impl Queues {
             finalize: SqliteStorage::new(&pool).with_config(cfg(&names.finalize)),
             deliver: SqliteStorage::new(&pool).with_config(cfg(&names.deliver)),
         };
-        Ok(Queues::Sqlite { storages, pool, names })
+        Ok(Queues::Sqlite {
+            storages,
+            pool,
+            names,
+        })
     }
 
     /// The queue names in use.
@@ -238,13 +266,17 @@ impl Queues {
             }
         }
         match self {
-            Queues::Redis { storages, names, .. } => {
+            Queues::Redis {
+                storages, names, ..
+            } => {
                 push_all(&mut storages.submit.clone(), submit, &names.submit).await?;
                 push_all(&mut storages.poll.clone(), poll, &names.poll).await?;
                 push_all(&mut storages.finalize.clone(), finalize, &names.finalize).await?;
                 push_all(&mut storages.deliver.clone(), deliver, &names.deliver).await
             }
-            Queues::Sqlite { storages, names, .. } => {
+            Queues::Sqlite {
+                storages, names, ..
+            } => {
                 push_all(&mut storages.submit.clone(), submit, &names.submit).await?;
                 push_all(&mut storages.poll.clone(), poll, &names.poll).await?;
                 push_all(&mut storages.finalize.clone(), finalize, &names.finalize).await?;
@@ -258,17 +290,23 @@ impl Queues {
         match self {
             Queues::Redis { conn, .. } => {
                 let mut c = conn.clone();
-                redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ()).map_err(|e| QueueError {
-                    queue: "redis".into(),
-                    message: e.to_string(),
-                })
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| QueueError {
+                        queue: "redis".into(),
+                        message: e.to_string(),
+                    })
             }
-            Queues::Sqlite { pool, .. } => {
-                sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| QueueError {
+            Queues::Sqlite { pool, .. } => sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| QueueError {
                     queue: "sqlite".into(),
                     message: e.to_string(),
-                })
-            }
+                }),
         }
     }
 
@@ -281,12 +319,20 @@ impl Queues {
             Queues::Redis { conn, .. } => {
                 let mut c = conn.clone();
                 for name in names {
-                    let key = format!("{name}:active");
-                    let n: u64 = redis::cmd("LLEN").arg(&key).query_async(&mut c).await.map_err(|e| QueueError {
-                        queue: name.clone(),
-                        message: e.to_string(),
-                    })?;
-                    out.push((name, n));
+                    // apalis-redis parks every pushed job in the scheduled set
+                    // until a worker moves it to the active list: both wait.
+                    let (active, scheduled): (u64, u64) = redis::pipe()
+                        .cmd("LLEN")
+                        .arg(format!("{name}:active"))
+                        .cmd("ZCARD")
+                        .arg(format!("{name}:scheduled"))
+                        .query_async(&mut c)
+                        .await
+                        .map_err(|e| QueueError {
+                            queue: name.clone(),
+                            message: e.to_string(),
+                        })?;
+                    out.push((name, active + scheduled));
                 }
             }
             Queues::Sqlite { pool, .. } => {
@@ -318,10 +364,10 @@ where
     let mut jobs = jobs;
     while !jobs.is_empty() {
         let rest = jobs.split_off(jobs.len().min(PUSH_CHUNK));
-        storage
-            .push_bulk(jobs)
-            .await
-            .map_err(|e| QueueError { queue: queue.to_owned(), message: sink_error(e) })?;
+        storage.push_bulk(jobs).await.map_err(|e| QueueError {
+            queue: queue.to_owned(),
+            message: sink_error(e),
+        })?;
         jobs = rest;
     }
     Ok(())

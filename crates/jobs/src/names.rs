@@ -38,13 +38,29 @@ pub struct QueueNames {
 impl QueueNames {
     /// Names under a namespace (`""` for production; tests use a random one).
     pub fn new(namespace: &str) -> Self {
-        let n = |base: &str| if namespace.is_empty() { base.to_owned() } else { format!("{namespace}:{base}") };
-        QueueNames { submit: n(SUBMIT), poll: n(POLL), finalize: n(FINALIZE), deliver: n(DELIVER) }
+        let n = |base: &str| {
+            if namespace.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{namespace}:{base}")
+            }
+        };
+        QueueNames {
+            submit: n(SUBMIT),
+            poll: n(POLL),
+            finalize: n(FINALIZE),
+            deliver: n(DELIVER),
+        }
     }
 
     /// Every name, in pipeline order.
     pub fn all(&self) -> Vec<String> {
-        vec![self.submit.clone(), self.poll.clone(), self.finalize.clone(), self.deliver.clone()]
+        vec![
+            self.submit.clone(),
+            self.poll.clone(),
+            self.finalize.clone(),
+            self.deliver.clone(),
+        ]
     }
 }
 

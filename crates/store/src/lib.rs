@@ -1,1 +1,302 @@
-//! placeholder
+//! Storage for kiebot: one code path for SQLite and PostgreSQL.
+//!
+//! # Map
+//!
+//! - [`Store`]: the pool, the engine, migrations; every repository hangs off it
+//!   (`store.ledger()`, `store.generations()`, ...).
+//! - [`ledger`]: **the only writer of `wallets` and `ledger_entries`**. Every
+//!   money movement is one transaction that appends an entry with a unique key
+//!   and changes the wallet with a conditional `UPDATE`.
+//! - [`generations`]: the generation rows and their lifecycle; the state change
+//!   and its money step (hold, capture, release) share one transaction.
+//! - [`payments`], [`promos`], [`referrals`]: where money comes from; each
+//!   credits through the ledger, once per external key.
+//! - [`users`], [`free_usage`], [`audit`], [`dialogues`], [`updates`],
+//!   [`settings`]: the rest of the bot's state.
+//!
+//! # One SQL text, two engines
+//!
+//! Everything goes through sqlx's `Any` driver, so each query is written once
+//! and the test suite runs every case on both engines. That fixes a few
+//! conventions:
+//!
+//! - placeholders are `$1, $2, ...` (SQLite accepts them and binds by number);
+//! - ids and money are 64-bit integers, money in minor units ([`Money`]);
+//!   timestamps are unix **milliseconds** (`i64`), so no date type has to
+//!   survive the driver; JSON is stored as TEXT and never queried inside;
+//! - booleans are `BOOLEAN` on Postgres and `INTEGER` 0/1 on SQLite (Any cannot
+//!   read a SQLite column declared BOOLEAN); they are bound as `bool` and read
+//!   with a helper that accepts either;
+//! - every `SUM` is `CAST(.. AS BIGINT)`: Postgres sums BIGINT into NUMERIC,
+//!   which Any cannot decode;
+//! - the DDL differs (identity columns, STRICT tables, trigger syntax), so
+//!   migrations live in one folder per engine with the same tables and columns.
+//!
+//! `tests/the_any_driver_behaves_as_the_store_assumes.rs` pins these down.
+//!
+//! # Transactions and concurrency
+//!
+//! Every write transaction starts with the write that decides it (an
+//! insert-or-ignore on an idempotency key, or a conditional `UPDATE`). On
+//! Postgres that takes the deciding row lock first, so concurrent operations
+//! on the same wallet or hold queue up instead of deciding on stale reads; on
+//! SQLite the transaction is also opened with `BEGIN IMMEDIATE`, so the write
+//! lock is taken up front, under the 10 s busy handler, and never by a lock
+//! upgrade that would fail at once with `SQLITE_BUSY`. If the database still
+//! answers busy (or Postgres reports a deadlock or serialization failure), the
+//! whole transaction is retried a bounded number of times.
+//!
+//! Idempotency is by key: a repeated operation finds its first result and
+//! returns it (`fresh: false`) without changing anything, and a repeat that
+//! differs (another amount, another user) is refused as
+//! [`StoreError::KeyConflict`].
+//!
+//! SQLite connections run with WAL, `foreign_keys = ON` and
+//! `busy_timeout = 10000`; `synchronous` stays at its FULL default, because a
+//! committed payment must survive a power cut.
+
+use std::sync::Once;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use kiebot_domain::{GenerationId, GenerationStatus, Money, UserId};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+#[macro_use]
+mod tx;
+mod sql;
+
+pub mod audit;
+pub mod dialogues;
+mod error;
+pub mod free_usage;
+pub mod generations;
+pub mod ledger;
+pub mod payments;
+pub mod pipeline;
+pub mod promos;
+pub mod referrals;
+pub mod settings;
+pub mod updates;
+pub mod users;
+
+pub use audit::{Audit, AuditEntry};
+pub use dialogues::Dialogues;
+pub use error::{PromoRefusal, Result, StoreError};
+pub use free_usage::FreeUsage;
+pub use generations::{Creation, Generation, Generations, NewGeneration};
+pub use ledger::{Applied, Drift, Entry, EntryId, EntryKind, Hold, HoldState, Ledger, Wallet};
+pub use payments::{Payment, PaymentId, PaymentStatus, Payments};
+pub use promos::{Promo, Promos};
+pub use referrals::Referrals;
+pub use settings::Settings;
+pub use updates::Updates;
+pub use users::{Role, User, UserCounts, Users};
+
+/// The database engine behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    /// A SQLite file (embedded mode).
+    Sqlite,
+    /// A PostgreSQL server (fleet mode).
+    Postgres,
+}
+
+impl Engine {
+    /// The engine a sqlx URL names, if it is one we run on.
+    pub fn of_url(url: &str) -> Option<Engine> {
+        if url.starts_with("sqlite:") {
+            Some(Engine::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Engine::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// The table that records our migrations. Not sqlx's default: in the
+/// embedded mode the job queue (apalis-sqlite) shares the database file and
+/// records its own migrations in `_sqlx_migrations`; each side keeping its
+/// own table means neither sees the other's entries as "missing".
+pub const MIGRATIONS_TABLE: &str = "_kiebot_migrations";
+
+fn migrator(engine: Engine) -> Migrator {
+    let mut m = match engine {
+        Engine::Sqlite => sqlx::migrate!("../../migrations/sqlite"),
+        Engine::Postgres => sqlx::migrate!("../../migrations/postgres"),
+    };
+    m.dangerous_set_table_name(MIGRATIONS_TABLE);
+    m
+}
+
+/// Connections a pool opens by default.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// The database: a connection pool plus the repositories that use it.
+///
+/// Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+impl Store {
+    /// Connects with [`DEFAULT_MAX_CONNECTIONS`].
+    ///
+    /// A `sqlite:` URL creates the file if it is missing (`mode=rwc` is added
+    /// unless the URL sets a mode); in-memory SQLite is refused, because every
+    /// pooled connection would see a database of its own.
+    pub async fn connect(url: &str) -> Result<Store> {
+        Self::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// Connects with a pool of at most `max_connections`.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Store> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(install_default_drivers);
+
+        let engine = Engine::of_url(url).ok_or_else(|| {
+            StoreError::UnsupportedUrl("expected a sqlite: or postgres: URL".into())
+        })?;
+        let mut url = url.to_owned();
+        if engine == Engine::Sqlite {
+            if url.contains(":memory:") || url.contains("mode=memory") {
+                return Err(StoreError::UnsupportedUrl(
+                    "in-memory SQLite gives every pooled connection its own database; use a file"
+                        .into(),
+                ));
+            }
+            if !url.contains("mode=") {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str("mode=rwc");
+            }
+        }
+
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        // busy_timeout first, so that switching to WAL (which
+                        // needs a lock) already waits instead of failing.
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        Ok(Store { pool, engine })
+    }
+
+    /// Applies the migrations of this engine that have not run yet (recorded
+    /// in [`MIGRATIONS_TABLE`]).
+    pub async fn migrate(&self) -> Result<()> {
+        migrator(self.engine).run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The engine behind this store.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The connection pool, for what the repositories do not cover (the
+    /// queue, readiness probes). Money rows are written through [`Ledger`]
+    /// only.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection of the pool (shared by all clones) and waits
+    /// for them to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Users and their settings.
+    pub fn users(&self) -> Users<'_> {
+        Users::new(self)
+    }
+
+    /// Wallets and the append-only ledger.
+    pub fn ledger(&self) -> Ledger<'_> {
+        Ledger::new(self)
+    }
+
+    /// Generations and their lifecycle.
+    pub fn generations(&self) -> Generations<'_> {
+        Generations::new(self)
+    }
+
+    /// Telegram Stars payments.
+    pub fn payments(&self) -> Payments<'_> {
+        Payments::new(self)
+    }
+
+    /// Promo codes.
+    pub fn promos(&self) -> Promos<'_> {
+        Promos::new(self)
+    }
+
+    /// Referrals and their bonus.
+    pub fn referrals(&self) -> Referrals<'_> {
+        Referrals::new(self)
+    }
+
+    /// Daily free quota.
+    pub fn free_usage(&self) -> FreeUsage<'_> {
+        FreeUsage::new(self)
+    }
+
+    /// The admin audit log.
+    pub fn audit(&self) -> Audit<'_> {
+        Audit::new(self)
+    }
+
+    /// Per-user dialogue state.
+    pub fn dialogues(&self) -> Dialogues<'_> {
+        Dialogues::new(self)
+    }
+
+    /// Telegram update de-duplication.
+    pub fn updates(&self) -> Updates<'_> {
+        Updates::new(self)
+    }
+
+    /// Operator settings (maintenance mode, FX rate).
+    pub fn settings(&self) -> Settings<'_> {
+        Settings::new(self)
+    }
+
+    /// Opens a write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock
+    /// is taken now, under the busy handler), a plain `BEGIN` on Postgres.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => self.pool.begin().await,
+        }
+    }
+}
+
+/// Now, in unix milliseconds: the store's only clock for `created_at` and
+/// friends. Queries that compare with "now" (due polls, dialogue expiry) take
+/// it as an argument instead, so callers and tests control it.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -47,15 +47,26 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber for a service (`kiebot`, `kiebot-bot`,
 /// `kiebot-worker`).
-pub fn init(service: &'static str, format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+pub fn init(
+    service: &'static str,
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<Telemetry, TelemetryError> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Json => Box::new(
-            tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr),
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_writer(std::io::stderr),
         ),
-        LogFormat::Pretty => Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+        LogFormat::Pretty => {
+            Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        }
     };
-    let (otel, provider): (Option<Box<dyn Layer<Registry> + Send + Sync>>, _) = match otlp_endpoint {
+    let (otel, provider): (Option<Box<dyn Layer<Registry> + Send + Sync>>, _) = match otlp_endpoint
+    {
         None => (None, None),
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -63,13 +74,18 @@ pub fn init(service: &'static str, format: LogFormat, otlp_endpoint: Option<&str
                 .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
                 .build()
                 .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build();
             let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(resource)
                 .build();
             let tracer = provider.tracer(service);
-            (Some(Box::new(tracing_opentelemetry::layer().with_tracer(tracer))), Some(provider))
+            (
+                Some(Box::new(tracing_opentelemetry::layer().with_tracer(tracer))),
+                Some(provider),
+            )
         }
     };
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![fmt];

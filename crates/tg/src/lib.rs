@@ -25,7 +25,9 @@
 //! teloxide is used without its storage features: dialogue state lives in our
 //! own store, and the limiter uses the same `redis` crate as the job queue.
 
+pub mod callback;
 pub mod delivery;
+pub mod keyboards;
 pub mod rate_limit;
 pub mod texts;
 

@@ -5,8 +5,20 @@
 //! can compare against the same functions. Strings are plain text (no parse
 //! mode), so user input and model names never need escaping.
 
-use kiebot_domain::{GenerationId, Money};
+use kiebot_domain::{GenerationId, GenerationStatus, GenerationType, Money};
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
+
+use crate::callback::Cb;
+
+/// Both languages side by side; format strings capture variables in scope.
+macro_rules! tr {
+    ($lang:expr, $ru:literal, $en:literal) => {
+        match $lang {
+            Lang::Ru => format!($ru),
+            Lang::En => format!($en),
+        }
+    };
+}
 
 /// A language the bot speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -24,7 +36,11 @@ impl Lang {
 
     /// From a stored or Telegram language code; English for anything else.
     pub fn parse(code: &str) -> Lang {
-        if code.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("ru")) { Lang::Ru } else { Lang::En }
+        if code.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("ru")) {
+            Lang::Ru
+        } else {
+            Lang::En
+        }
     }
 
     /// The two-letter code stored for a user.
@@ -55,7 +71,11 @@ pub fn money(amount: Money) -> String {
 /// Caption under a delivered result.
 pub fn result_caption(lang: Lang, model: &str, price: Money) -> String {
     if price.is_positive() {
-        pick(lang, format!("Готово: {model}. Списано {}.", money(price)), format!("Done: {model}. Charged {}.", money(price)))
+        pick(
+            lang,
+            format!("Готово: {model}. Списано {}.", money(price)),
+            format!("Done: {model}. Charged {}.", money(price)),
+        )
     } else {
         pick(lang, format!("Готово: {model}."), format!("Done: {model}."))
     }
@@ -82,20 +102,41 @@ pub fn generation_expired(lang: Lang, model: &str) -> String {
 
 /// A generation canceled before a result; the hold was released.
 pub fn generation_canceled(lang: Lang, model: &str) -> String {
-    pick(lang, format!("Генерация {model} отменена. Деньги не списаны."), format!("The {model} generation was canceled. You were not charged."))
+    pick(
+        lang,
+        format!("Генерация {model} отменена. Деньги не списаны."),
+        format!("The {model} generation was canceled. You were not charged."),
+    )
 }
 
 /// KIE's failure messages are for engineers; users get a short, calm reason.
 fn friendly_reason(lang: Lang, reason: &str) -> String {
     let r = reason.to_ascii_lowercase();
-    let (ru, en) = if r.contains("sensitive") || r.contains("safety") || r.contains("nsfw") || r.contains("content") {
-        ("Модель отклонила запрос по правилам безопасности.", "The model refused the request under its content rules.")
+    let (ru, en) = if r.contains("sensitive")
+        || r.contains("safety")
+        || r.contains("nsfw")
+        || r.contains("content")
+    {
+        (
+            "Модель отклонила запрос по правилам безопасности.",
+            "The model refused the request under its content rules.",
+        )
     } else if r.contains("dry_run") || r.contains("dry run") {
-        ("Включён тестовый режим: генерация не выполнялась.", "Test mode is on: nothing was generated.")
-    } else if r.contains("validation") || r.contains("invalid") || r.contains("rejected the input") {
-        ("Модель не приняла параметры.", "The model did not accept the parameters.")
+        (
+            "Включён тестовый режим: генерация не выполнялась.",
+            "Test mode is on: nothing was generated.",
+        )
+    } else if r.contains("validation") || r.contains("invalid") || r.contains("rejected the input")
+    {
+        (
+            "Модель не приняла параметры.",
+            "The model did not accept the parameters.",
+        )
     } else {
-        ("Сервис генерации вернул ошибку.", "The generation service returned an error.")
+        (
+            "Сервис генерации вернул ошибку.",
+            "The generation service returned an error.",
+        )
     };
     pick(lang, ru.to_owned(), en.to_owned())
 }
@@ -107,12 +148,888 @@ pub fn result_keyboard(lang: Lang, generation: GenerationId) -> InlineKeyboardMa
         Lang::En => ("🔁 Repeat", "🗂 History", "🏠 Menu"),
     };
     InlineKeyboardMarkup::new(vec![
-        vec![InlineKeyboardButton::callback(repeat, format!("1:rep:{}", generation.0))],
+        vec![InlineKeyboardButton::callback(
+            repeat,
+            Cb::Repeat(generation).encode(),
+        )],
         vec![
-            InlineKeyboardButton::callback(history, "1:hist:0"),
-            InlineKeyboardButton::callback(menu, "1:menu"),
+            InlineKeyboardButton::callback(history, Cb::History(0).encode()),
+            InlineKeyboardButton::callback(menu, Cb::Menu.encode()),
         ],
     ])
+}
+
+// ----- front bot: menus ------------------------------------------------------
+
+/// The first-contact language picker (both languages: we do not know yet).
+pub fn choose_language() -> String {
+    "Выберите язык / Choose your language".to_owned()
+}
+
+/// Picker button label.
+pub fn language_name(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "🇷🇺 Русский",
+        Lang::En => "🇬🇧 English",
+    }
+}
+
+/// The main menu's text.
+pub fn main_menu(lang: Lang, available: Money) -> String {
+    let b = money(available);
+    tr!(
+        lang,
+        "Главное меню. Баланс: {b}.\nВыберите, что создать:",
+        "Main menu. Balance: {b}.\nChoose what to make:"
+    )
+}
+
+/// A generation type's name.
+pub fn type_name(lang: Lang, t: GenerationType) -> &'static str {
+    use GenerationType as G;
+    match (lang, t) {
+        (Lang::Ru, G::TextToImage) => "🖼 Текст → изображение",
+        (Lang::En, G::TextToImage) => "🖼 Text to image",
+        (Lang::Ru, G::ImageToImage) => "🎨 Изображение → изображение",
+        (Lang::En, G::ImageToImage) => "🎨 Image to image",
+        (Lang::Ru, G::ImageEditing) => "🪄 Редактирование фото",
+        (Lang::En, G::ImageEditing) => "🪄 Image editing",
+        (Lang::Ru, G::TextToVideo) => "🎬 Текст → видео",
+        (Lang::En, G::TextToVideo) => "🎬 Text to video",
+        (Lang::Ru, G::ImageToVideo) => "📽 Изображение → видео",
+        (Lang::En, G::ImageToVideo) => "📽 Image to video",
+        (Lang::Ru, G::VideoEditing) => "✂️ Редактирование видео",
+        (Lang::En, G::VideoEditing) => "✂️ Video editing",
+        (Lang::Ru, G::LipSync) => "🗣 Анимация по образцу",
+        (Lang::En, G::LipSync) => "🗣 Animate and lip-sync",
+        (Lang::Ru, G::SpeechToVideo) => "🎙 Речь → видео",
+        (Lang::En, G::SpeechToVideo) => "🎙 Speech to video",
+        (Lang::Ru, G::SpeechToText) => "📝 Речь → текст",
+        (Lang::En, G::SpeechToText) => "📝 Speech to text",
+        (Lang::Ru, G::TextToSpeech) => "🔊 Текст → речь",
+        (Lang::En, G::TextToSpeech) => "🔊 Text to speech",
+        (Lang::Ru, G::TextToMusic) => "🎵 Текст → музыка",
+        (Lang::En, G::TextToMusic) => "🎵 Text to music",
+        (Lang::Ru, G::AudioToAudio) => "🎧 Аудио → аудио",
+        (Lang::En, G::AudioToAudio) => "🎧 Audio to audio",
+    }
+}
+
+/// A menu button for a type with its number of models.
+pub fn type_button(lang: Lang, t: GenerationType, models: usize) -> String {
+    format!("{} ({models})", type_name(lang, t))
+}
+
+/// Labels of the fixed menu buttons.
+#[derive(Debug, Clone, Copy)]
+pub enum Button {
+    /// Balance.
+    Balance,
+    /// History.
+    History,
+    /// Top up.
+    TopUp,
+    /// Help.
+    Help,
+    /// Language.
+    Language,
+    /// Main menu.
+    Menu,
+    /// Back.
+    Back,
+    /// Cancel.
+    Cancel,
+    /// Start the wizard.
+    Start,
+    /// Skip to the default.
+    Skip,
+    /// No more files.
+    Done,
+    /// Advanced options.
+    Advanced,
+    /// Confirm.
+    Confirm,
+    /// Yes.
+    Yes,
+    /// No.
+    No,
+    /// Custom amount.
+    Custom,
+    /// Previous page.
+    Prev,
+    /// Next page.
+    Next,
+}
+
+/// The label of a fixed button.
+pub fn button(lang: Lang, b: Button) -> &'static str {
+    let (ru, en) = match b {
+        Button::Balance => ("💰 Баланс", "💰 Balance"),
+        Button::History => ("🗂 История", "🗂 History"),
+        Button::TopUp => ("⭐ Пополнить", "⭐ Top up"),
+        Button::Help => ("❓ Помощь", "❓ Help"),
+        Button::Language => ("🌐 Язык", "🌐 Language"),
+        Button::Menu => ("🏠 Меню", "🏠 Menu"),
+        Button::Back => ("⬅️ Назад", "⬅️ Back"),
+        Button::Cancel => ("✖️ Отмена", "✖️ Cancel"),
+        Button::Start => ("▶️ Начать", "▶️ Start"),
+        Button::Skip => ("⏭ Оставить по умолчанию", "⏭ Keep the default"),
+        Button::Done => ("✅ Готово", "✅ Done"),
+        Button::Advanced => ("⚙️ Доп. настройки", "⚙️ Advanced options"),
+        Button::Confirm => ("✅ Подтвердить", "✅ Confirm"),
+        Button::Yes => ("Да", "Yes"),
+        Button::No => ("Нет", "No"),
+        Button::Custom => ("✏️ Своя сумма", "✏️ Custom amount"),
+        Button::Prev => ("◀️ Назад", "◀️ Newer"),
+        Button::Next => ("Дальше ▶️", "Older ▶️"),
+    };
+    match lang {
+        Lang::Ru => ru,
+        Lang::En => en,
+    }
+}
+
+/// The model list's heading.
+pub fn choose_model(lang: Lang, t: GenerationType) -> String {
+    let name = type_name(lang, t);
+    tr!(
+        lang,
+        "{name}\nВыберите модель (цена с настройками по умолчанию):",
+        "{name}\nChoose a model (price with default settings):"
+    )
+}
+
+/// A price as shown on buttons: an amount or "free".
+pub fn price_tag(lang: Lang, price: Money) -> String {
+    if price.is_positive() {
+        money(price)
+    } else {
+        tr!(lang, "бесплатно", "free")
+    }
+}
+
+/// A model button: name and price of its defaults.
+pub fn model_button(lang: Lang, name: &str, price: Money) -> String {
+    format!("{name} · {}", price_tag(lang, price))
+}
+
+/// The model card.
+pub fn model_card(
+    lang: Lang,
+    name: &str,
+    description: &str,
+    price: Money,
+    free_left: Option<u32>,
+) -> String {
+    let p = price_tag(lang, price);
+    let mut t = tr!(
+        lang,
+        "{name}\n\n{description}\n\nЦена: от {p}",
+        "{name}\n\n{description}\n\nPrice: from {p}"
+    );
+    if let Some(n) = free_left {
+        t.push_str(&tr!(
+            lang,
+            "\nБесплатно сегодня: осталось {n}",
+            "\nFree today: {n} left"
+        ));
+    }
+    t
+}
+
+// ----- front bot: the wizard ---------------------------------------------------
+
+/// What the wizard asks for one step.
+#[derive(Debug, Clone)]
+pub enum Ask<'a> {
+    /// Free text up to `max_len` characters.
+    Text {
+        /// Longest accepted text.
+        max_len: usize,
+    },
+    /// A whole number in a range.
+    Integer {
+        /// Smallest.
+        min: i64,
+        /// Largest.
+        max: i64,
+    },
+    /// A decimal in a range.
+    Number {
+        /// Smallest.
+        min: f64,
+        /// Largest.
+        max: f64,
+    },
+    /// One of the buttons.
+    Choice,
+    /// Yes or no.
+    YesNo,
+    /// Files of a kind.
+    Upload {
+        /// "image", "video" or "audio".
+        media: &'a str,
+        /// Files received so far.
+        count: usize,
+        /// Fewest needed.
+        min: usize,
+        /// Most accepted.
+        max: usize,
+    },
+}
+
+/// The question of a wizard step: step counter, label, what to send, the
+/// current value (after Back) and whether it may be skipped.
+pub fn ask_step(
+    lang: Lang,
+    step: usize,
+    steps: usize,
+    label: &str,
+    ask: &Ask<'_>,
+    current: Option<&str>,
+    optional: bool,
+) -> String {
+    let head = tr!(
+        lang,
+        "Шаг {step} из {steps}. {label}",
+        "Step {step} of {steps}. {label}"
+    );
+    let body = match ask {
+        Ask::Text { max_len } => tr!(
+            lang,
+            "Отправьте текст (до {max_len} символов).",
+            "Send the text (up to {max_len} characters)."
+        ),
+        Ask::Integer { min, max } => tr!(
+            lang,
+            "Отправьте целое число от {min} до {max}.",
+            "Send a whole number from {min} to {max}."
+        ),
+        Ask::Number { min, max } => tr!(
+            lang,
+            "Отправьте число от {min} до {max}.",
+            "Send a number from {min} to {max}."
+        ),
+        Ask::Choice => tr!(lang, "Выберите вариант:", "Choose an option:"),
+        Ask::YesNo => tr!(lang, "Да или нет?", "Yes or no?"),
+        Ask::Upload {
+            media,
+            count,
+            min,
+            max,
+        } => {
+            let what = match (lang, *media) {
+                (Lang::Ru, "video") => "видео",
+                (Lang::Ru, "audio") => "аудио (файл или голосовое)",
+                (Lang::Ru, _) => "изображение (фото или файлом)",
+                (Lang::En, "video") => "a video",
+                (Lang::En, "audio") => "audio (a file or a voice note)",
+                (Lang::En, _) => "an image (a photo or a file)",
+            };
+            let mut t = if max > &1 {
+                tr!(
+                    lang,
+                    "Отправьте {what}: от {min} до {max} файлов. Получено: {count}.",
+                    "Send {what}: {min} to {max} files. Received: {count}."
+                )
+            } else {
+                tr!(lang, "Отправьте {what}.", "Send {what}.")
+            };
+            if *count > 0 && max > &1 {
+                t.push_str(&tr!(
+                    lang,
+                    " Можно добавить ещё или нажать «Готово».",
+                    " Add more or press Done."
+                ));
+            }
+            t
+        }
+    };
+    let mut t = format!("{head}\n{body}");
+    if let Some(c) = current {
+        t.push_str(&tr!(lang, "\nСейчас: {c}", "\nCurrent: {c}"));
+    }
+    if optional {
+        t.push_str(&tr!(lang, "\nНеобязательно.", "\nOptional."));
+    }
+    t
+}
+
+/// A file of the current upload step was accepted.
+pub fn file_received(lang: Lang, count: usize, max: usize) -> String {
+    tr!(
+        lang,
+        "Файл получен ({count} из {max}).",
+        "File received ({count} of {max})."
+    )
+}
+
+/// Why a user's input was refused; nothing changed.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// Empty text.
+    Empty,
+    /// Text over the limit.
+    TooLong {
+        /// Characters sent.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Control characters in the text.
+    ControlChars,
+    /// Not a number.
+    NotANumber,
+    /// A number out of range.
+    OutOfRange {
+        /// Smallest.
+        min: String,
+        /// Largest.
+        max: String,
+    },
+    /// Not one of the options.
+    NotAnOption,
+    /// A file of a type the step does not take.
+    WrongFileType {
+        /// The file's type.
+        mime: String,
+    },
+    /// A file larger than Telegram lets bots download.
+    OverTelegramLimit {
+        /// Size in MB.
+        mb: u64,
+    },
+    /// A file over the model's limit.
+    TooLarge {
+        /// Size in MB.
+        mb: u64,
+        /// Limit in MB.
+        max_mb: u64,
+    },
+    /// All the files the step takes were already received.
+    TooManyFiles {
+        /// Limit.
+        max: usize,
+    },
+    /// A file where text is expected.
+    ExpectedText,
+    /// Text where a file is expected.
+    ExpectedFile,
+    /// Buttons are expected.
+    UseButtons,
+    /// Fewer files than needed.
+    NeedMoreFiles {
+        /// Fewest accepted.
+        min: usize,
+    },
+    /// The file could not be fetched or stored; try again.
+    UploadFailed,
+    /// The parameters are invalid (a detail for the operator's log).
+    Invalid(String),
+}
+
+/// The message for a refused input.
+pub fn refusal(lang: Lang, r: &Refusal) -> String {
+    match r {
+        Refusal::Empty => tr!(
+            lang,
+            "Текст пустой. Отправьте текст.",
+            "The text is empty. Please send some text."
+        ),
+        Refusal::TooLong { len, max } => tr!(
+            lang,
+            "Слишком длинный текст: {len} символов, максимум {max}. Сократите и отправьте снова.",
+            "The text is too long: {len} characters, the limit is {max}. Please shorten it and send again."
+        ),
+        Refusal::ControlChars => tr!(
+            lang,
+            "В тексте недопустимые символы.",
+            "The text contains characters that are not allowed."
+        ),
+        Refusal::NotANumber => tr!(
+            lang,
+            "Это не число. Отправьте число.",
+            "That is not a number. Please send a number."
+        ),
+        Refusal::OutOfRange { min, max } => tr!(
+            lang,
+            "Число вне диапазона: допустимо от {min} до {max}.",
+            "The number is out of range: from {min} to {max} is accepted."
+        ),
+        Refusal::NotAnOption => tr!(
+            lang,
+            "Такого варианта нет. Выберите кнопкой.",
+            "That is not one of the options. Please use the buttons."
+        ),
+        Refusal::WrongFileType { mime } => tr!(
+            lang,
+            "Файлы типа {mime} здесь не принимаются. Отправьте файл подходящего типа.",
+            "Files of type {mime} are not accepted here. Please send a file of the right type."
+        ),
+        Refusal::OverTelegramLimit { mb } => tr!(
+            lang,
+            "Файл слишком большой ({mb} МБ): Telegram позволяет ботам получать файлы до 20 МБ.",
+            "The file is too large ({mb} MB): Telegram lets bots fetch files up to 20 MB."
+        ),
+        Refusal::TooLarge { mb, max_mb } => tr!(
+            lang,
+            "Файл слишком большой ({mb} МБ), максимум {max_mb} МБ.",
+            "The file is too large ({mb} MB); the limit is {max_mb} MB."
+        ),
+        Refusal::TooManyFiles { max } => tr!(
+            lang,
+            "Уже получено максимум файлов ({max}). Нажмите «Готово».",
+            "The maximum of {max} files is already received. Press Done."
+        ),
+        Refusal::ExpectedText => tr!(
+            lang,
+            "Здесь нужен текст, а не файл.",
+            "Text is expected here, not a file."
+        ),
+        Refusal::ExpectedFile => tr!(lang, "Здесь нужен файл.", "A file is expected here."),
+        Refusal::UseButtons => tr!(
+            lang,
+            "Выберите вариант кнопкой ниже.",
+            "Please choose with the buttons below."
+        ),
+        Refusal::NeedMoreFiles { min } => tr!(
+            lang,
+            "Нужно хотя бы {min} файл(ов).",
+            "At least {min} file(s) are needed."
+        ),
+        Refusal::UploadFailed => tr!(
+            lang,
+            "Не удалось сохранить файл. Попробуйте ещё раз.",
+            "The file could not be stored. Please try again."
+        ),
+        Refusal::Invalid(_) => tr!(
+            lang,
+            "Параметры не подходят модели. Проверьте шаги и попробуйте снова.",
+            "The parameters do not fit the model. Please check the steps and try again."
+        ),
+    }
+}
+
+/// Why a generation is free or cheaper, shown on the confirm screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceNote {
+    /// The normal price.
+    None,
+    /// A daily free use.
+    FreeQuota,
+    /// DRY_RUN: nothing is generated or charged.
+    DryRun,
+    /// The owner is not charged.
+    Owner,
+}
+
+/// The confirm screen.
+pub fn confirm(
+    lang: Lang,
+    model: &str,
+    summary: &[(String, String)],
+    price: Money,
+    note: PriceNote,
+) -> String {
+    let mut t = tr!(
+        lang,
+        "Проверьте параметры — {model}:",
+        "Check the parameters: {model}:"
+    );
+    for (k, v) in summary {
+        t.push_str(&format!("\n• {k}: {v}"));
+    }
+    let p = price_tag(lang, price);
+    t.push_str(&tr!(lang, "\n\nЦена: {p}", "\n\nPrice: {p}"));
+    let n = match note {
+        PriceNote::None => String::new(),
+        PriceNote::FreeQuota => tr!(
+            lang,
+            " (бесплатная попытка дня)",
+            " (a free use of the day)"
+        ),
+        PriceNote::DryRun => tr!(
+            lang,
+            " (тестовый режим: без генерации и списаний)",
+            " (test mode: nothing generated, nothing charged)"
+        ),
+        PriceNote::Owner => tr!(lang, " (владелец: без списания)", " (owner: not charged)"),
+    };
+    t.push_str(&n);
+    t.push_str(&tr!(
+        lang,
+        "\nСумма будет зарезервирована и списана только после успешной генерации.",
+        "\nThe amount is reserved now and charged only when the result is ready."
+    ));
+    t
+}
+
+/// The generation was queued.
+pub fn started(lang: Lang, model: &str, id: GenerationId, note: PriceNote) -> String {
+    let mut t = tr!(
+        lang,
+        "Генерация #{id} ({model}) запущена. Результат придёт сюда.",
+        "Generation #{id} ({model}) has started. The result will arrive here."
+    );
+    if note == PriceNote::DryRun {
+        t.push_str(&tr!(
+            lang,
+            "\nТестовый режим: цена 0, KIE не вызывается.",
+            "\nTest mode: price 0, KIE is not called."
+        ));
+    }
+    t
+}
+
+/// A second tap on confirm: the first one already started it.
+pub fn already_started(lang: Lang, id: GenerationId) -> String {
+    tr!(
+        lang,
+        "Генерация #{id} уже запущена.",
+        "Generation #{id} has already started."
+    )
+}
+
+/// Not enough money; nothing was held.
+pub fn insufficient_funds(lang: Lang, price: Money, available: Money) -> String {
+    let (p, a) = (money(price), money(available));
+    tr!(
+        lang,
+        "Недостаточно средств: нужно {p}, доступно {a}. Пополните баланс и подтвердите снова.",
+        "Not enough balance: {p} needed, {a} available. Top up and confirm again."
+    )
+}
+
+/// Too many generations running.
+pub fn too_many_active(lang: Lang, limit: u32) -> String {
+    tr!(
+        lang,
+        "У вас уже {limit} активных генераций. Дождитесь результата и попробуйте снова.",
+        "You already have {limit} generations running. Please wait for a result and try again."
+    )
+}
+
+/// The user is blocked.
+pub fn blocked(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Доступ к боту ограничен. Обратитесь в поддержку.",
+        "Your access to the bot is restricted. Please contact support."
+    )
+}
+
+/// The bot is under maintenance.
+pub fn maintenance(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Идут технические работы. Пожалуйста, загляните чуть позже.",
+        "The bot is under maintenance. Please come back a little later."
+    )
+}
+
+/// Something on our side failed.
+pub fn internal_error(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Что-то пошло не так. Попробуйте ещё раз через минуту.",
+        "Something went wrong on our side. Please try again in a minute."
+    )
+}
+
+/// An old or unknown button.
+pub fn stale_button(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Эта кнопка устарела. Откройте меню заново.",
+        "This button is out of date. Please open the menu again."
+    )
+}
+
+/// The model is no longer sold.
+pub fn model_unavailable(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Эта модель сейчас недоступна.",
+        "This model is not available right now."
+    )
+}
+
+/// The wizard was cancelled.
+pub fn cancelled(lang: Lang) -> String {
+    tr!(lang, "Отменено.", "Cancelled.")
+}
+
+/// A message the bot does not understand in the current state.
+pub fn not_understood(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Не понял. Выберите действие в меню.",
+        "I did not understand that. Please choose in the menu."
+    )
+}
+
+/// Help.
+pub fn help(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Как это работает:\n1. Выберите тип генерации и модель (цена на кнопке).\n2. Ответьте на вопросы мастера.\n3. Подтвердите цену — деньги резервируются и списываются только после успеха.\n\nКоманды: /start, /balance, /history, /promo КОД, /language, /cancel, /help",
+        "How it works:\n1. Choose a generation type and a model (the price is on the button).\n2. Answer the wizard's questions.\n3. Confirm the price: the money is reserved and charged only on success.\n\nCommands: /start, /balance, /history, /promo CODE, /language, /cancel, /help"
+    )
+}
+
+/// The balance screen.
+pub fn balance(lang: Lang, balance: Money, held: Money) -> String {
+    let (b, h) = (money(balance), money(held));
+    tr!(
+        lang,
+        "Баланс: {b}\nЗарезервировано: {h}",
+        "Balance: {b}\nReserved: {h}"
+    )
+}
+
+/// A generation status for the history.
+pub fn status_name(lang: Lang, s: GenerationStatus) -> &'static str {
+    use GenerationStatus as S;
+    match (lang, s) {
+        (Lang::Ru, S::Pending) => "⏳ в очереди",
+        (Lang::En, S::Pending) => "⏳ queued",
+        (Lang::Ru, S::Submitted) => "⚙️ в работе",
+        (Lang::En, S::Submitted) => "⚙️ running",
+        (Lang::Ru, S::Succeeded) => "✅ готово",
+        (Lang::En, S::Succeeded) => "✅ done",
+        (Lang::Ru, S::Delivered) => "✅ доставлено",
+        (Lang::En, S::Delivered) => "✅ delivered",
+        (Lang::Ru, S::Failed) => "❌ ошибка",
+        (Lang::En, S::Failed) => "❌ failed",
+        (Lang::Ru, S::Expired) => "⌛ истекло",
+        (Lang::En, S::Expired) => "⌛ expired",
+        (Lang::Ru, S::Canceled) => "✖️ отменено",
+        (Lang::En, S::Canceled) => "✖️ canceled",
+    }
+}
+
+/// The history heading; `empty` when there is nothing on the page.
+pub fn history(lang: Lang, page: u32, lines: &[String]) -> String {
+    if lines.is_empty() {
+        return tr!(lang, "История пуста.", "Your history is empty.");
+    }
+    let n = page + 1;
+    let mut t = tr!(lang, "История, страница {n}:", "History, page {n}:");
+    for l in lines {
+        t.push('\n');
+        t.push_str(l);
+    }
+    t
+}
+
+/// A history button to send a result again.
+pub fn resend_button(lang: Lang, id: GenerationId) -> String {
+    tr!(lang, "📤 #{id} ещё раз", "📤 Resend #{id}")
+}
+
+/// A history button to repeat a generation.
+pub fn repeat_button(lang: Lang, id: GenerationId) -> String {
+    tr!(lang, "🔁 Повторить #{id}", "🔁 Repeat #{id}")
+}
+
+/// The result to re-send is not available.
+pub fn nothing_to_resend(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Этот результат нельзя отправить повторно.",
+        "This result cannot be sent again."
+    )
+}
+
+// ----- payments ------------------------------------------------------------------
+
+/// The top-up screen.
+pub fn topup(lang: Lang, per_star: Money) -> String {
+    let r = money(per_star);
+    tr!(
+        lang,
+        "Пополнение звёздами Telegram. 1 ⭐ = {r}. Выберите сумму:",
+        "Top up with Telegram Stars. 1 ⭐ = {r}. Choose an amount:"
+    )
+}
+
+/// A preset button.
+pub fn stars_button(stars: u32, amount: Money) -> String {
+    format!("{stars} ⭐ → {}", money(amount))
+}
+
+/// Ask for a custom number of Stars.
+pub fn ask_stars(lang: Lang, min: u32, max: u32) -> String {
+    tr!(
+        lang,
+        "Отправьте количество звёзд (от {min} до {max}).",
+        "Send the number of Stars ({min} to {max})."
+    )
+}
+
+/// A custom amount out of range.
+pub fn bad_stars(lang: Lang, min: u32, max: u32) -> String {
+    tr!(
+        lang,
+        "Нужно целое число от {min} до {max}.",
+        "Please send a whole number from {min} to {max}."
+    )
+}
+
+/// The invoice's title.
+pub fn invoice_title(lang: Lang) -> String {
+    tr!(lang, "Пополнение баланса", "Balance top-up")
+}
+
+/// The invoice's description.
+pub fn invoice_description(lang: Lang, amount: Money) -> String {
+    let a = money(amount);
+    tr!(
+        lang,
+        "Зачисление {a} на баланс бота.",
+        "{a} credited to your bot balance."
+    )
+}
+
+/// pre_checkout refused: the invoice is not valid.
+pub fn payment_refused(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Счёт недействителен. Создайте новый через «Пополнить».",
+        "This invoice is not valid. Please create a new one with Top up."
+    )
+}
+
+/// A payment was credited.
+pub fn payment_received(lang: Lang, amount: Money, balance: Money) -> String {
+    let (a, b) = (money(amount), money(balance));
+    tr!(
+        lang,
+        "Зачислено {a}. Баланс: {b}.",
+        "{a} credited. Balance: {b}."
+    )
+}
+
+/// A payment that cannot be matched to an invoice (kept for the operator).
+pub fn payment_unmatched(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Платёж получен, но не распознан. Мы разберёмся и зачислим его вручную.",
+        "Payment received but not recognised. We will look into it and credit it manually."
+    )
+}
+
+/// A promo code was redeemed.
+pub fn promo_ok(lang: Lang, amount: Money) -> String {
+    let a = money(amount);
+    tr!(
+        lang,
+        "Промокод активирован: +{a}.",
+        "Promo code redeemed: +{a}."
+    )
+}
+
+/// The user already redeemed the code.
+pub fn promo_repeat(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Вы уже активировали этот промокод.",
+        "You have already redeemed this promo code."
+    )
+}
+
+/// The code is unknown, expired or used up.
+pub fn promo_refused(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Промокод не найден, истёк или закончился.",
+        "This promo code is unknown, expired or used up."
+    )
+}
+
+/// /promo without a code.
+pub fn promo_usage(lang: Lang) -> String {
+    tr!(lang, "Использование: /promo КОД", "Usage: /promo CODE")
+}
+
+/// The inviter's notice of a referral bonus.
+pub fn referral_bonus(lang: Lang, amount: Money) -> String {
+    let a = money(amount);
+    tr!(
+        lang,
+        "Ваш приглашённый друг пополнил баланс: вам начислено {a}.",
+        "A friend you invited topped up: {a} credited to you."
+    )
+}
+
+// ----- admin -------------------------------------------------------------------------
+
+/// A non-admin used an admin command.
+pub fn admin_only(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Эта команда доступна только администраторам.",
+        "This command is for administrators only."
+    )
+}
+
+/// The admin screen's heading.
+pub fn admin_menu(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Администрирование.\n/user ID — пользователь\n/adjust ID СУММА ПРИЧИНА — корректировка\n/block ID, /unblock ID\n/refund CHARGE_ID — возврат звёзд\n/broadcast ТЕКСТ — рассылка",
+        "Administration.\n/user ID: look up a user\n/adjust ID AMOUNT REASON: adjust a balance\n/block ID, /unblock ID\n/refund CHARGE_ID: refund Stars\n/broadcast TEXT: message every user"
+    )
+}
+
+/// Admin button labels.
+pub fn admin_button(lang: Lang, what: &str) -> String {
+    match (lang, what) {
+        (Lang::Ru, "stats") => "📊 Статистика".into(),
+        (Lang::En, "stats") => "📊 Statistics".into(),
+        (Lang::Ru, "failed") => "❌ Ошибки".into(),
+        (Lang::En, "failed") => "❌ Failed".into(),
+        (Lang::Ru, "maint") => "🛠 Техработы вкл/выкл".into(),
+        (Lang::En, "maint") => "🛠 Maintenance on/off".into(),
+        (Lang::Ru, "block") => "🚫 Заблокировать".into(),
+        (Lang::En, "block") => "🚫 Block".into(),
+        (Lang::Ru, "unblock") => "✅ Разблокировать".into(),
+        (Lang::En, "unblock") => "✅ Unblock".into(),
+        (_, other) => other.to_owned(),
+    }
+}
+
+/// A plain admin report line (operators read English and Russian alike, so
+/// reports carry numbers with short labels).
+pub fn admin_report(lang: Lang, ru: &str, en: &str) -> String {
+    match lang {
+        Lang::Ru => ru.to_owned(),
+        Lang::En => en.to_owned(),
+    }
+}
+
+/// Commands for setMyCommands: (command, description).
+pub fn commands(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    match lang {
+        Lang::Ru => vec![
+            ("start", "Главное меню"),
+            ("balance", "Баланс"),
+            ("history", "История генераций"),
+            ("promo", "Активировать промокод"),
+            ("language", "Язык"),
+            ("cancel", "Отменить текущее действие"),
+            ("help", "Помощь"),
+        ],
+        Lang::En => vec![
+            ("start", "Main menu"),
+            ("balance", "Balance"),
+            ("history", "Generation history"),
+            ("promo", "Redeem a promo code"),
+            ("language", "Language"),
+            ("cancel", "Cancel the current action"),
+            ("help", "Help"),
+        ],
+    }
 }
 
 #[cfg(test)]

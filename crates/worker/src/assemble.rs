@@ -23,8 +23,9 @@ const CALLBACK_SECRET_KEY: &str = "kie_callback_secret";
 /// Everything [`assemble`] needs beyond the settings.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Queue and rate-limit key namespace (`""` in production; tests and
-    /// benchmarks isolate themselves with a random one).
+    /// Queue and rate-limit key namespace; empty means the settings'
+    /// `QUEUE_NAMESPACE` (tests and benchmarks isolate themselves with a
+    /// random one).
     pub namespace: String,
     /// Pipeline timings; `None` for production defaults.
     pub pipeline: Option<PipelineConfig>,
@@ -34,28 +35,51 @@ pub struct Options {
 /// Applies migrations (they are idempotent and safe to race).
 pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<Arc<Ctx>> {
     let mode = settings.mode()?;
-    let store = Store::connect(&settings.database_url).await.context("connecting to DATABASE_URL")?;
+    let store = Store::connect(&settings.database_url)
+        .await
+        .context("connecting to DATABASE_URL")?;
     store.migrate().await.context("applying migrations")?;
-    let names = QueueNames::new(&options.namespace);
+    let namespace = if options.namespace.is_empty() {
+        settings.queue_namespace.clone()
+    } else {
+        options.namespace.clone()
+    };
+    let names = QueueNames::new(&namespace);
     let (queues, limiter): (Queues, Arc<dyn DeliveryLimiter>) = match mode {
         Mode::Fleet => {
-            let url = settings.redis_url.as_deref().context("REDIS_URL: required in fleet mode")?;
-            let queues = Queues::redis(url, names).await.context("connecting to REDIS_URL")?;
-            let limiter = RedisLimiter::connect(url, &format!("{}kiebot:tg", prefix(&options.namespace)), LimiterConfig::default())
+            let url = settings
+                .redis_url
+                .as_deref()
+                .context("REDIS_URL: required in fleet mode")?;
+            let queues = Queues::redis(url, names)
                 .await
-                .context("connecting the delivery rate limiter to REDIS_URL")?;
+                .context("connecting to REDIS_URL")?;
+            let limiter = RedisLimiter::connect(
+                url,
+                &format!("{}kiebot:tg", prefix(&namespace)),
+                LimiterConfig::default(),
+            )
+            .await
+            .context("connecting the delivery rate limiter to REDIS_URL")?;
             (queues, Arc::new(limiter))
         }
         Mode::Embedded => {
-            let queues = Queues::sqlite(&settings.database_url, names).await.context("opening the embedded queue")?;
-            (queues, Arc::new(InProcessLimiter::new(LimiterConfig::default())))
+            let queues = Queues::sqlite(&settings.database_url, names)
+                .await
+                .context("opening the embedded queue")?;
+            (
+                queues,
+                Arc::new(InProcessLimiter::new(LimiterConfig::default())),
+            )
         }
     };
     let kie = if settings.dry_run {
         tracing::warn!("DRY_RUN: no KIE endpoint will be called and nothing will be charged");
         KieMode::DryRun
     } else {
-        let key = settings.require_kie_key()?.context("KIE_API_KEY: required unless DRY_RUN=true")?;
+        let key = settings
+            .require_kie_key()?
+            .context("KIE_API_KEY: required unless DRY_RUN=true")?;
         let mut cfg = KieConfig::new(ApiKey::new(key.expose()));
         cfg.api_base = settings.kie_api_url.parse().context("KIE_API_URL")?;
         cfg.upload_base = settings.kie_upload_url.parse().context("KIE_UPLOAD_URL")?;
@@ -63,14 +87,30 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
     };
     let catalog = Arc::new(kiebot_catalog::load(settings.catalog_path.as_deref())?);
     let token = settings.require_telegram_token()?;
-    let bot = teloxide::Bot::new(token.expose())
-        .set_api_url(settings.telegram_api_url.parse().context("TELEGRAM_API_URL")?);
-    let mut config = options.pipeline.unwrap_or_default();
+    let bot = teloxide::Bot::new(token.expose()).set_api_url(
+        settings
+            .telegram_api_url
+            .parse()
+            .context("TELEGRAM_API_URL")?,
+    );
+    let mut config = options.pipeline.unwrap_or_else(|| PipelineConfig {
+        lease: settings.job_lease,
+        poll_first: settings.poll_initial,
+        ..PipelineConfig::default()
+    });
     if let Some(public) = &settings.public_url {
         let secret = callback_secret(&store).await?;
         config.callback_url = Some(format!("{public}/kie/callback/{secret}"));
     }
-    Ok(Arc::new(Ctx { store, queues, kie, catalog, bot, limiter, config }))
+    Ok(Arc::new(Ctx {
+        store,
+        queues,
+        kie,
+        catalog,
+        bot,
+        limiter,
+        config,
+    }))
 }
 
 /// The secret in the callback path: made once, kept in the database, so every
@@ -78,11 +118,17 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
 pub async fn callback_secret(store: &Store) -> anyhow::Result<String> {
     let fresh: String = {
         let mut rng = rand::rng();
-        (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+        (0..32)
+            .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+            .collect()
     };
     Ok(store.setting_or_init(CALLBACK_SECRET_KEY, &fresh).await?)
 }
 
 fn prefix(namespace: &str) -> String {
-    if namespace.is_empty() { String::new() } else { format!("{namespace}:") }
+    if namespace.is_empty() {
+        String::new()
+    } else {
+        format!("{namespace}:")
+    }
 }

@@ -31,13 +31,29 @@ pub async fn run(ctx: &Ctx, job: Deliver) -> Result<(), JobError> {
     let id = job.generation;
     let gens = ctx.store.generations();
     let now = now_ms();
-    let Some(g) = gens.claim_delivery(id, now, now + Ctx::ms(ctx.config.lease)).await? else {
+    let Some(g) = gens
+        .claim_delivery(id, now, now + Ctx::ms(ctx.config.lease))
+        .await?
+    else {
         // Delivered already, not finished yet, or another worker is on it.
         return Ok(());
     };
-    let lang = ctx.store.users().get(g.user).await?.and_then(|u| u.language).map_or(Lang::En, |l| Lang::parse(&l));
+    let lang = ctx
+        .store
+        .users()
+        .get(g.user)
+        .await?
+        .and_then(|u| u.language)
+        .map_or(Lang::En, |l| Lang::parse(&l));
     let request = build_request(ctx, &g, lang);
-    match deliver(&ctx.bot, ctx.limiter.as_ref(), teloxide::types::ChatId(g.chat_id), &request).await {
+    match deliver(
+        &ctx.bot,
+        ctx.limiter.as_ref(),
+        teloxide::types::ChatId(g.chat_id),
+        &request,
+    )
+    .await
+    {
         Ok(sent) => {
             let file_ids = serde_json::json!(sent.file_ids).to_string();
             if gens.mark_told(id, &file_ids).await? && g.status == GenerationStatus::Succeeded {
@@ -60,7 +76,8 @@ pub async fn run(ctx: &Ctx, job: Deliver) -> Result<(), JobError> {
                 gens.give_up_delivery(id, &e.to_string()).await?;
                 metrics::counter!(metrics_names::DELIVERIES, "outcome" => "gave_up").increment(1);
             } else {
-                let at = now_ms() + Ctx::ms(ctx.config.delivery_delay(i64::from(g.delivery_attempts)));
+                let at =
+                    now_ms() + Ctx::ms(ctx.config.delivery_delay(i64::from(g.delivery_attempts)));
                 warn!(error = %e, retry_at = at, "delivery failed; will retry");
                 gens.retry_delivery_at(id, at).await?;
                 metrics::counter!(metrics_names::DELIVERIES, "outcome" => "retry").increment(1);
@@ -78,20 +95,46 @@ pub fn build_request(ctx: &Ctx, g: &Generation, lang: Lang) -> DeliveryRequest {
         let reason = match g.status {
             GenerationStatus::Expired => texts::generation_expired(lang, model_name),
             GenerationStatus::Canceled => texts::generation_canceled(lang, model_name),
-            _ => texts::generation_failed(lang, model_name, g.fail_reason.as_deref().unwrap_or_default()),
+            _ => texts::generation_failed(
+                lang,
+                model_name,
+                g.fail_reason.as_deref().unwrap_or_default(),
+            ),
         };
-        return DeliveryRequest { kind: DeliveryKind::Text, urls: vec![], text: Some(reason), caption: String::new(), keyboard: None };
+        return DeliveryRequest {
+            kind: DeliveryKind::Text,
+            urls: vec![],
+            text: Some(reason),
+            caption: String::new(),
+            keyboard: None,
+        };
     }
-    let result: serde_json::Value = g.result_json.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
+    let result: serde_json::Value = g
+        .result_json
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
     let max = model.map_or(5, |m| usize::from(m.max_results));
     let wants_watermark = g.params_flag("remove_watermark") == Some(false);
-    let key = if wants_watermark && result.get("resultWaterMarkUrls").is_some() { "resultWaterMarkUrls" } else { "resultUrls" };
+    let key = if wants_watermark && result.get("resultWaterMarkUrls").is_some() {
+        "resultWaterMarkUrls"
+    } else {
+        "resultUrls"
+    };
     let urls: Vec<String> = result
         .get(key)
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).take(max).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .take(max)
+                .collect()
+        })
         .unwrap_or_default();
-    let text = result.get("text").and_then(|t| t.as_str()).map(str::to_owned);
+    let text = result
+        .get("text")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
     let kind = match (model.map(|m| m.output), text.is_some() && urls.is_empty()) {
         (_, true) => DeliveryKind::Text,
         (Some(OutputKind::Video), _) => DeliveryKind::Video,

@@ -34,15 +34,20 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
         (GenerationStatus::Submitted, Some(Outcome::Success { result })) => {
             if gens.finish_success(id, &result).await? {
                 metrics_names::generation_state(GenerationStatus::Succeeded.as_str());
-                metrics::counter!(metrics_names::MONEY_CAPTURED).increment(g.price.minor().max(0) as u64);
+                metrics::counter!(metrics_names::MONEY_CAPTURED)
+                    .increment(g.price.minor().max(0) as u64);
                 info!(price = %g.price, "succeeded");
             }
             ctx.queues.push(Job::Deliver(id)).await?;
         }
         (GenerationStatus::Submitted, Some(Outcome::Failure { code, reason })) => {
-            if gens.finish_failure(id, GenerationStatus::Failed, &code, &reason).await? {
+            if gens
+                .finish_failure(id, GenerationStatus::Failed, &code, &reason)
+                .await?
+            {
                 metrics_names::generation_state(GenerationStatus::Failed.as_str());
-                metrics::counter!(metrics_names::MONEY_RELEASED).increment(g.price.minor().max(0) as u64);
+                metrics::counter!(metrics_names::MONEY_RELEASED)
+                    .increment(g.price.minor().max(0) as u64);
                 info!(code, "failed; hold released");
             }
             ctx.queues.push(Job::Deliver(id)).await?;

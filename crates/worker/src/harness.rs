@@ -82,6 +82,15 @@ impl Harness {
 
     /// A harness with the given pipeline timings.
     pub async fn with_config(flavor: Flavor, pipeline: PipelineConfig) -> Harness {
+        Self::with_redis(flavor, pipeline, test_redis_url()).await
+    }
+
+    /// A harness whose fleet queue lives on the Redis server at `redis_url`.
+    pub async fn with_redis(
+        flavor: Flavor,
+        pipeline: PipelineConfig,
+        redis_url: String,
+    ) -> Harness {
         let db = match flavor {
             Flavor::Embedded => TestDb::sqlite(),
             Flavor::Fleet => TestDb::postgres().await,
@@ -89,7 +98,6 @@ impl Harness {
         let kie = FakeKie::start().await;
         let telegram = FakeTelegram::start().await;
         let namespace = format!("t{:012x}", rand::rng().random::<u64>() >> 16);
-        let redis_url = test_redis_url();
         let mut vars = BTreeMap::new();
         vars.insert("DATABASE_URL".to_owned(), db.url().to_owned());
         if flavor == Flavor::Fleet {
@@ -101,15 +109,52 @@ impl Harness {
         vars.insert("KIE_API_URL".to_owned(), kie.base_url());
         vars.insert("KIE_UPLOAD_URL".to_owned(), kie.upload_base());
         let settings = Settings::from_map(&vars).expect("harness settings are valid");
-        let ctx = assemble(&settings, Options { namespace: namespace.clone(), pipeline: Some(pipeline) })
-            .await
-            .expect("the pipeline assembles");
-        Harness { ctx, kie, telegram, settings, namespace, flavor, redis_url, db: Some(db), workers: vec![], next_user: 1000 }
+        let ctx = assemble(
+            &settings,
+            Options {
+                namespace: namespace.clone(),
+                pipeline: Some(pipeline),
+            },
+        )
+        .await
+        .expect("the pipeline assembles");
+        Harness {
+            ctx,
+            kie,
+            telegram,
+            settings,
+            namespace,
+            flavor,
+            redis_url,
+            db: Some(db),
+            workers: vec![],
+            next_user: 1000,
+        }
     }
 
-    /// The database URL (for processes started by a test).
-    pub fn database_url(&self) -> String {
-        self.settings.database_url.clone()
+    /// The environment a worker process needs to join this harness's
+    /// deployment (same database, queue namespace and fakes).
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "DATABASE_URL".to_owned(),
+                self.settings.database_url.clone(),
+            ),
+            (
+                "TELEGRAM_BOT_TOKEN".to_owned(),
+                self.telegram.token().to_owned(),
+            ),
+            ("TELEGRAM_API_URL".to_owned(), self.telegram.api_url()),
+            ("KIE_API_KEY".to_owned(), self.kie.api_key().to_owned()),
+            ("KIE_API_URL".to_owned(), self.kie.base_url()),
+            ("KIE_UPLOAD_URL".to_owned(), self.kie.upload_base()),
+            ("QUEUE_NAMESPACE".to_owned(), self.namespace.clone()),
+            ("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ];
+        if let Some(r) = &self.settings.redis_url {
+            env.push(("REDIS_URL".to_owned(), r.clone()));
+        }
+        env
     }
 
     /// Which deployment this imitates.
@@ -120,7 +165,8 @@ impl Harness {
     /// Starts a worker runtime (all queues and a reconciler) in this process.
     pub fn start_workers(&mut self, concurrency: usize) {
         let (tx, rx) = oneshot::channel::<()>();
-        let runtime = WorkerRuntime::new(self.ctx.clone(), concurrency).shutdown_timeout(Duration::from_secs(5));
+        let runtime = WorkerRuntime::new(self.ctx.clone(), concurrency)
+            .shutdown_timeout(Duration::from_secs(2));
         let handle = tokio::spawn(async move {
             let _ = runtime
                 .run(async move {
@@ -146,7 +192,11 @@ impl Harness {
         let store = &self.ctx.store;
         store.users().ensure(user).await.expect("user");
         if balance.is_positive() {
-            store.ledger().topup(user, balance, &format!("seed:{user}"), None).await.expect("top-up");
+            store
+                .ledger()
+                .topup(user, balance, &format!("seed:{user}"), None)
+                .await
+                .expect("top-up");
         }
         user
     }
@@ -155,22 +205,45 @@ impl Harness {
     /// sample uploads where required) at `price`, as the front bot does, and
     /// enqueues its Submit job.
     pub async fn confirm(&self, user: UserId, model: &str, price: Money) -> GenerationId {
-        let id = self.create(user, model, price, &format!("draft:{user}:{}", rand::rng().random::<u64>())).await;
-        self.ctx.queues.push(Job::Submit(id)).await.expect("enqueue");
+        let id = self
+            .create(
+                user,
+                model,
+                price,
+                &format!("draft:{user}:{}", rand::rng().random::<u64>()),
+            )
+            .await;
+        self.ctx
+            .queues
+            .push(Job::Submit(id))
+            .await
+            .expect("enqueue");
         id
     }
 
     /// Creates the pending generation (and its hold) without enqueuing.
-    pub async fn create(&self, user: UserId, model: &str, price: Money, draft: &str) -> GenerationId {
-        let m = self.ctx.catalog.get(model).unwrap_or_else(|| panic!("model {model} in the catalog"));
+    pub async fn create(
+        &self,
+        user: UserId,
+        model: &str,
+        price: Money,
+        draft: &str,
+    ) -> GenerationId {
+        let m = self
+            .ctx
+            .catalog
+            .get(model)
+            .unwrap_or_else(|| panic!("model {model} in the catalog"));
         let mut given = BTreeMap::new();
         for f in &m.fields {
             if f.required && f.default.is_none() {
                 let v = match &f.kind {
-                    kiebot_domain::FieldKind::String { .. } => kiebot_domain::ParamValue::Text("a cat in a hat".into()),
-                    kiebot_domain::FieldKind::Upload { .. } => {
-                        kiebot_domain::ParamValue::Files(vec![format!("{}/files/input.png", self.kie.base_url())])
+                    kiebot_domain::FieldKind::String { .. } => {
+                        kiebot_domain::ParamValue::Text("a cat in a hat".into())
                     }
+                    kiebot_domain::FieldKind::Upload { .. } => kiebot_domain::ParamValue::Files(
+                        vec![format!("{}/files/input.png", self.kie.base_url())],
+                    ),
                     _ => continue,
                 };
                 given.insert(f.name.clone(), v);
@@ -188,7 +261,14 @@ impl Harness {
             deadline_secs: m.deadline_secs,
             max_active: 1_000_000,
         };
-        match self.ctx.store.generations().create_pending(&new).await.expect("create") {
+        match self
+            .ctx
+            .store
+            .generations()
+            .create_pending(&new)
+            .await
+            .expect("create")
+        {
             Creation::Created(id) | Creation::AlreadyExists(id) => id,
         }
     }
@@ -198,21 +278,41 @@ impl Harness {
     pub async fn wait_settled(&self, timeout: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let unfinished = self.ctx.store.generations().count_unfinished().await.map_err(|e| e.to_string())?;
+            let unfinished = self
+                .ctx
+                .store
+                .generations()
+                .count_unfinished()
+                .await
+                .map_err(|e| e.to_string())?;
             let untold = self.untold().await?;
             if unfinished == 0 && untold == 0 {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                let counts = self.ctx.store.generations().count_by_status().await.map_err(|e| e.to_string())?;
-                return Err(format!("not settled: {unfinished} unfinished, {untold} untold; by status {counts:?}"));
+                let counts = self
+                    .ctx
+                    .store
+                    .generations()
+                    .count_by_status()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "not settled: {unfinished} unfinished, {untold} untold; by status {counts:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn untold(&self) -> Result<u64, String> {
-        let counts = self.ctx.store.generations().count_untold().await.map_err(|e| e.to_string())?;
+        let counts = self
+            .ctx
+            .store
+            .generations()
+            .count_untold()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(counts)
     }
 
@@ -224,16 +324,36 @@ impl Harness {
         let drift = store.ledger().check().await.expect("ledger check");
         assert!(drift.is_empty(), "ledger drift: {drift:?}");
         let totals = store.money_totals().await.expect("money totals");
-        let succeeded = store.generations().succeeded_total().await.expect("succeeded total");
-        assert_eq!(totals.captured, succeeded, "captured money must equal the prices of succeeded generations");
-        assert_eq!(totals.held, Money::ZERO, "nothing may stay held once every generation is terminal");
+        let succeeded = store
+            .generations()
+            .succeeded_total()
+            .await
+            .expect("succeeded total");
+        assert_eq!(
+            totals.captured, succeeded,
+            "captured money must equal the prices of succeeded generations"
+        );
+        assert_eq!(
+            totals.held,
+            Money::ZERO,
+            "nothing may stay held once every generation is terminal"
+        );
     }
 
     /// Statuses of the given generations.
     pub async fn statuses(&self, ids: &[GenerationId]) -> Vec<GenerationStatus> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            out.push(self.ctx.store.generations().get(*id).await.expect("get").expect("exists").status);
+            out.push(
+                self.ctx
+                    .store
+                    .generations()
+                    .get(*id)
+                    .await
+                    .expect("get")
+                    .expect("exists")
+                    .status,
+            );
         }
         out
     }
@@ -251,13 +371,23 @@ impl Harness {
 
 /// Deletes every Redis key under `namespace:` (queues and rate limits).
 pub async fn delete_redis_namespace(url: &str, namespace: &str) {
-    let Ok(client) = redis::Client::open(url) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
     for pattern in [format!("{namespace}:*"), format!("*{{{namespace}:*")] {
         let mut cursor: u64 = 0;
         loop {
-            let reply: Result<(u64, Vec<String>), _> =
-                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn).await;
+            let reply: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await;
             let Ok((next, keys)) = reply else { break };
             if !keys.is_empty() {
                 let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;

@@ -55,8 +55,14 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
                     reason: "DRY_RUN is on: nothing was generated and nothing was charged".into(),
                 }
             } else {
-                let text = format!("DRY RUN: no KIE call was made. Request:\n{}", g.request_json);
-                Outcome::Success { result: serde_json::json!({ "resultUrls": [], "text": text, "dryRun": true }).to_string() }
+                let text = format!(
+                    "DRY RUN: no KIE call was made. Request:\n{}",
+                    g.request_json
+                );
+                Outcome::Success {
+                    result: serde_json::json!({ "resultUrls": [], "text": text, "dryRun": true })
+                        .to_string(),
+                }
             };
             if gens.record_outcome(id, &outcome, requeue_at(ctx)).await? {
                 ctx.queues.push(Job::Finalize(id)).await?;
@@ -66,7 +72,10 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         KieMode::Live(c) => c,
     };
     let Some(task) = TaskId::parse(task_id) else {
-        let o = Outcome::Failure { code: "bad_task_id".into(), reason: "stored task id is invalid".into() };
+        let o = Outcome::Failure {
+            code: "bad_task_id".into(),
+            reason: "stored task id is invalid".into(),
+        };
         if gens.record_outcome(id, &o, requeue_at(ctx)).await? {
             ctx.queues.push(Job::Finalize(id)).await?;
         }
@@ -84,10 +93,16 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
                     code: "empty_result".into(),
                     reason: "KIE reported success without a result".into(),
                 }),
-                TaskState::Success(result) => Some(Outcome::Success { result: result_json(&result) }),
+                TaskState::Success(result) => Some(Outcome::Success {
+                    result: result_json(&result),
+                }),
                 TaskState::Fail { code, message } => Some(Outcome::Failure {
                     code: if code.is_empty() { "fail".into() } else { code },
-                    reason: if message.is_empty() { "generation failed".into() } else { message },
+                    reason: if message.is_empty() {
+                        "generation failed".into()
+                    } else {
+                        message
+                    },
                 }),
             }
         }
@@ -98,7 +113,10 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
                 None
             } else {
                 warn!(error = %e, "recordInfo refused; failing the generation");
-                Some(Outcome::Failure { code: error_code(&e), reason: e.to_string() })
+                Some(Outcome::Failure {
+                    code: error_code(&e),
+                    reason: e.to_string(),
+                })
             }
         }
     };
@@ -122,7 +140,8 @@ fn requeue_at(ctx: &Ctx) -> i64 {
 }
 
 fn error_code(e: &KieError) -> String {
-    e.code().map_or_else(|| e.outcome().to_owned(), |c| c.to_string())
+    e.code()
+        .map_or_else(|| e.outcome().to_owned(), |c| c.to_string())
 }
 
 /// The stored form of a result: KIE's keys, so the stored JSON reads like
@@ -131,7 +150,10 @@ fn result_json(r: &kiebot_kie::TaskResult) -> String {
     let mut obj = r.extra.clone();
     obj.insert("resultUrls".into(), serde_json::json!(r.result_urls));
     if !r.watermark_urls.is_empty() {
-        obj.insert("resultWaterMarkUrls".into(), serde_json::json!(r.watermark_urls));
+        obj.insert(
+            "resultWaterMarkUrls".into(),
+            serde_json::json!(r.watermark_urls),
+        );
     }
     if let Some(t) = &r.text {
         obj.insert("text".into(), serde_json::json!(t));

@@ -71,20 +71,34 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
 
     for id in gens.overdue(now, batch_u32(cfg.reconcile_batch)).await? {
         let reason = "no result before the model's deadline";
-        if gens.finish_failure(id, GenerationStatus::Expired, "deadline", reason).await? {
+        if gens
+            .finish_failure(id, GenerationStatus::Expired, "deadline", reason)
+            .await?
+        {
             report.expired += 1;
             metrics_names::generation_state(GenerationStatus::Expired.as_str());
             jobs.push(Job::Deliver(id));
         }
     }
 
-    for id in gens.claim_due_submits(now, Ctx::ms(cfg.pending_grace), requeue_at, cfg.reconcile_batch).await? {
+    for id in gens
+        .claim_due_submits(
+            now,
+            Ctx::ms(cfg.pending_grace),
+            requeue_at,
+            cfg.reconcile_batch,
+        )
+        .await?
+    {
         jobs.push(Job::Submit(id));
         report.submits += 1;
     }
 
     if poll_queue_depth(ctx).await < cfg.queue_high_water {
-        for (id, has_outcome) in gens.claim_due_polls(now, requeue_at, cfg.reconcile_batch).await? {
+        for (id, has_outcome) in gens
+            .claim_due_polls(now, requeue_at, cfg.reconcile_batch)
+            .await?
+        {
             if has_outcome {
                 jobs.push(Job::Finalize(id));
                 report.finalizes += 1;
@@ -98,7 +112,10 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
     // A fresh result or failure already has its Deliver job in the queue;
     // only rows left behind for a while are the reconciler's business.
     let due_before = now - Ctx::ms(cfg.pending_grace);
-    for id in gens.claim_due_deliveries(due_before, requeue_at, cfg.reconcile_batch).await? {
+    for id in gens
+        .claim_due_deliveries(due_before, requeue_at, cfg.reconcile_batch)
+        .await?
+    {
         jobs.push(Job::Deliver(id));
         report.deliveries += 1;
     }
@@ -125,7 +142,10 @@ async fn poll_queue_depth(ctx: &Ctx) -> u64 {
             for (name, n) in &depths {
                 metrics::gauge!(metrics_names::QUEUE_DEPTH, "queue" => name.clone()).set(*n as f64);
             }
-            depths.into_iter().find(|(n, _)| *n == poll_name).map_or(0, |(_, d)| d)
+            depths
+                .into_iter()
+                .find(|(n, _)| *n == poll_name)
+                .map_or(0, |(_, d)| d)
         }
         Err(_) => 0,
     }

@@ -48,7 +48,10 @@ pub struct Roles {
 
 impl Default for Roles {
     fn default() -> Self {
-        Roles { jobs: true, reconciler: true }
+        Roles {
+            jobs: true,
+            reconciler: true,
+        }
     }
 }
 
@@ -99,7 +102,12 @@ macro_rules! register {
 impl WorkerRuntime {
     /// A runtime over a shared context.
     pub fn new(ctx: Arc<Ctx>, concurrency: usize) -> Self {
-        WorkerRuntime { ctx, concurrency: concurrency.max(1), roles: Roles::default(), shutdown_timeout: Duration::from_secs(60) }
+        WorkerRuntime {
+            ctx,
+            concurrency: concurrency.max(1),
+            roles: Roles::default(),
+            shutdown_timeout: Duration::from_secs(60),
+        }
     }
 
     /// Runs only some roles (a fleet can run reconcilers apart from workers).
@@ -115,23 +123,64 @@ impl WorkerRuntime {
     }
 
     /// Runs until `shutdown` resolves, then drains.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MonitorError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MonitorError> {
         let ctx = self.ctx;
         let n = self.concurrency;
-        let mut monitor = Monitor::new().shutdown_timeout(self.shutdown_timeout);
+        let mut monitor = Monitor::new().shutdown_timeout(self.shutdown_timeout).should_restart(|worker, error| {
+            // A worker ends with an error when its backend does (Redis gone,
+            // the SQLite file locked for too long). Restart it, backing off
+            // so an outage is not a busy loop; the pause runs on a blocking
+            // section so other tasks move to another thread meanwhile.
+            let restarts = worker.restarts();
+            let pause = Duration::from_millis(200u64.saturating_mul(1 << restarts.min(5))).min(Duration::from_secs(5));
+            tracing::warn!(worker = %worker.name(), restarts, ?error, pause_ms = pause.as_millis() as u64, "worker failed; restarting");
+            tokio::task::block_in_place(|| std::thread::sleep(pause));
+            true
+        });
         if self.roles.jobs {
             match &ctx.queues {
                 Queues::Redis { storages, .. } => {
                     monitor = register!(monitor, "submit", storages.submit, submit::handle, ctx, n);
                     monitor = register!(monitor, "poll", storages.poll, poll::handle, ctx, n);
-                    monitor = register!(monitor, "finalize", storages.finalize, finalize::handle, ctx, n);
-                    monitor = register!(monitor, "deliver", storages.deliver, deliver::handle, ctx, n);
+                    monitor = register!(
+                        monitor,
+                        "finalize",
+                        storages.finalize,
+                        finalize::handle,
+                        ctx,
+                        n
+                    );
+                    monitor = register!(
+                        monitor,
+                        "deliver",
+                        storages.deliver,
+                        deliver::handle,
+                        ctx,
+                        n
+                    );
                 }
                 Queues::Sqlite { storages, .. } => {
                     monitor = register!(monitor, "submit", storages.submit, submit::handle, ctx, n);
                     monitor = register!(monitor, "poll", storages.poll, poll::handle, ctx, n);
-                    monitor = register!(monitor, "finalize", storages.finalize, finalize::handle, ctx, n);
-                    monitor = register!(monitor, "deliver", storages.deliver, deliver::handle, ctx, n);
+                    monitor = register!(
+                        monitor,
+                        "finalize",
+                        storages.finalize,
+                        finalize::handle,
+                        ctx,
+                        n
+                    );
+                    monitor = register!(
+                        monitor,
+                        "deliver",
+                        storages.deliver,
+                        deliver::handle,
+                        ctx,
+                        n
+                    );
                 }
             }
         }

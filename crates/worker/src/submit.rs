@@ -31,13 +31,25 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
     let id = job.generation;
     let now = now_ms();
     let gens = ctx.store.generations();
-    let Some(generation) = gens.claim_submit(id, now, now + Ctx::ms(ctx.config.lease)).await? else {
+    let Some(generation) = gens
+        .claim_submit(id, now, now + Ctx::ms(ctx.config.lease))
+        .await?
+    else {
         // Not pending any more, or another worker holds the claim: done.
         return Ok(());
     };
     if i64::from(generation.submit_attempts) > ctx.config.max_submit_attempts {
-        warn!(attempts = generation.submit_attempts, "giving up on submitting");
-        fail(ctx, id, "submit_attempts", "KIE did not accept the task after several attempts").await?;
+        warn!(
+            attempts = generation.submit_attempts,
+            "giving up on submitting"
+        );
+        fail(
+            ctx,
+            id,
+            "submit_attempts",
+            "KIE did not accept the task after several attempts",
+        )
+        .await?;
         return Ok(());
     }
     let model = ctx.catalog.get(generation.model.as_str());
@@ -47,7 +59,10 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
         KieMode::DryRun => {
             // No KIE call: the task id says so, and the poll answers itself.
             let task = format!("dry-run-{id}");
-            if gens.mark_submitted(id, &task, now, now + deadline_ms).await? {
+            if gens
+                .mark_submitted(id, &task, now, now + deadline_ms)
+                .await?
+            {
                 metrics_names::generation_state(GenerationStatus::Submitted.as_str());
                 ctx.queues.push(Job::Poll(id)).await?;
             }
@@ -59,7 +74,13 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
     let request: serde_json::Value = match serde_json::from_str(&generation.request_json) {
         Ok(v) => v,
         Err(e) => {
-            fail(ctx, id, "bad_request", &format!("stored request is not JSON: {e}")).await?;
+            fail(
+                ctx,
+                id,
+                "bad_request",
+                &format!("stored request is not JSON: {e}"),
+            )
+            .await?;
             return Ok(());
         }
     };
@@ -68,9 +89,11 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
     // Retry in the handler only what certainly created nothing; a timeout or a
     // broken connection may have created a task, so it waits for the next
     // (counted) attempt instead.
-    let result = retrying_if(ctx.config.submit_retry, |e: &KieError| !is_ambiguous(e), || {
-        client.create_task(&request, callback)
-    })
+    let result = retrying_if(
+        ctx.config.submit_retry,
+        |e: &KieError| !is_ambiguous(e),
+        || client.create_task(&request, callback),
+    )
     .await;
     let seconds = started.elapsed().as_secs_f64();
     match result {
@@ -83,23 +106,35 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
             if e.is_retryable() {
                 // Leave it pending; the reconciler re-enqueues it when the
                 // claim runs out (bounded by max_submit_attempts).
-                let retry_at = now_ms() + Ctx::ms(ctx.config.poll_delay(i64::from(generation.submit_attempts)));
+                let retry_at = now_ms()
+                    + Ctx::ms(ctx.config.poll_delay(i64::from(generation.submit_attempts)));
                 info!(error = %e, retry_at, "createTask failed, will retry");
                 gens.retry_submit_at(id, retry_at).await?;
                 Ok(())
             } else {
                 warn!(error = %e, "KIE refused the task");
-                let code = e.code().map_or_else(|| "bad_response".to_owned(), |c| c.to_string());
+                let code = e
+                    .code()
+                    .map_or_else(|| "bad_response".to_owned(), |c| c.to_string());
                 fail(ctx, id, &code, &e.to_string()).await
             }
         }
     }
 }
 
-async fn accepted(ctx: &Ctx, id: kiebot_domain::GenerationId, task: &TaskId, deadline_ms: i64) -> Result<(), JobError> {
+async fn accepted(
+    ctx: &Ctx,
+    id: kiebot_domain::GenerationId,
+    task: &TaskId,
+    deadline_ms: i64,
+) -> Result<(), JobError> {
     let now = now_ms();
     let first_poll = now + Ctx::ms(ctx.config.poll_first);
-    let moved = ctx.store.generations().mark_submitted(id, task.as_str(), first_poll, now + deadline_ms).await?;
+    let moved = ctx
+        .store
+        .generations()
+        .mark_submitted(id, task.as_str(), first_poll, now + deadline_ms)
+        .await?;
     if moved {
         metrics_names::generation_state(GenerationStatus::Submitted.as_str());
         info!(task_id = %task, "submitted");
@@ -114,12 +149,21 @@ async fn accepted(ctx: &Ctx, id: kiebot_domain::GenerationId, task: &TaskId, dea
 
 /// Ends the generation as failed (the hold is released in the same
 /// transaction) and enqueues the notice to the user.
-pub(crate) async fn fail(ctx: &Ctx, id: kiebot_domain::GenerationId, code: &str, reason: &str) -> Result<(), JobError> {
+pub(crate) async fn fail(
+    ctx: &Ctx,
+    id: kiebot_domain::GenerationId,
+    code: &str,
+    reason: &str,
+) -> Result<(), JobError> {
     let gens = ctx.store.generations();
-    if gens.finish_failure(id, GenerationStatus::Failed, code, reason).await? {
+    if gens
+        .finish_failure(id, GenerationStatus::Failed, code, reason)
+        .await?
+    {
         metrics_names::generation_state(GenerationStatus::Failed.as_str());
         if let Some(g) = gens.get(id).await? {
-            metrics::counter!(metrics_names::MONEY_RELEASED).increment(g.price.minor().max(0) as u64);
+            metrics::counter!(metrics_names::MONEY_RELEASED)
+                .increment(g.price.minor().max(0) as u64);
         }
     }
     ctx.queues.push(Job::Deliver(id)).await?;

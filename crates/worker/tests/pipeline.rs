@@ -32,7 +32,9 @@ macro_rules! on_both {
 }
 
 async fn finish(h: Harness) {
-    h.wait_settled(SETTLE).await.expect("every generation settles");
+    h.wait_settled(SETTLE)
+        .await
+        .expect("every generation settles");
     h.assert_money_consistent().await;
     h.cleanup().await;
 }
@@ -57,7 +59,10 @@ async fn a_successful_generation_is_charged_once_and_delivered(flavor: Flavor) {
     assert_eq!(h.kie.created_count(), 1);
     finish(h).await;
 }
-on_both!(success, a_successful_generation_is_charged_once_and_delivered);
+on_both!(
+    success,
+    a_successful_generation_is_charged_once_and_delivered
+);
 
 async fn kie_429_and_500_bursts_are_ridden_out(flavor: Flavor) {
     let mut h = Harness::start(flavor).await;
@@ -71,7 +76,10 @@ async fn kie_429_and_500_bursts_are_ridden_out(flavor: Flavor) {
     ];
     h.wait_settled(SETTLE).await.unwrap();
     assert_eq!(h.statuses(&ids).await, vec![GenerationStatus::Delivered; 2]);
-    assert!(h.kie.calls(Endpoint::CreateTask) >= 4, "the failed creates were retried");
+    assert!(
+        h.kie.calls(Endpoint::CreateTask) >= 4,
+        "the failed creates were retried"
+    );
     finish(h).await;
 }
 on_both!(bursts, kie_429_and_500_bursts_are_ridden_out);
@@ -79,7 +87,8 @@ on_both!(bursts, kie_429_and_500_bursts_are_ridden_out);
 async fn a_422_fails_the_generation_releases_the_hold_and_tells_the_user(flavor: Flavor) {
     let mut h = Harness::start(flavor).await;
     let user = h.funded_user(Money::from_minor(5_000)).await;
-    h.kie.reject_creates_with(422, "prompt: contains forbidden words");
+    h.kie
+        .reject_creates_with(422, "prompt: contains forbidden words");
     h.start_workers(2);
     let id = h.confirm(user, "google/nano-banana", price()).await;
     h.wait_settled(SETTLE).await.unwrap();
@@ -91,10 +100,16 @@ async fn a_422_fails_the_generation_releases_the_hold_and_tells_the_user(flavor:
     let notice = h.telegram.sent_of("sendMessage");
     assert_eq!(notice.len(), 1);
     let text = notice[0].text.clone().unwrap_or_default();
-    assert!(text.contains("not charged") || text.contains("не списаны"), "{text}");
+    assert!(
+        text.contains("not charged") || text.contains("не списаны"),
+        "{text}"
+    );
     finish(h).await;
 }
-on_both!(rejected, a_422_fails_the_generation_releases_the_hold_and_tells_the_user);
+on_both!(
+    rejected,
+    a_422_fails_the_generation_releases_the_hold_and_tells_the_user
+);
 
 async fn a_task_that_never_finishes_expires_at_its_deadline(flavor: Flavor) {
     let mut h = Harness::start(flavor).await;
@@ -112,10 +127,16 @@ async fn a_task_that_never_finishes_expires_at_its_deadline(flavor: Flavor) {
         .unwrap();
     h.wait_settled(SETTLE).await.unwrap();
     assert_eq!(h.statuses(&[id]).await, vec![GenerationStatus::Expired]);
-    assert_eq!(h.ctx.store.ledger().wallet(user).await.unwrap().balance, Money::from_minor(5_000));
+    assert_eq!(
+        h.ctx.store.ledger().wallet(user).await.unwrap().balance,
+        Money::from_minor(5_000)
+    );
     finish(h).await;
 }
-on_both!(never_finishes, a_task_that_never_finishes_expires_at_its_deadline);
+on_both!(
+    never_finishes,
+    a_task_that_never_finishes_expires_at_its_deadline
+);
 
 async fn a_lost_create_reply_is_retried_and_charged_once(flavor: Flavor) {
     let mut cfg = kiebot_worker::harness::quick_pipeline();
@@ -132,7 +153,10 @@ async fn a_lost_create_reply_is_retried_and_charged_once(flavor: Flavor) {
     assert_eq!(h.kie.created_count(), 2);
     let g = h.ctx.store.generations().get(id).await.unwrap().unwrap();
     assert_eq!(g.submit_attempts, 2);
-    assert_eq!(h.ctx.store.ledger().wallet(user).await.unwrap().balance, Money::from_minor(4_000));
+    assert_eq!(
+        h.ctx.store.ledger().wallet(user).await.unwrap().balance,
+        Money::from_minor(4_000)
+    );
     finish(h).await;
 }
 on_both!(lost_reply, a_lost_create_reply_is_retried_and_charged_once);
@@ -150,9 +174,19 @@ async fn bad_kie_replies_fail_cleanly(flavor: Flavor) {
         h.kie.bad_replies(bad);
         h.start_workers(2);
         let id = h.confirm(user, "google/nano-banana", price()).await;
-        h.wait_settled(SETTLE).await.unwrap_or_else(|e| panic!("{bad:?}: {e}"));
-        assert_eq!(h.statuses(&[id]).await, vec![GenerationStatus::Failed], "{bad:?}");
-        assert_eq!(h.ctx.store.ledger().wallet(user).await.unwrap().balance, Money::from_minor(5_000), "{bad:?}");
+        h.wait_settled(SETTLE)
+            .await
+            .unwrap_or_else(|e| panic!("{bad:?}: {e}"));
+        assert_eq!(
+            h.statuses(&[id]).await,
+            vec![GenerationStatus::Failed],
+            "{bad:?}"
+        );
+        assert_eq!(
+            h.ctx.store.ledger().wallet(user).await.unwrap().balance,
+            Money::from_minor(5_000),
+            "{bad:?}"
+        );
         finish(h).await;
     }
 }
@@ -165,17 +199,41 @@ async fn many_generations_settle_with_consistent_money(flavor: Flavor) {
         users.push(h.funded_user(Money::from_minor(100_000)).await);
     }
     // A mix of outcomes: most succeed, some fail at KIE.
-    h.kie.set_model_outcome("z-image", Outcome::fail("500", "internal error"));
+    h.kie
+        .set_model_outcome("z-image", Outcome::fail("500", "internal error"));
     h.start_workers(8);
     let mut ids = vec![];
     for i in 0..60 {
-        let model = if i % 5 == 0 { "z-image" } else { "google/nano-banana" };
-        ids.push(h.confirm(users[i % users.len()], model, Money::from_minor(100 + i as i64)).await);
+        let model = if i % 5 == 0 {
+            "z-image"
+        } else {
+            "google/nano-banana"
+        };
+        ids.push(
+            h.confirm(
+                users[i % users.len()],
+                model,
+                Money::from_minor(100 + i as i64),
+            )
+            .await,
+        );
     }
     h.wait_settled(SETTLE).await.unwrap();
     let statuses = h.statuses(&ids).await;
-    assert_eq!(statuses.iter().filter(|s| **s == GenerationStatus::Failed).count(), 12);
-    assert_eq!(statuses.iter().filter(|s| **s == GenerationStatus::Delivered).count(), 48);
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == GenerationStatus::Failed)
+            .count(),
+        12
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == GenerationStatus::Delivered)
+            .count(),
+        48
+    );
     finish(h).await;
 }
 on_both!(many, many_generations_settle_with_consistent_money);
@@ -188,13 +246,22 @@ async fn duplicate_and_forged_callbacks_change_nothing(flavor: Flavor) {
     h.wait_settled(SETTLE).await.unwrap();
     // Replaying finalization, as duplicate callbacks or job deliveries would:
     let g = h.ctx.store.generations().get(id).await.unwrap().unwrap();
-    kiebot_worker::finalize::run(&h.ctx, kiebot_jobs::Finalize { generation: id }).await.unwrap();
-    kiebot_worker::poll::run(&h.ctx, kiebot_jobs::Poll { generation: id }).await.unwrap();
-    kiebot_worker::deliver::run(&h.ctx, kiebot_jobs::Deliver { generation: id }).await.unwrap();
+    kiebot_worker::finalize::run(&h.ctx, kiebot_jobs::Finalize { generation: id })
+        .await
+        .unwrap();
+    kiebot_worker::poll::run(&h.ctx, kiebot_jobs::Poll { generation: id })
+        .await
+        .unwrap();
+    kiebot_worker::deliver::run(&h.ctx, kiebot_jobs::Deliver { generation: id })
+        .await
+        .unwrap();
     let again = h.ctx.store.generations().get(id).await.unwrap().unwrap();
     assert_eq!(again.status, g.status);
     assert_eq!(h.telegram.sent_of("sendPhoto").len(), 1, "delivered once");
-    assert_eq!(h.ctx.store.ledger().wallet(user).await.unwrap().balance, Money::from_minor(4_000));
+    assert_eq!(
+        h.ctx.store.ledger().wallet(user).await.unwrap().balance,
+        Money::from_minor(4_000)
+    );
     finish(h).await;
 }
 on_both!(duplicates, duplicate_and_forged_callbacks_change_nothing);
@@ -202,12 +269,20 @@ on_both!(duplicates, duplicate_and_forged_callbacks_change_nothing);
 async fn telegram_429_on_delivery_is_waited_out(flavor: Flavor) {
     let mut h = Harness::start(flavor).await;
     let user = h.funded_user(Money::from_minor(5_000)).await;
-    h.telegram.fail_next("sendPhoto", 1, kiebot_testkit::telegram::Fault::TooManyRequests { retry_after: 1 });
+    h.telegram.fail_next(
+        "sendPhoto",
+        1,
+        kiebot_testkit::telegram::Fault::TooManyRequests { retry_after: 1 },
+    );
     h.start_workers(2);
     let id = h.confirm(user, "google/nano-banana", price()).await;
     h.wait_settled(SETTLE).await.unwrap();
     assert_eq!(h.statuses(&[id]).await, vec![GenerationStatus::Delivered]);
-    assert_eq!(h.telegram.sent_of("sendPhoto").len(), 1, "delivered exactly once");
+    assert_eq!(
+        h.telegram.sent_of("sendPhoto").len(),
+        1,
+        "delivered exactly once"
+    );
     finish(h).await;
 }
 on_both!(telegram_429, telegram_429_on_delivery_is_waited_out);
@@ -219,7 +294,10 @@ async fn lost_jobs_are_found_again_by_the_reconciler(flavor: Flavor) {
     // between commit and enqueue, or a queue that forgot them).
     let mut ids = vec![];
     for i in 0..5 {
-        ids.push(h.create(user, "google/nano-banana", price(), &format!("lost-{i}")).await);
+        ids.push(
+            h.create(user, "google/nano-banana", price(), &format!("lost-{i}"))
+                .await,
+        );
     }
     h.start_workers(2);
     h.wait_settled(SETTLE).await.unwrap();
@@ -240,8 +318,14 @@ async fn dry_run_calls_no_kie_endpoint_and_charges_nothing(flavor: Flavor) {
     h.wait_settled(SETTLE).await.unwrap();
     assert_eq!(h.kie.created_count(), 0);
     assert_eq!(h.kie.calls(Endpoint::RecordInfo), 0);
-    assert_eq!(h.statuses(&[paid, free]).await, vec![GenerationStatus::Failed, GenerationStatus::Delivered]);
-    assert_eq!(h.ctx.store.ledger().wallet(user).await.unwrap().balance, Money::from_minor(5_000));
+    assert_eq!(
+        h.statuses(&[paid, free]).await,
+        vec![GenerationStatus::Failed, GenerationStatus::Delivered]
+    );
+    assert_eq!(
+        h.ctx.store.ledger().wallet(user).await.unwrap().balance,
+        Money::from_minor(5_000)
+    );
     finish(h).await;
 }
 on_both!(dry_run, dry_run_calls_no_kie_endpoint_and_charges_nothing);

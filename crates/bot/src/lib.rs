@@ -1,0 +1,376 @@
+//! The kiebot front bot: what happens between a Telegram update and a
+//! generation row with its money held.
+//!
+//! # Map
+//!
+//! - [`BotDeps`]: everything a handler needs (store, queues, catalog, pricing,
+//!   admins, KIE client for uploads, the `teloxide::Bot`), built once by the
+//!   binary and injected into the handler tree.
+//! - `schema` (private): **the one function that builds the dptree handler
+//!   tree**: payments first (they must never be refused), then a gate that
+//!   loads the user and stops blocked users and (for non-admins) maintenance
+//!   mode, then callback queries and messages.
+//! - `state`: the dialogue, an enum stored as JSON in `store.dialogues()`
+//!   (expires after 24 h), so a wizard survives restarts and moves between bot
+//!   processes.
+//! - `wizard`: the generation wizard, built only from the catalog schema
+//!   (enum -> buttons, boolean -> yes/no, text and numbers typed with limits,
+//!   uploads with add-more/done), its confirm screen and the confirm
+//!   transaction.
+//! - `menu`: /start, the main menu, model lists and cards, balance, history
+//!   (re-send and repeat), help, language.
+//! - `payments`: Telegram Stars invoices, `pre_checkout_query`,
+//!   `successful_payment`, promo codes, the referral bonus.
+//! - `admin`: statistics, user lookup, balance adjustments, block, refunds,
+//!   failed generations, maintenance mode.
+//! - `callbacks` and `messages`: route a parsed button ([`kiebot_tg::callback::Cb`])
+//!   or a message (command, text, file) to the above.
+//!
+//! # The life of an update
+//!
+//! 1. [`run_polling`] (getUpdates) or [`webhook_router`] (POST from Telegram)
+//!    hands the update to [`handle_update`].
+//! 2. `handle_update` records the update id with `store.updates().first_time`:
+//!    a redelivered update (after a crash, a webhook retry) stops here.
+//! 3. The handler tree routes it. A callback query is always answered, with a
+//!    friendly text when its button is stale, unknown or forged.
+//! 4. A handler reads the dialogue, acts (database first, in one transaction
+//!    where money is involved), writes the dialogue back, and answers the user
+//!    through texts and keyboards from `kiebot-tg`, never hard-coded strings.
+//! 5. Work outside the database happens after commit: a confirmed generation
+//!    is pushed as `Job::Submit` to the queue; if the push fails, the
+//!    reconciler finds the `pending` row and enqueues it again.
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use kiebot_domain::{Catalog, Money, Pricing, UserId};
+use kiebot_jobs::Queues;
+use kiebot_kie::KieClient;
+use kiebot_store::Store;
+use kiebot_tg::texts::{self, Lang};
+use teloxide::dispatching::UpdateFilterExt;
+use teloxide::dispatching::UpdateHandler;
+use teloxide::prelude::*;
+use teloxide::types::{
+    BotCommand, BotCommandScope, ChatId, InlineKeyboardMarkup, MessageId, Update, UpdateKind,
+};
+
+mod admin;
+mod callbacks;
+mod menu;
+mod messages;
+mod payments;
+mod state;
+mod wizard;
+
+pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
+
+/// How long a dialogue (a half-filled wizard) is kept.
+pub const DIALOGUE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Settings key of maintenance mode (`"1"` = on).
+pub const MAINTENANCE_KEY: &str = "maintenance";
+
+/// Everything the handlers need, injected into the handler tree.
+#[derive(Clone)]
+pub struct BotDeps {
+    /// The database.
+    pub store: Store,
+    /// The job queues (confirmed generations are pushed as `Submit`).
+    pub queues: Queues,
+    /// The validated model catalog.
+    pub catalog: Arc<Catalog>,
+    /// The operator's price formula.
+    pub pricing: Pricing,
+    /// `ADMIN_IDS`; the first is the owner, who is never charged.
+    pub admin_ids: Vec<UserId>,
+    /// Concurrent generations per user (`MAX_ACTIVE_GENERATIONS`).
+    pub max_active: u32,
+    /// `DRY_RUN`: generations are created at price 0 and KIE is not called.
+    pub dry_run: bool,
+    /// KIE client for user uploads; `None` in dry run (uploads then get a
+    /// placeholder URL).
+    pub kie: Option<KieClient>,
+    /// The Bot API client.
+    pub bot: Bot,
+    /// Minor units credited per Telegram Star (`STARS_RATE`).
+    pub stars_rate: Money,
+}
+
+impl BotDeps {
+    /// The owner: the first admin id.
+    pub fn owner(&self) -> Option<UserId> {
+        self.admin_ids.first().copied()
+    }
+}
+
+/// Errors inside handlers: logged with their cause; the user sees a generic
+/// message.
+type HandlerError = anyhow::Error;
+
+/// One user's view of an update, built by the gate.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub deps: Arc<BotDeps>,
+    pub user: kiebot_store::User,
+    pub uid: UserId,
+    pub lang: Lang,
+    pub chat: ChatId,
+    pub update_id: i64,
+    /// The message a pressed button sits under (edited in place).
+    pub origin: Option<MessageId>,
+    /// Whether this update created the user (first contact).
+    pub first_contact: bool,
+}
+
+impl Ctx {
+    pub fn is_admin(&self) -> bool {
+        self.deps.admin_ids.contains(&self.uid)
+            || matches!(
+                self.user.role,
+                kiebot_store::Role::Admin | kiebot_store::Role::Owner
+            )
+    }
+
+    pub fn is_owner(&self) -> bool {
+        self.deps.owner() == Some(self.uid) || self.user.role == kiebot_store::Role::Owner
+    }
+
+    /// Shows a screen: edits the message the button was under, or sends a
+    /// new message when there is none or it cannot be edited (media).
+    pub async fn show(&self, text: String, kb: Option<InlineKeyboardMarkup>) -> anyhow::Result<()> {
+        if let Some(mid) = self.origin {
+            let mut req = self
+                .deps
+                .bot
+                .edit_message_text(self.chat, mid, text.clone());
+            if let Some(kb) = kb.clone() {
+                req = req.reply_markup(kb);
+            }
+            match req.await {
+                Ok(_) => return Ok(()),
+                Err(teloxide::RequestError::Api(teloxide::ApiError::MessageNotModified)) => {
+                    return Ok(());
+                }
+                Err(_) => {}
+            }
+        }
+        self.send(text, kb).await
+    }
+
+    /// Sends a new message.
+    pub async fn send(&self, text: String, kb: Option<InlineKeyboardMarkup>) -> anyhow::Result<()> {
+        let mut req = self.deps.bot.send_message(self.chat, text);
+        if let Some(kb) = kb {
+            req = req.reply_markup(kb);
+        }
+        req.await?;
+        Ok(())
+    }
+}
+
+/// The handler tree: the one place that decides which handler sees an update.
+fn schema() -> UpdateHandler<HandlerError> {
+    dptree::entry()
+        // Money first: answered and credited even for blocked users and in
+        // maintenance (pre-checkout refuses then, with a message).
+        .branch(Update::filter_pre_checkout_query().endpoint(payments::pre_checkout))
+        .branch(
+            Update::filter_message()
+                .filter_map(|m: Message| m.successful_payment().cloned())
+                .endpoint(payments::successful_payment),
+        )
+        .branch(
+            Update::filter_callback_query()
+                .filter_map_async(callbacks::gate)
+                .endpoint(callbacks::handle),
+        )
+        .branch(
+            Update::filter_message()
+                .filter_map_async(messages::gate)
+                .endpoint(messages::handle),
+        )
+}
+
+static TREE: LazyLock<UpdateHandler<HandlerError>> = LazyLock::new(schema);
+
+/// Handles one update: de-duplicates it by `update_id`, then routes it
+/// through the handler tree. Errors are logged, never returned: Telegram must
+/// not redeliver an update because our handler failed.
+pub async fn handle_update(deps: &BotDeps, update: Update) {
+    let update_id = i64::from(update.id.0);
+    match deps.store.updates().first_time(update_id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(update_id, "duplicate update ignored");
+            return;
+        }
+        Err(e) => {
+            // Without the de-duplication record we cannot tell a redelivery
+            // from a new update; handling it is the lesser evil only for
+            // idempotent operations, so we stop here and let Telegram retry.
+            tracing::error!(update_id, error = %e, "cannot record update; skipped");
+            return;
+        }
+    }
+    let deps = Arc::new(deps.clone());
+    let kind = update_kind(&update);
+    match TREE.dispatch(dptree::deps![deps, update]).await {
+        std::ops::ControlFlow::Break(Ok(())) => {}
+        std::ops::ControlFlow::Break(Err(e)) => {
+            tracing::error!(
+                update_id,
+                kind,
+                error = format!("{e:#}"),
+                "update handler failed"
+            );
+        }
+        std::ops::ControlFlow::Continue(_) => {
+            tracing::debug!(update_id, kind, "update not handled");
+        }
+    }
+}
+
+fn update_kind(u: &Update) -> &'static str {
+    match &u.kind {
+        UpdateKind::Message(_) => "message",
+        UpdateKind::CallbackQuery(_) => "callback_query",
+        UpdateKind::PreCheckoutQuery(_) => "pre_checkout_query",
+        _ => "other",
+    }
+}
+
+/// Long polling until `shutdown` resolves. Updates of one batch are handled
+/// concurrently across users and in order for each user.
+pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut offset: i32 = 0;
+    // A webhook left over from another mode would make getUpdates fail.
+    if let Err(e) = deps.bot.delete_webhook().await {
+        tracing::warn!(error = %e, "deleteWebhook failed");
+    }
+    loop {
+        let fetch = deps
+            .bot
+            .get_updates()
+            .offset(offset)
+            .timeout(25)
+            .allowed_updates(vec![]);
+        let updates = tokio::select! {
+            () = &mut shutdown => break,
+            r = fetch.send() => r,
+        };
+        let updates = match updates {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "getUpdates failed; retrying");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                }
+            }
+        };
+        if let Some(last) = updates.last() {
+            offset = i32::try_from(last.id.0)
+                .unwrap_or(i32::MAX)
+                .saturating_add(1);
+        }
+        // Group by chat so one user's updates stay ordered.
+        let mut groups: Vec<(Option<i64>, Vec<Update>)> = vec![];
+        for u in updates {
+            let key = u
+                .chat()
+                .map(|c| c.id.0)
+                .or_else(|| u.from().map(|f| f.id.0 as i64));
+            match groups.iter_mut().find(|(k, _)| *k == key && key.is_some()) {
+                Some((_, v)) => v.push(u),
+                None => groups.push((key, vec![u])),
+            }
+        }
+        let work = groups.into_iter().map(|(_, us)| {
+            let deps = &deps;
+            async move {
+                for u in us {
+                    handle_update(deps, u).await;
+                }
+            }
+        });
+        futures::future::join_all(work).await;
+    }
+    tracing::info!("polling stopped");
+}
+
+/// The webhook endpoint: `POST /telegram/webhook`, accepted only with the
+/// `X-Telegram-Bot-Api-Secret-Token` header equal to `secret_token` (401
+/// otherwise). The update is handled before the answer, so a crash
+/// mid-handler makes Telegram redeliver it (and the de-duplication record
+/// makes that safe).
+pub fn webhook_router(deps: BotDeps, secret_token: String) -> axum::Router {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+
+    #[derive(Clone)]
+    struct Hook {
+        deps: Arc<BotDeps>,
+        secret: Arc<str>,
+    }
+
+    async fn receive(
+        State(h): State<Hook>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
+        let given = headers
+            .get("x-telegram-bot-api-secret-token")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if h.secret.is_empty() || !constant_time_eq(given, h.secret.as_bytes()) {
+            return StatusCode::UNAUTHORIZED;
+        }
+        match serde_json::from_slice::<Update>(&body) {
+            Ok(update) => {
+                handle_update(&h.deps, update).await;
+                StatusCode::OK
+            }
+            Err(e) => {
+                // Not retryable: Telegram would send the same bytes again.
+                tracing::warn!(error = %e, "webhook body is not an update");
+                StatusCode::OK
+            }
+        }
+    }
+
+    axum::Router::new()
+        .route("/telegram/webhook", post(receive))
+        .with_state(Hook {
+            deps: Arc::new(deps),
+            secret: Arc::from(secret_token),
+        })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Registers the command list in Russian and English (`setMyCommands`, the
+/// English list as the default for every other language).
+pub async fn set_commands(bot: &Bot) -> anyhow::Result<()> {
+    for lang in Lang::ALL {
+        let cmds: Vec<BotCommand> = texts::commands(lang)
+            .into_iter()
+            .map(|(c, d)| BotCommand::new(c, d))
+            .collect();
+        let req = bot.set_my_commands(cmds).scope(BotCommandScope::Default);
+        match lang {
+            Lang::Ru => req.language_code("ru").await?,
+            Lang::En => req.await?,
+        };
+    }
+    Ok(())
+}

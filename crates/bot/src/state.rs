@@ -1,0 +1,82 @@
+//! The dialogue: what the bot is waiting for from one user, stored as JSON in
+//! `store.dialogues()` so it survives restarts and works across bot
+//! processes. An unreadable or expired state is the idle state.
+
+use std::collections::BTreeMap;
+
+use kiebot_domain::{GenerationId, ParamValue};
+use kiebot_store::now_ms;
+use kiebot_tg::callback::DraftId;
+use serde::{Deserialize, Serialize};
+
+use crate::{Ctx, DIALOGUE_TTL};
+
+/// What the bot waits for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "s", rename_all = "snake_case")]
+pub(crate) enum Dialogue {
+    /// Nothing: menus and commands only.
+    #[default]
+    Idle,
+    /// Filling in a generation.
+    Wizard(Draft),
+    /// A custom number of Stars to buy.
+    StarsAmount,
+    /// Idle, remembering the last confirmed draft so a second tap on its
+    /// confirm button gets "already started" instead of "out of date".
+    Confirmed {
+        /// The draft that was confirmed.
+        draft: DraftId,
+        /// The generation it created.
+        generation: GenerationId,
+    },
+}
+
+/// A generation being put together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Draft {
+    /// Keys the confirm button and the generation (`draft_key`).
+    pub id: DraftId,
+    /// The model id.
+    pub model: String,
+    /// The values given so far (defaults are not stored: they fill in at
+    /// validation).
+    pub values: BTreeMap<String, ParamValue>,
+    /// Field names of the steps, in order.
+    pub steps: Vec<String>,
+    /// The current step; `steps.len()` is the confirm screen.
+    pub pos: usize,
+    /// Whether the advanced options were added to `steps`.
+    pub advanced: bool,
+}
+
+impl Ctx {
+    /// The user's dialogue (idle when none, expired or unreadable).
+    pub async fn dialogue(&self) -> anyhow::Result<Dialogue> {
+        let raw = self.deps.store.dialogues().load(self.uid, now_ms()).await?;
+        Ok(raw
+            .and_then(|s| match serde_json::from_str(&s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(user = %self.uid, error = %e, "unreadable dialogue dropped");
+                    None
+                }
+            })
+            .unwrap_or_default())
+    }
+
+    /// Saves the dialogue (idle clears it).
+    pub async fn set_dialogue(&self, d: &Dialogue) -> anyhow::Result<()> {
+        if *d == Dialogue::Idle {
+            self.deps.store.dialogues().clear(self.uid).await?;
+        } else {
+            let json = serde_json::to_string(d)?;
+            self.deps
+                .store
+                .dialogues()
+                .save(self.uid, &json, now_ms(), DIALOGUE_TTL)
+                .await?;
+        }
+        Ok(())
+    }
+}

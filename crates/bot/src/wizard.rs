@@ -1,0 +1,744 @@
+//! The generation wizard, built only from the catalog schema.
+//!
+//! Steps are the model's `ask = wizard` fields in catalog order; "advanced
+//! options" appends the `ask = advanced` ones. Each step's input follows the
+//! field's type: enum -> buttons, boolean -> yes/no, string -> text with its
+//! maximum length, integer/number -> typed with its range, upload -> files
+//! with add-more/done. Back returns to the previous step with its value kept
+//! (and shown); optional fields and fields with a default can be left at the
+//! default. After the last step comes the confirm screen with the exact
+//! price; instant models skip it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kiebot_domain::catalog::{Ask as FieldAsk, Media};
+use kiebot_domain::{
+    Field, FieldKind, GenerationId, Model, Money, ParamError, ParamValue, Params, PromptError,
+};
+use kiebot_jobs::Job;
+use kiebot_store::{Creation, NewGeneration, StoreError};
+use kiebot_tg::callback::{Cb, DraftId};
+use kiebot_tg::keyboards::{self, StepNav};
+use kiebot_tg::texts::{self, Ask, Button, Lang, PriceNote, Refusal};
+use teloxide::net::Download;
+use teloxide::prelude::*;
+use teloxide::types::{FileId, InlineKeyboardMarkup};
+
+use crate::Ctx;
+use crate::state::{Dialogue, Draft};
+
+/// Telegram lets bots download files up to this size through `getFile`.
+pub const TELEGRAM_GET_FILE_LIMIT: u64 = 20 * 1024 * 1024;
+
+/// A file a user sent, as Telegram describes it (nothing downloaded yet).
+#[derive(Debug, Clone)]
+pub(crate) struct IncomingFile {
+    pub file_id: FileId,
+    pub unique_id: String,
+    pub size: u64,
+    pub mime: String,
+    pub name: String,
+}
+
+/// Starts the wizard for a model, optionally pre-filled (Repeat).
+pub(crate) async fn start(
+    ctx: &Ctx,
+    model: &Model,
+    prefill: Option<BTreeMap<String, ParamValue>>,
+) -> anyhow::Result<()> {
+    if !model.is_sold() {
+        return ctx
+            .show(
+                texts::model_unavailable(ctx.lang),
+                Some(keyboards::home(ctx.lang)),
+            )
+            .await;
+    }
+    let mut steps: Vec<String> = model.wizard_fields().map(|f| f.name.clone()).collect();
+    let mut values = BTreeMap::new();
+    let mut advanced = false;
+    let prefilled = prefill.is_some();
+    if let Some(pre) = prefill {
+        for f in &model.fields {
+            let Some(v) = pre.get(&f.name) else { continue };
+            // Values equal to the default need not be carried; others are,
+            // and an advanced field with a value opens the advanced steps.
+            if f.default_value().as_ref() == Some(v) {
+                continue;
+            }
+            values.insert(f.name.clone(), v.clone());
+            if f.ask() == FieldAsk::Advanced {
+                advanced = true;
+            }
+        }
+        if advanced {
+            steps.extend(advanced_fields(model).map(|f| f.name.clone()));
+        }
+    }
+    let draft = Draft {
+        id: DraftId(rand::random()),
+        model: model.id.to_string(),
+        values,
+        pos: if prefilled { steps.len() } else { 0 },
+        steps,
+        advanced,
+    };
+    after_change(ctx, model, draft, None).await
+}
+
+fn advanced_fields(model: &Model) -> impl Iterator<Item = &Field> {
+    model
+        .fields
+        .iter()
+        .filter(|f| f.ask() == FieldAsk::Advanced)
+}
+
+/// Saves the draft and shows where it stands; at the end, an instant model
+/// is confirmed at once. `prefix` is a line shown above the step (a file
+/// received).
+async fn after_change(
+    ctx: &Ctx,
+    model: &Model,
+    draft: Draft,
+    prefix: Option<String>,
+) -> anyhow::Result<()> {
+    if draft.pos >= draft.steps.len() && model.instant {
+        ctx.set_dialogue(&Dialogue::Wizard(draft.clone())).await?;
+        return confirm(ctx, model, &draft).await;
+    }
+    ctx.set_dialogue(&Dialogue::Wizard(draft.clone())).await?;
+    render(ctx, model, &draft, prefix).await
+}
+
+/// Shows the current step or the confirm screen.
+pub(crate) async fn render(
+    ctx: &Ctx,
+    model: &Model,
+    draft: &Draft,
+    prefix: Option<String>,
+) -> anyhow::Result<()> {
+    let (mut text, kb) = if draft.pos < draft.steps.len() {
+        step_screen(ctx.lang, model, draft)
+    } else {
+        confirm_screen(ctx, model, draft).await?
+    };
+    if let Some(p) = prefix {
+        text = format!("{p}\n\n{text}");
+    }
+    ctx.show(text, Some(kb)).await
+}
+
+fn label(lang: Lang, f: &Field) -> String {
+    match &f.label {
+        Some(l) => l.get(lang.code()).to_owned(),
+        None => {
+            let mut s = f.name.replace('_', " ");
+            if let Some(c) = s.get(..1) {
+                let up = c.to_uppercase();
+                s.replace_range(..1, &up);
+            }
+            s
+        }
+    }
+}
+
+fn display(lang: Lang, v: &ParamValue) -> String {
+    match v {
+        ParamValue::Text(s) => {
+            let short: String = s.chars().take(60).collect();
+            if short.len() < s.len() {
+                format!("{short}…")
+            } else {
+                short
+            }
+        }
+        ParamValue::Int(i) => i.to_string(),
+        ParamValue::Num(x) => x.to_string(),
+        ParamValue::Bool(b) => {
+            texts::button(lang, if *b { Button::Yes } else { Button::No }).to_owned()
+        }
+        ParamValue::Choice(c) => c.clone(),
+        ParamValue::Files(f) => match lang {
+            Lang::Ru => format!("файлов: {}", f.len()),
+            Lang::En => format!("{} file(s)", f.len()),
+        },
+    }
+}
+
+fn skippable(f: &Field) -> bool {
+    !f.required || f.default.is_some()
+}
+
+fn file_count(draft: &Draft, f: &Field) -> usize {
+    match draft.values.get(&f.name) {
+        Some(ParamValue::Files(v)) => v.len(),
+        _ => 0,
+    }
+}
+
+fn current_field<'m>(model: &'m Model, draft: &Draft) -> Option<(usize, &'m Field)> {
+    let name = draft.steps.get(draft.pos)?;
+    model
+        .fields
+        .iter()
+        .enumerate()
+        .find(|(_, f)| &f.name == name)
+}
+
+fn step_screen(lang: Lang, model: &Model, draft: &Draft) -> (String, InlineKeyboardMarkup) {
+    let Some((idx, f)) = current_field(model, draft) else {
+        return (texts::stale_button(lang), keyboards::home(lang));
+    };
+    let current = draft.values.get(&f.name);
+    let chosen = current.cloned().or_else(|| f.default_value());
+    let mark = |on: bool, l: &str| if on { format!("✓ {l}") } else { l.to_owned() };
+    let mut choices = vec![];
+    let mut nav = StepNav {
+        skip: skippable(f),
+        done: false,
+        back: draft.pos > 0,
+    };
+    let media_name;
+    let ask = match &f.kind {
+        FieldKind::String { max_len } => Ask::Text { max_len: *max_len },
+        FieldKind::Integer { min, max } => Ask::Integer {
+            min: *min,
+            max: *max,
+        },
+        FieldKind::Number { min, max, .. } => Ask::Number {
+            min: *min,
+            max: *max,
+        },
+        FieldKind::Boolean => {
+            for (value, b) in [(true, Button::Yes), (false, Button::No)] {
+                let on = chosen == Some(ParamValue::Bool(value));
+                choices.push((
+                    mark(on, texts::button(lang, b)),
+                    Cb::YesNo {
+                        draft: draft.id,
+                        value,
+                    },
+                ));
+            }
+            Ask::YesNo
+        }
+        FieldKind::Enum { values } => {
+            for (i, v) in values.iter().enumerate() {
+                let on = chosen == Some(ParamValue::Choice(v.clone()));
+                choices.push((
+                    mark(on, v),
+                    Cb::Pick {
+                        draft: draft.id,
+                        field: u8::try_from(idx).unwrap_or(u8::MAX),
+                        value: u8::try_from(i).unwrap_or(u8::MAX),
+                    },
+                ));
+            }
+            Ask::Choice
+        }
+        FieldKind::Upload {
+            media,
+            min_items,
+            max_items,
+            ..
+        } => {
+            let count = file_count(draft, f);
+            nav.done = count > 0 && count >= *min_items;
+            media_name = match media {
+                Media::Image => "image",
+                Media::Video => "video",
+                Media::Audio => "audio",
+            };
+            Ask::Upload {
+                media: media_name,
+                count,
+                min: (*min_items).max(usize::from(f.required)),
+                max: *max_items,
+            }
+        }
+    };
+    let current_text = match (&f.kind, current) {
+        // Enum and boolean show their choice as a check mark instead.
+        (FieldKind::Enum { .. } | FieldKind::Boolean | FieldKind::Upload { .. }, _) => None,
+        (_, Some(v)) => Some(display(lang, v)),
+        (_, None) => f
+            .default_value()
+            .filter(|v| !matches!(v, ParamValue::Text(t) if t.trim().is_empty()))
+            .map(|v| display(lang, &v)),
+    };
+    let text = texts::ask_step(
+        lang,
+        draft.pos + 1,
+        draft.steps.len(),
+        &label(lang, f),
+        &ask,
+        current_text.as_deref(),
+        !f.required,
+    );
+    (text, keyboards::wizard_step(lang, draft.id, choices, nav))
+}
+
+/// The user's price for validated parameters, and why it differs from the
+/// model's price: dry run and the owner pay nothing, and a daily free use
+/// (while the quota lasts) is free.
+async fn decide_price(
+    ctx: &Ctx,
+    model: &Model,
+    params: &Params,
+) -> anyhow::Result<Result<(Money, PriceNote), String>> {
+    let base = match ctx.deps.pricing.price(model, params) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if ctx.deps.dry_run {
+        return Ok(Ok((Money::ZERO, PriceNote::DryRun)));
+    }
+    if ctx.is_owner() {
+        return Ok(Ok((Money::ZERO, PriceNote::Owner)));
+    }
+    if model.free_daily > 0 && base.is_positive() {
+        let used = ctx
+            .deps
+            .store
+            .free_usage()
+            .used_today(ctx.uid, &model.id, &today())
+            .await?;
+        if used < model.free_daily {
+            return Ok(Ok((Money::ZERO, PriceNote::FreeQuota)));
+        }
+    }
+    Ok(Ok((base, PriceNote::None)))
+}
+
+/// Free quotas count days in the server's local time zone.
+pub(crate) fn today() -> String {
+    chrono::Local::now().format("%Y-%m-%d").to_string()
+}
+
+async fn confirm_screen(
+    ctx: &Ctx,
+    model: &Model,
+    draft: &Draft,
+) -> anyhow::Result<(String, InlineKeyboardMarkup)> {
+    let lang = ctx.lang;
+    let back = !draft.steps.is_empty();
+    let params = match Params::validate(model, &draft.values) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok((
+                texts::refusal(lang, &refusal_of(&e)),
+                keyboards::wizard_step(
+                    lang,
+                    draft.id,
+                    vec![],
+                    StepNav {
+                        back,
+                        ..StepNav::default()
+                    },
+                ),
+            ));
+        }
+    };
+    let (price, note) = match decide_price(ctx, model, &params).await? {
+        Ok(x) => x,
+        Err(why) => {
+            return Ok((
+                texts::refusal(lang, &Refusal::Invalid(why)),
+                keyboards::wizard_step(
+                    lang,
+                    draft.id,
+                    vec![],
+                    StepNav {
+                        back,
+                        ..StepNav::default()
+                    },
+                ),
+            ));
+        }
+    };
+    let summary: Vec<(String, String)> = model
+        .fields
+        .iter()
+        .filter(|f| draft.steps.contains(&f.name))
+        .filter_map(|f| {
+            params
+                .get(&f.name)
+                .map(|v| (label(lang, f), display(lang, v)))
+        })
+        .collect();
+    let has_advanced = !draft.advanced && advanced_fields(model).next().is_some();
+    Ok((
+        texts::confirm(lang, model.name.get(lang.code()), &summary, price, note),
+        keyboards::confirm(lang, draft.id, has_advanced, back),
+    ))
+}
+
+/// Maps a validation error to what the user reads.
+pub(crate) fn refusal_of(e: &ParamError) -> Refusal {
+    match e {
+        ParamError::Text { source, .. } => match source {
+            PromptError::Empty => Refusal::Empty,
+            PromptError::TooLong { len, max } => Refusal::TooLong {
+                len: *len,
+                max: *max,
+            },
+            PromptError::ControlCharacters => Refusal::ControlChars,
+        },
+        ParamError::WrongType { .. } => Refusal::NotANumber,
+        ParamError::OutOfRange { min, max, .. } => Refusal::OutOfRange {
+            min: min.clone(),
+            max: max.clone(),
+        },
+        ParamError::NotInEnum { .. } => Refusal::NotAnOption,
+        ParamError::Mime { mime, .. } => Refusal::WrongFileType { mime: mime.clone() },
+        ParamError::TooLarge { size, max, .. } => Refusal::TooLarge {
+            mb: size.div_ceil(1024 * 1024),
+            max_mb: max / (1024 * 1024),
+        },
+        ParamError::ItemCount { min, .. } => Refusal::NeedMoreFiles { min: *min },
+        other => Refusal::Invalid(other.to_string()),
+    }
+}
+
+/// Sends a refusal under the current step's keyboard; nothing changes.
+async fn refuse(ctx: &Ctx, model: &Model, draft: &Draft, r: Refusal) -> anyhow::Result<()> {
+    tracing::debug!(user = %ctx.uid, model = %model.id, refusal = ?r, "input refused");
+    let kb = if draft.pos < draft.steps.len() {
+        step_screen(ctx.lang, model, draft).1
+    } else {
+        keyboards::home(ctx.lang)
+    };
+    ctx.send(texts::refusal(ctx.lang, &r), Some(kb)).await
+}
+
+/// The draft and model behind a button, or `None` (stale: another draft, no
+/// wizard, a model no longer sold).
+pub(crate) async fn draft_for(ctx: &Ctx, id: DraftId) -> anyhow::Result<Option<(Draft, Model)>> {
+    if let Dialogue::Wizard(d) = ctx.dialogue().await?
+        && d.id == id
+        && let Some(m) = ctx.deps.catalog.get(&d.model).filter(|m| m.is_sold())
+    {
+        return Ok(Some((d, m.clone())));
+    }
+    Ok(None)
+}
+
+/// A typed answer to the current step.
+pub(crate) async fn on_text(
+    ctx: &Ctx,
+    mut draft: Draft,
+    model: &Model,
+    text: &str,
+) -> anyhow::Result<()> {
+    let Some((_, f)) = current_field(model, &draft) else {
+        return refuse(ctx, model, &draft, Refusal::UseButtons).await;
+    };
+    if f.is_upload() {
+        return refuse(ctx, model, &draft, Refusal::ExpectedFile).await;
+    }
+    match ParamValue::parse_text(f, text) {
+        Ok(v) => {
+            draft.values.insert(f.name.clone(), v);
+            draft.pos += 1;
+            after_change(ctx, model, draft, None).await
+        }
+        Err(e) => {
+            let r = match (&f.kind, &e) {
+                (FieldKind::Enum { .. } | FieldKind::Boolean, _) => Refusal::UseButtons,
+                _ => refusal_of(&e),
+            };
+            refuse(ctx, model, &draft, r).await
+        }
+    }
+}
+
+/// A button answer (enum option, yes/no) to the current step. `None` from a
+/// button that does not belong to the current step: stale.
+pub(crate) async fn on_choice(
+    ctx: &Ctx,
+    mut draft: Draft,
+    model: &Model,
+    field: usize,
+    value: ChoiceValue,
+) -> anyhow::Result<bool> {
+    let Some((idx, f)) = current_field(model, &draft) else {
+        return Ok(false);
+    };
+    if idx != field {
+        return Ok(false);
+    }
+    let v = match (&f.kind, value) {
+        (FieldKind::Enum { values }, ChoiceValue::Index(i)) => match values.get(usize::from(i)) {
+            Some(v) => ParamValue::Choice(v.clone()),
+            None => {
+                refuse(ctx, model, &draft, Refusal::NotAnOption).await?;
+                return Ok(true);
+            }
+        },
+        (FieldKind::Boolean, ChoiceValue::Bool(b)) => ParamValue::Bool(b),
+        _ => return Ok(false),
+    };
+    draft.values.insert(f.name.clone(), v);
+    draft.pos += 1;
+    after_change(ctx, model, draft, None).await?;
+    Ok(true)
+}
+
+/// What a choice button carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChoiceValue {
+    Index(u8),
+    Bool(bool),
+}
+
+/// The index of the current step's field, for yes/no buttons (which carry no
+/// field index).
+pub(crate) fn current_index(model: &Model, draft: &Draft) -> Option<usize> {
+    current_field(model, draft).map(|(i, _)| i)
+}
+
+/// "Keep the default".
+pub(crate) async fn on_skip(ctx: &Ctx, mut draft: Draft, model: &Model) -> anyhow::Result<bool> {
+    let Some((_, f)) = current_field(model, &draft) else {
+        return Ok(false);
+    };
+    if !skippable(f) {
+        return Ok(false);
+    }
+    draft.values.remove(&f.name);
+    draft.pos += 1;
+    after_change(ctx, model, draft, None).await?;
+    Ok(true)
+}
+
+/// "Done" on an upload step.
+pub(crate) async fn on_done(ctx: &Ctx, mut draft: Draft, model: &Model) -> anyhow::Result<bool> {
+    let Some((_, f)) = current_field(model, &draft) else {
+        return Ok(false);
+    };
+    let FieldKind::Upload { min_items, .. } = &f.kind else {
+        return Ok(false);
+    };
+    let count = file_count(&draft, f);
+    let need = (*min_items).max(1);
+    if count < need {
+        refuse(ctx, model, &draft, Refusal::NeedMoreFiles { min: need }).await?;
+        return Ok(true);
+    }
+    draft.pos += 1;
+    after_change(ctx, model, draft, None).await?;
+    Ok(true)
+}
+
+/// "Back": the previous step, its value kept.
+pub(crate) async fn on_back(ctx: &Ctx, mut draft: Draft, model: &Model) -> anyhow::Result<bool> {
+    if draft.pos == 0 {
+        return Ok(false);
+    }
+    draft.pos = draft.pos.min(draft.steps.len()) - 1;
+    after_change(ctx, model, draft, None).await?;
+    Ok(true)
+}
+
+/// "Advanced options": the advanced fields become steps after the others.
+pub(crate) async fn on_advanced(
+    ctx: &Ctx,
+    mut draft: Draft,
+    model: &Model,
+) -> anyhow::Result<bool> {
+    if draft.advanced || advanced_fields(model).next().is_none() {
+        return Ok(false);
+    }
+    draft.pos = draft.steps.len();
+    draft
+        .steps
+        .extend(advanced_fields(model).map(|f| f.name.clone()));
+    draft.advanced = true;
+    after_change(ctx, model, draft, None).await?;
+    Ok(true)
+}
+
+/// A file sent during the wizard: checked against the schema before anything
+/// is downloaded, then fetched from Telegram and stored on KIE.
+pub(crate) async fn on_file(
+    ctx: &Ctx,
+    mut draft: Draft,
+    model: &Model,
+    file: IncomingFile,
+) -> anyhow::Result<()> {
+    let Some((_, f)) = current_field(model, &draft) else {
+        return refuse(ctx, model, &draft, Refusal::UseButtons).await;
+    };
+    let FieldKind::Upload { max_items, .. } = &f.kind else {
+        let r = match f.kind {
+            FieldKind::String { .. } | FieldKind::Integer { .. } | FieldKind::Number { .. } => {
+                Refusal::ExpectedText
+            }
+            _ => Refusal::UseButtons,
+        };
+        return refuse(ctx, model, &draft, r).await;
+    };
+    let max_items = *max_items;
+    let count = file_count(&draft, f);
+    if count >= max_items {
+        return refuse(ctx, model, &draft, Refusal::TooManyFiles { max: max_items }).await;
+    }
+    if let Err(e) = kiebot_domain::params::check_upload(f, &file.mime, file.size) {
+        return refuse(ctx, model, &draft, refusal_of(&e)).await;
+    }
+    if file.size > TELEGRAM_GET_FILE_LIMIT {
+        let mb = file.size.div_ceil(1024 * 1024);
+        return refuse(ctx, model, &draft, Refusal::OverTelegramLimit { mb }).await;
+    }
+    let url = match fetch_and_store(ctx, &file).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(user = %ctx.uid, error = format!("{e:#}"), "upload failed");
+            return refuse(ctx, model, &draft, Refusal::UploadFailed).await;
+        }
+    };
+    let files = match draft
+        .values
+        .entry(f.name.clone())
+        .or_insert_with(|| ParamValue::Files(vec![]))
+    {
+        ParamValue::Files(v) => v,
+        other => {
+            *other = ParamValue::Files(vec![]);
+            match other {
+                ParamValue::Files(v) => v,
+                _ => unreachable!("just set"),
+            }
+        }
+    };
+    files.push(url);
+    let count = files.len();
+    if count >= max_items {
+        draft.pos += 1;
+        after_change(ctx, model, draft, None).await
+    } else {
+        let note = texts::file_received(ctx.lang, count, max_items);
+        after_change(ctx, model, draft, Some(note)).await
+    }
+}
+
+async fn fetch_and_store(ctx: &Ctx, file: &IncomingFile) -> anyhow::Result<String> {
+    let bot = &ctx.deps.bot;
+    let tg_file = bot.get_file(file.file_id.clone()).await?;
+    let mut stream = bot.download_file_stream(&tg_file.path);
+    let mut buf = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0).min(1 << 20));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if (buf.len() + chunk.len()) as u64 > TELEGRAM_GET_FILE_LIMIT {
+            anyhow::bail!("the file grew past the download limit");
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let name = if file.name.is_empty() {
+        file.unique_id.clone()
+    } else {
+        file.name.clone()
+    };
+    match &ctx.deps.kie {
+        Some(kie) => {
+            let up = kie
+                .upload_stream(
+                    Bytes::from(buf),
+                    &name,
+                    &file.mime,
+                    &format!("kiebot/{}", ctx.uid),
+                )
+                .await?;
+            Ok(up.download_url)
+        }
+        // Dry run: nothing reaches KIE, but the draft needs a URL that
+        // validates.
+        None => Ok(format!("https://dry-run.invalid/{}", file.unique_id)),
+    }
+}
+
+/// Confirms the draft: validate, price, create the pending generation with
+/// its hold in one transaction (keyed by the draft id, so a double tap
+/// creates one), then queue it.
+pub(crate) async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyhow::Result<()> {
+    let lang = ctx.lang;
+    let params = match Params::validate(model, &draft.values) {
+        Ok(p) => p,
+        Err(e) => return refuse(ctx, model, draft, refusal_of(&e)).await,
+    };
+    let (price, note) = match decide_price(ctx, model, &params).await? {
+        Ok(x) => x,
+        Err(why) => return refuse(ctx, model, draft, Refusal::Invalid(why)).await,
+    };
+    let new = NewGeneration {
+        user: ctx.uid,
+        draft_key: format!("{}:{}", ctx.uid, draft.id),
+        model: model.id.clone(),
+        params_json: serde_json::to_string(params.values())?,
+        request_json: params.kie_request(model).to_string(),
+        price,
+        chat_id: ctx.chat.0,
+        deadline_secs: model.deadline_secs,
+        max_active: ctx.deps.max_active,
+    };
+    let name = model.name.get(lang.code());
+    match ctx.deps.store.generations().create_pending(&new).await {
+        Ok(Creation::Created(id)) => {
+            if note == PriceNote::FreeQuota {
+                // Counted at confirm: the quota is what the user was promised
+                // on the confirm screen.
+                ctx.deps
+                    .store
+                    .free_usage()
+                    .consume(ctx.uid, &model.id, &today(), model.free_daily)
+                    .await?;
+            }
+            ctx.set_dialogue(&Dialogue::Confirmed {
+                draft: draft.id,
+                generation: id,
+            })
+            .await?;
+            if let Err(e) = ctx.deps.queues.push(Job::Submit(id)).await {
+                // The row is pending: the reconciler enqueues it again.
+                tracing::error!(generation = %id, error = %e, "submit not queued; the reconciler will retry");
+            }
+            tracing::info!(user = %ctx.uid, generation = %id, model = %model.id, price_minor = price.minor(), "generation confirmed");
+            ctx.show(
+                texts::started(lang, name, id, note),
+                Some(keyboards::home(lang)),
+            )
+            .await
+        }
+        Ok(Creation::AlreadyExists(id)) => already(ctx, id).await,
+        Err(StoreError::InsufficientFunds {
+            available,
+            requested,
+        }) => {
+            ctx.send(
+                texts::insufficient_funds(lang, requested, available),
+                Some(keyboards::need_topup(lang)),
+            )
+            .await
+        }
+        Err(StoreError::TooManyActive { limit }) => {
+            ctx.send(
+                texts::too_many_active(lang, limit),
+                Some(keyboards::home(lang)),
+            )
+            .await
+        }
+        Err(StoreError::Blocked { .. }) => ctx.send(texts::blocked(lang), None).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A second confirm of a draft that already made a generation.
+pub(crate) async fn already(ctx: &Ctx, id: GenerationId) -> anyhow::Result<()> {
+    ctx.send(
+        texts::already_started(ctx.lang, id),
+        Some(keyboards::home(ctx.lang)),
+    )
+    .await
+}

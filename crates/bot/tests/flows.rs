@@ -1,0 +1,785 @@
+//! User journeys through the real handlers, against the fake Bot API, the
+//! fake KIE, a fresh SQLite database (Postgres for one money path) and the
+//! embedded queue.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::collections::{BTreeSet, VecDeque};
+
+use common::{App, Options, PNG, buttons_of};
+use kiebot_domain::{GenerationId, GenerationStatus, Money, UserId};
+use kiebot_testkit::telegram::{FakeUser, FileContent};
+use kiebot_tg::callback::{Cb, DraftId, MAX_LEN};
+use teloxide::prelude::*;
+
+async fn open_wizard(app: &mut App, user: i64, model: &str) {
+    app.send(user, "/menu").await;
+    let msg = app.last(user);
+    let data = Cb::Start(kiebot_domain::ModelId::parse(model).unwrap()).encode();
+    app.press_data(user, msg.message_id, &data).await;
+}
+
+/// Opens flux-2 pro text-to-image and walks to its confirm screen.
+async fn to_confirm(app: &mut App, user: i64) {
+    open_wizard(app, user, "flux-2/pro-text-to-image").await;
+    app.send(user, "a lighthouse at dusk").await;
+    for _ in 0..5 {
+        if app.last_text(user).contains("Check the parameters") {
+            return;
+        }
+        app.press(user, "Keep the default").await;
+    }
+    panic!("no confirm screen: {}", app.last_text(user));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_contact_offers_the_languages_and_a_referral_link_records_the_inviter() {
+    let mut app = App::start().await;
+    app.onboard(10).await;
+    app.send(11, "/start ref_10").await;
+    assert!(app.last_text(11).contains("Choose your language"));
+    app.press(11, "Русский").await;
+    assert!(app.last_text(11).contains("Главное меню"));
+    assert_eq!(
+        app.store()
+            .referrals()
+            .inviter_of(UserId(11))
+            .await
+            .unwrap(),
+        Some(UserId(10))
+    );
+    // The menu lists types with their model counts.
+    assert!(
+        app.buttons(11)
+            .iter()
+            .any(|(l, _)| l.contains("Текст → изображение ("))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_button_the_bot_shows_can_be_pressed_and_gets_an_answer() {
+    let mut app = App::start().await;
+    let user = 20;
+    app.onboard(user).await;
+    app.top_up(user, 100_000).await;
+    let start = app.last(user);
+    let mut queue: VecDeque<(i32, String)> = buttons_of(&start)
+        .into_iter()
+        .map(|(_, d)| (start.message_id, d))
+        .collect();
+    let mut seen: BTreeSet<String> = queue.iter().map(|(_, d)| d.clone()).collect();
+    let mut dead_ends = vec![];
+    let mut presses = 0;
+    while let Some((mid, data)) = queue.pop_front() {
+        assert!(data.len() <= MAX_LEN, "{data}");
+        // Confirming would spend; pressed separately below.
+        if data.starts_with("1:ok:") {
+            continue;
+        }
+        presses += 1;
+        if presses > 400 {
+            break;
+        }
+        app.press_data(user, mid, &data).await;
+        let last = app.last(user);
+        let buttons = buttons_of(&last);
+        let invoice = app
+            .tg
+            .sent()
+            .last()
+            .is_some_and(|c| c.method == "sendInvoice");
+        if buttons.is_empty() && !invoice {
+            dead_ends.push((data.clone(), last.text.clone()));
+        }
+        for (_, d) in buttons {
+            if seen.insert(d.clone()) {
+                queue.push_back((last.message_id, d));
+            }
+        }
+    }
+    assert!(
+        dead_ends.is_empty(),
+        "screens without a way on: {dead_ends:#?}"
+    );
+    assert!(
+        seen.len() > 60,
+        "only {} distinct buttons reached",
+        seen.len()
+    );
+    // Every press was answered (press_data checks), including stale ones.
+    let answered = app.tg.answered_callbacks().len();
+    assert!(
+        answered >= presses.min(400),
+        "{answered} answers for {presses} presses"
+    );
+}
+
+#[test]
+fn callback_data_fits_64_bytes_for_every_model_field_and_value() {
+    let catalog = kiebot_catalog::load_default().unwrap();
+    let d = DraftId(u64::MAX);
+    for m in catalog.models() {
+        for cb in [Cb::Model(m.id.clone()), Cb::Start(m.id.clone())] {
+            assert!(cb.encode().len() <= MAX_LEN, "{}", cb.encode());
+        }
+        for (fi, f) in m.fields.iter().enumerate() {
+            let n = match &f.kind {
+                kiebot_domain::FieldKind::Enum { values } => values.len(),
+                _ => 2,
+            };
+            for vi in 0..n {
+                let cb = Cb::Pick {
+                    draft: d,
+                    field: u8::try_from(fi).unwrap(),
+                    value: u8::try_from(vi).unwrap(),
+                };
+                assert!(cb.encode().len() <= MAX_LEN);
+                assert_eq!(Cb::parse(&cb.encode()), Some(cb));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_balance_shows_a_top_up_button_and_holds_nothing() {
+    let mut app = App::start().await;
+    let user = 30;
+    app.onboard(user).await;
+    to_confirm(&mut app, user).await;
+    app.press(user, "Confirm").await;
+    assert!(
+        app.last_text(user).contains("Not enough balance"),
+        "{}",
+        app.last_text(user)
+    );
+    assert!(
+        app.buttons(user)
+            .iter()
+            .any(|(l, d)| l.contains("Top up") && d == "1:top")
+    );
+    assert_eq!(app.held(user).await, Money::ZERO);
+    assert!(app.generations(user).await.is_empty());
+    assert_eq!(app.submit_depth().await, 0);
+    // After a top-up the same confirm button works.
+    app.top_up(user, 100_000).await;
+    let confirm = app
+        .tg
+        .messages_to(user)
+        .into_iter()
+        .rev()
+        .find(|m| {
+            m.text
+                .as_deref()
+                .is_some_and(|t| t.contains("Check the parameters"))
+        })
+        .unwrap();
+    let data = buttons_of(&confirm)
+        .into_iter()
+        .find(|(l, _)| l.contains("Confirm"))
+        .unwrap()
+        .1;
+    app.press_data(user, confirm.message_id, &data).await;
+    assert_eq!(app.generations(user).await.len(), 1);
+}
+
+async fn double_tap(app: &mut App) {
+    let user = 40;
+    app.onboard(user).await;
+    app.top_up(user, 100_000).await;
+    to_confirm(app, user).await;
+    let msg = app.last(user);
+    let data = buttons_of(&msg)
+        .into_iter()
+        .find(|(l, _)| l.contains("Confirm"))
+        .unwrap()
+        .1;
+    // Two taps arrive together and are handled concurrently.
+    app.tg.press_button(user, msg.message_id, &data);
+    app.tg.press_button(user, msg.message_id, &data);
+    let updates = app.deps.bot.get_updates().timeout(0).await.unwrap();
+    assert_eq!(updates.len(), 2);
+    let (a, b) = (updates[0].clone(), updates[1].clone());
+    tokio::join!(
+        kiebot_bot::handle_update(&app.deps, a),
+        kiebot_bot::handle_update(&app.deps, b)
+    );
+    // And a third, later.
+    app.pump().await;
+    app.press_data(user, msg.message_id, &data).await;
+    let gens = app.generations(user).await;
+    assert_eq!(gens.len(), 1, "one generation for one draft");
+    assert_eq!(app.held(user).await, gens[0].price);
+    assert!(gens[0].price.is_positive());
+    assert!(
+        app.last_text(user).contains("already started"),
+        "{}",
+        app.last_text(user)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_tap_on_confirm_creates_one_generation_and_one_hold() {
+    let mut app = App::start().await;
+    double_tap(&mut app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_tap_on_confirm_creates_one_generation_and_one_hold_on_postgres() {
+    let mut app = App::with(Options {
+        postgres: true,
+        ..Options::default()
+    })
+    .await;
+    double_tap(&mut app).await;
+    // The payment path on Postgres too.
+    let user = FakeUser::new(41);
+    app.onboard(41).await;
+    app.tg
+        .successful_payment(&user, "v1:41:100:00000000000000aa", "charge-pg", 100);
+    app.tg
+        .successful_payment(&user, "v1:41:100:00000000000000aa", "charge-pg", 100);
+    app.pump().await;
+    assert_eq!(app.available(41).await, Money::from_minor(15_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixth_concurrent_generation_is_refused() {
+    let mut app = App::start().await;
+    let user = 50;
+    app.onboard(user).await;
+    app.top_up(user, 1_000_000).await;
+    for _ in 0..5 {
+        to_confirm(&mut app, user).await;
+        app.press(user, "Confirm").await;
+        assert!(app.last_text(user).contains("has started"));
+    }
+    to_confirm(&mut app, user).await;
+    app.press(user, "Confirm").await;
+    assert!(
+        app.last_text(user)
+            .contains("already have 5 generations running"),
+        "{}",
+        app.last_text(user)
+    );
+    assert_eq!(app.active(user).await, 5);
+    assert_eq!(app.submit_depth().await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_successful_payment_is_credited_once() {
+    let mut app = App::start().await;
+    let user = FakeUser::new(60);
+    app.onboard(60).await;
+    app.tg
+        .successful_payment(&user, "v1:60:100:0123456789abcdef", "charge-1", 100);
+    app.tg
+        .successful_payment(&user, "v1:60:100:0123456789abcdef", "charge-1", 100);
+    // The same update delivered twice (a webhook retry) too.
+    let updates = app.deps.bot.get_updates().timeout(0).await.unwrap();
+    for u in &updates {
+        kiebot_bot::handle_update(&app.deps, u.clone()).await;
+        kiebot_bot::handle_update(&app.deps, u.clone()).await;
+    }
+    assert_eq!(app.available(60).await, Money::from_minor(100 * 150));
+    let credited = app
+        .tg
+        .sent_of("sendMessage")
+        .iter()
+        .filter(|c| c.text.as_deref().is_some_and(|t| t.contains("credited")))
+        .count();
+    assert_eq!(credited, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stars_top_up_goes_from_preset_to_invoice_to_credit_and_pays_the_referral_bonus_once() {
+    let mut app = App::start().await;
+    app.onboard(70).await;
+    app.send(71, "/start ref_70").await;
+    app.press(71, "English").await;
+    app.press(71, "Top up").await;
+    app.press(71, "100 ⭐").await;
+    let invoice = app.tg.sent_of("sendInvoice").pop().expect("an invoice");
+    assert_eq!(invoice.params["currency"], "XTR");
+    let payload = invoice.params["payload"].as_str().unwrap().to_owned();
+    let q = app.tg.pre_checkout(71, &payload, "XTR", 100);
+    app.pump().await;
+    let answer = app
+        .tg
+        .pre_checkout_answers()
+        .into_iter()
+        .find(|a| a.pre_checkout_query_id == q.to_string())
+        .unwrap();
+    assert!(answer.ok);
+    app.tg.successful_payment(71, &payload, "charge-71a", 100);
+    app.tg.successful_payment(71, &payload, "charge-71b", 100);
+    app.pump().await;
+    assert_eq!(app.available(71).await, Money::from_minor(2 * 100 * 150));
+    assert_eq!(app.available(70).await, kiebot_bot::DEFAULT_REFERRAL_BONUS);
+    // A custom amount.
+    app.press(71, "Menu").await;
+    app.press(71, "Top up").await;
+    app.press(71, "Custom").await;
+    app.send(71, "0").await;
+    assert!(app.last_text(71).contains("whole number"));
+    app.send(71, "7").await;
+    let invoice = app.tg.sent_of("sendInvoice").pop().unwrap();
+    assert_eq!(invoice.params["prices"][0]["amount"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_pre_checkout_payload_is_refused_with_a_message() {
+    let mut app = App::start().await;
+    app.onboard(80).await;
+    for (payload, amount) in [
+        ("v1:81:100:0123456789abcdef", 100), // someone else's invoice
+        ("v1:80:100:0123456789abcdef", 1),   // amount does not match
+        ("free money", 100),
+        ("v1:80:100:zz", 100),
+    ] {
+        let q = app.tg.pre_checkout(80, payload, "XTR", amount);
+        app.pump().await;
+        let a = app
+            .tg
+            .pre_checkout_answers()
+            .into_iter()
+            .find(|a| a.pre_checkout_query_id == q.to_string())
+            .unwrap();
+        assert!(!a.ok, "{payload}");
+        assert!(a.error_message.unwrap().contains("not valid"));
+    }
+    assert_eq!(app.available(80).await, Money::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_wizard_lets_the_user_continue_where_they_were() {
+    let mut app = App::start().await;
+    let user = 90;
+    app.onboard(user).await;
+    app.top_up(user, 100_000).await;
+    open_wizard(&mut app, user, "flux-2/pro-text-to-image").await;
+    app.send(user, "a quiet harbour").await;
+    let step = app.last_text(user);
+    assert!(step.contains("Step 2"), "{step}");
+    app.restart().await;
+    app.press(user, "16:9").await;
+    app.press(user, "Back").await;
+    assert!(app.last_text(user).contains("Step 2"));
+    assert!(
+        app.buttons(user).iter().any(|(l, _)| l == "✓ 16:9"),
+        "Back shows the chosen value"
+    );
+    app.press(user, "16:9").await;
+    app.press(user, "Keep the default").await;
+    let confirm = app.last_text(user);
+    assert!(
+        confirm.contains("a quiet harbour") && confirm.contains("16:9"),
+        "{confirm}"
+    );
+    app.press(user, "Confirm").await;
+    let gens = app.generations(user).await;
+    assert_eq!(gens.len(), 1);
+    assert!(gens[0].request_json.contains("16:9"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_user_is_told_and_nothing_happens() {
+    let mut app = App::start().await;
+    let user = 100;
+    app.onboard(user).await;
+    let menu = app.last(user);
+    app.store()
+        .users()
+        .set_blocked(UserId(user), true)
+        .await
+        .unwrap();
+    app.send(user, "/start").await;
+    assert!(app.last_text(user).contains("restricted"));
+    let answer = app.press_data(user, menu.message_id, "1:bal").await;
+    assert!(answer.unwrap().contains("restricted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_admins_sending_admin_commands_are_refused() {
+    let mut app = App::start().await;
+    let user = 110;
+    app.onboard(user).await;
+    for cmd in [
+        "/admin",
+        "/stats",
+        "/user 1",
+        "/adjust 110 100 gift",
+        "/block 1",
+        "/refund x",
+        "/maintenance",
+    ] {
+        app.send(user, cmd).await;
+        assert!(app.last_text(user).contains("administrators only"), "{cmd}");
+    }
+    let msg = app.last(user);
+    app.press_data(user, msg.message_id, "1:a:stats").await;
+    assert!(app.last_text(user).contains("administrators only"));
+    assert_eq!(app.available(user).await, Money::ZERO);
+    assert!(
+        app.store()
+            .settings()
+            .get(kiebot_bot::MAINTENANCE_KEY)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_each_get_a_clear_message_and_change_nothing() {
+    let mut app = App::start().await;
+    let user = 120;
+    app.onboard(user).await;
+    app.top_up(user, 100_000).await;
+
+    // Uploads: seedream 4.5 edit asks for a prompt, then images.
+    open_wizard(&mut app, user, "seedream/4.5-edit").await;
+    app.send(user, "make it blue").await;
+    assert!(
+        app.last_text(user).contains("Send an image"),
+        "{}",
+        app.last_text(user)
+    );
+    let dialogue = |app: &App| {
+        let store = app.store().clone();
+        async move {
+            store
+                .dialogues()
+                .load(UserId(user), kiebot_store::now_ms())
+                .await
+                .unwrap()
+        }
+    };
+    let before = dialogue(&app).await;
+    let uploads = app.kie.calls(kiebot_testkit::kie::Endpoint::StreamUpload);
+    app.tg.send_document(
+        user,
+        "huge.png",
+        "image/png",
+        FileContent::Zeros(60 * 1024 * 1024),
+    );
+    app.pump().await;
+    assert!(
+        app.last_text(user).contains("too large"),
+        "{}",
+        app.last_text(user)
+    );
+    app.tg
+        .send_document(user, "doc.pdf", "application/pdf", PNG);
+    app.pump().await;
+    assert!(
+        app.last_text(user).contains("not accepted"),
+        "{}",
+        app.last_text(user)
+    );
+    app.send(user, "just text").await;
+    assert!(
+        app.last_text(user).contains("file is expected"),
+        "{}",
+        app.last_text(user)
+    );
+    assert_eq!(dialogue(&app).await, before);
+    assert_eq!(
+        app.kie.calls(kiebot_testkit::kie::Endpoint::StreamUpload),
+        uploads
+    );
+    // A good file is uploaded to KIE and counted.
+    app.tg.send_photo(user, PNG);
+    app.pump().await;
+    assert!(
+        app.last_text(user).contains("File received (1 of"),
+        "{}",
+        app.last_text(user)
+    );
+    assert_eq!(
+        app.kie.calls(kiebot_testkit::kie::Endpoint::StreamUpload),
+        uploads + 1
+    );
+
+    // A prompt over the limit (z-image takes 1000 characters).
+    open_wizard(&mut app, user, "z-image").await;
+    let before = dialogue(&app).await;
+    app.send(user, &"x".repeat(1001)).await;
+    assert!(
+        app.last_text(user)
+            .contains("too long: 1001 characters, the limit is 1000"),
+        "{}",
+        app.last_text(user)
+    );
+    assert_eq!(dialogue(&app).await, before);
+
+    // A forged enum option in callback data.
+    app.send(user, "a cat").await;
+    let step = app.last(user);
+    let data = buttons_of(&step)
+        .into_iter()
+        .find(|(l, _)| l.contains("16:9"))
+        .unwrap()
+        .1;
+    let forged = format!("{}:200", data.rsplit_once(':').unwrap().0);
+    let before = dialogue(&app).await;
+    app.press_data(user, step.message_id, &forged).await;
+    assert!(
+        app.last_text(user).contains("not one of the options"),
+        "{}",
+        app.last_text(user)
+    );
+    assert_eq!(dialogue(&app).await, before);
+    // Garbage data gets a friendly answer and changes nothing.
+    let answer = app.press_data(user, step.message_id, "1:v:zz:0:0").await;
+    assert!(answer.unwrap().contains("out of date"));
+    assert_eq!(dialogue(&app).await, before);
+
+    // A number out of range (cfg_scale is 0..1, an advanced option).
+    open_wizard(&mut app, user, "kling/v2-5-turbo-text-to-video-pro").await;
+    app.send(user, "a storm").await;
+    while !app.last_text(user).contains("Check the parameters") {
+        app.press(user, "Keep the default").await;
+    }
+    app.press(user, "Advanced").await;
+    while !app.last_text(user).contains("from 0 to 1") {
+        app.press(user, "Keep the default").await;
+    }
+    let before = dialogue(&app).await;
+    app.send(user, "99").await;
+    assert!(
+        app.last_text(user).contains("out of range"),
+        "{}",
+        app.last_text(user)
+    );
+    app.send(user, "lots").await;
+    assert!(
+        app.last_text(user).contains("not a number"),
+        "{}",
+        app.last_text(user)
+    );
+    assert_eq!(dialogue(&app).await, before);
+    assert!(app.generations(user).await.is_empty());
+    assert_eq!(app.held(user).await, Money::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_creates_the_generation_at_price_zero_and_says_so() {
+    let mut app = App::with(Options {
+        dry_run: true,
+        ..Options::default()
+    })
+    .await;
+    let user = 130;
+    app.onboard(user).await;
+    to_confirm(&mut app, user).await;
+    assert!(app.last_text(user).contains("test mode"));
+    app.press(user, "Confirm").await;
+    assert!(app.last_text(user).contains("Test mode: price 0"));
+    let gens = app.generations(user).await;
+    assert_eq!(gens[0].price, Money::ZERO);
+    assert_eq!(app.submit_depth().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_is_not_charged_and_z_image_is_free_five_times_a_day() {
+    let mut app = App::start().await;
+    app.onboard(1).await;
+    to_confirm(&mut app, 1).await;
+    app.press(1, "Confirm").await;
+    assert_eq!(app.generations(1).await[0].price, Money::ZERO);
+
+    let user = 140;
+    app.onboard(user).await;
+    app.top_up(user, 100_000).await;
+    for i in 0..6 {
+        open_wizard(&mut app, user, "z-image").await;
+        app.send(user, "a cat").await;
+        app.press(user, "Keep the default").await;
+        let confirm = app.last_text(user);
+        assert_eq!(
+            confirm.contains("free use of the day"),
+            i < 5,
+            "{i}: {confirm}"
+        );
+        app.press(user, "Confirm").await;
+        // Finish it so the active limit does not interfere.
+        let g = app.generations(user).await[0].id;
+        app.store()
+            .generations()
+            .transition(g, &[], GenerationStatus::Canceled)
+            .await
+            .unwrap();
+    }
+    let prices: Vec<Money> = app
+        .generations(user)
+        .await
+        .iter()
+        .map(|g| g.price)
+        .collect();
+    assert_eq!(prices.iter().filter(|p| **p == Money::ZERO).count(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_generations_and_repeat_prefills_the_wizard() {
+    let mut app = App::start().await;
+    let user = 150;
+    app.onboard(user).await;
+    app.top_up(user, 100_000).await;
+    open_wizard(&mut app, user, "flux-2/pro-text-to-image").await;
+    app.send(user, "an owl").await;
+    app.press(user, "3:4").await;
+    app.press(user, "2K").await;
+    app.press(user, "Confirm").await;
+    app.send(user, "/history").await;
+    let text = app.last_text(user);
+    assert!(
+        text.contains("Flux 2 Pro") && text.contains("queued"),
+        "{text}"
+    );
+    app.press(user, "Repeat").await;
+    let confirm = app.last_text(user);
+    assert!(
+        confirm.contains("an owl") && confirm.contains("3:4") && confirm.contains("2K"),
+        "{confirm}"
+    );
+    app.press(user, "Confirm").await;
+    let gens = app.generations(user).await;
+    assert_eq!(gens.len(), 2);
+    assert_eq!(gens[0].request_json, gens[1].request_json);
+    // Someone else's generation cannot be repeated or re-sent.
+    app.onboard(151).await;
+    let msg = app.last(151);
+    let other = GenerationId(gens[0].id.0);
+    let answer = app
+        .press_data(151, msg.message_id, &Cb::Repeat(other).encode())
+        .await;
+    assert!(answer.unwrap().contains("out of date"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promo_codes_are_redeemed_once_per_user() {
+    let mut app = App::start().await;
+    app.onboard(160).await;
+    app.store()
+        .promos()
+        .create(
+            "SPRING",
+            Money::from_minor(2_500),
+            Some(10),
+            None,
+            UserId(160),
+        )
+        .await
+        .unwrap();
+    app.send(160, "/promo SPRING").await;
+    assert!(app.last_text(160).contains("+25.00"));
+    app.send(160, "/promo SPRING").await;
+    assert!(app.last_text(160).contains("already redeemed"));
+    app.send(160, "/promo NOPE").await;
+    assert!(app.last_text(160).contains("unknown"));
+    assert_eq!(app.available(160).await, Money::from_minor(2_500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_adjust_balances_block_users_toggle_maintenance_and_refund_stars() {
+    let mut app = App::start().await;
+    app.onboard(1).await;
+    app.onboard(170).await;
+    app.send(1, "/adjust 170 12.50 goodwill").await;
+    assert_eq!(app.available(170).await, Money::from_minor(1_250));
+    assert_eq!(
+        app.store().audit().recent(10).await.unwrap()[0].action,
+        "adjust"
+    );
+    app.send(1, "/stats").await;
+    assert!(app.last_text(1).contains("Users:"), "{}", app.last_text(1));
+    app.send(1, "/user 170").await;
+    app.press(1, "Block").await;
+    app.send(170, "/balance").await;
+    assert!(app.last_text(170).contains("restricted"));
+    app.send(1, "/unblock 170").await;
+    app.send(1, "/maintenance").await;
+    app.send(170, "/balance").await;
+    assert!(app.last_text(170).contains("maintenance"));
+    app.send(1, "/maintenance").await;
+    // A Stars payment refunded once.
+    app.tg
+        .successful_payment(170, "v1:170:10:0123456789abcdef", "charge-170", 10);
+    app.pump().await;
+    assert_eq!(app.available(170).await, Money::from_minor(1_250 + 1_500));
+    app.send(1, "/refund charge-170").await;
+    app.send(1, "/refund charge-170").await;
+    assert!(
+        app.last_text(1).contains("already refunded"),
+        "{}",
+        app.last_text(1)
+    );
+    assert_eq!(app.tg.refunds().len(), 1);
+    assert_eq!(app.available(170).await, Money::from_minor(1_250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_refuses_requests_without_the_secret_and_handles_updates_with_it() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    let app = App::start().await;
+    let router = kiebot_bot::webhook_router(app.deps.clone(), "s3cret".into());
+    let update = serde_json::json!({
+        "update_id": 9001,
+        "message": {
+            "message_id": 1, "date": 1_700_000_000,
+            "chat": {"id": 180, "type": "private", "first_name": "U"},
+            "from": {"id": 180, "is_bot": false, "first_name": "U", "language_code": "en"},
+            "text": "/start",
+            "entities": [{"type": "bot_command", "offset": 0, "length": 6}]
+        }
+    });
+    let req = |secret: Option<&str>| {
+        let mut r = Request::post("/telegram/webhook").header("content-type", "application/json");
+        if let Some(s) = secret {
+            r = r.header("X-Telegram-Bot-Api-Secret-Token", s);
+        }
+        r.body(Body::from(update.to_string())).unwrap()
+    };
+    assert_eq!(
+        router.clone().oneshot(req(None)).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        router
+            .clone()
+            .oneshot(req(Some("wrong")))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        router
+            .clone()
+            .oneshot(req(Some("s3cret")))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert!(app.last_text(180).contains("Choose your language"));
+    // Redelivered: handled once.
+    assert_eq!(
+        router.oneshot(req(Some("s3cret"))).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(app.tg.messages_to(180).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_commands_registers_russian_and_english() {
+    let app = App::start().await;
+    kiebot_bot::set_commands(&app.deps.bot).await.unwrap();
+    let calls = app.tg.my_commands();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().any(|c| c["language_code"] == "ru"));
+}

@@ -1,0 +1,43 @@
+//! Reading values the same way on both engines.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Result, StoreError};
+
+/// A boolean column: `BOOLEAN` on Postgres, `INTEGER` 0/1 on SQLite.
+pub(crate) fn get_bool(row: &AnyRow, col: &str) -> Result<bool> {
+    match row.try_get::<bool, _>(col) {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(row.try_get::<i64, _>(col)? != 0),
+    }
+}
+
+/// A non-negative counter column.
+pub(crate) fn get_count(row: &AnyRow, col: &str) -> Result<u32> {
+    let v: i64 = row.try_get(col)?;
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} = {v} is not a count")))
+}
+
+/// A text column holding one of an enum's names.
+pub(crate) fn get_parsed<T>(row: &AnyRow, col: &str) -> Result<T>
+where
+    T: std::str::FromStr,
+{
+    let s: String = row.try_get(col)?;
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{col} = {s:?} is not a known value")))
+}
+
+/// `$first, $first+1, ...` for `n` placeholders.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A row count as `u64` (counts are never negative).
+pub(crate) fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

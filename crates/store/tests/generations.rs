@@ -1,0 +1,506 @@
+//! Generations: one per confirmation, limits enforced, and the money follows
+//! the state exactly once.
+
+// Test helpers are plain functions (the cases run through a macro); a failed
+// unwrap in them is a failed test, as in a #[test] body.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use common::{assert_books_balance, confirmation, entries_with_prefix, funded_user, wallet};
+use kiebot_domain::{GenerationId, GenerationStatus as S, Money};
+use kiebot_store::{Creation, Store, StoreError};
+
+on_both_engines!(
+    confirming_a_draft_twice_creates_one_generation_and_one_hold,
+    a_sixth_active_generation_is_refused,
+    a_blocked_user_cannot_confirm,
+    confirming_without_enough_money_changes_nothing,
+    finishing_successfully_twice_captures_once,
+    a_failed_generation_releases_once_and_cannot_succeed_later,
+    racing_finishers_move_the_money_once,
+    a_free_generation_places_no_hold,
+    transitions_refuse_illegal_steps_and_carry_their_money_step,
+    the_lifecycle_queries_find_due_work,
+);
+
+async fn submitted(
+    store: &Store,
+    user: kiebot_domain::UserId,
+    draft: &str,
+    price: i64,
+) -> GenerationId {
+    let id = store
+        .generations()
+        .create_pending(&confirmation(user, draft, price))
+        .await
+        .unwrap()
+        .id();
+    let task = format!("task-{draft}");
+    assert!(
+        store
+            .generations()
+            .mark_submitted(id, &task, 0, i64::MAX)
+            .await
+            .unwrap()
+    );
+    id
+}
+
+async fn confirming_a_draft_twice_creates_one_generation_and_one_hold(store: Store) {
+    let user = funded_user(&store, 1, 1000).await;
+    let new = confirmation(user, "draft-1", 100);
+    let first = store.generations().create_pending(&new).await.unwrap();
+    let again = store.generations().create_pending(&new).await.unwrap();
+    assert!(matches!(first, Creation::Created(_)));
+    assert_eq!(again, Creation::AlreadyExists(first.id()));
+
+    // A double tap: two confirmations of one draft at the same time.
+    let taps: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            let new = confirmation(user, "draft-2", 100);
+            tokio::spawn(async move { store.generations().create_pending(&new).await })
+        })
+        .collect();
+    let mut outcomes = vec![];
+    for tap in taps {
+        outcomes.push(tap.await.unwrap().unwrap());
+    }
+    let created = outcomes
+        .iter()
+        .filter(|c| matches!(c, Creation::Created(_)))
+        .count();
+    assert_eq!(created, 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].id(), outcomes[1].id());
+
+    assert_eq!(
+        store
+            .generations()
+            .list_for_user(user, 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(entries_with_prefix(&store, "hold:").await, 2);
+    assert_eq!(wallet(&store, user).await, (1000, 200));
+    let generation = store.generations().get(first.id()).await.unwrap().unwrap();
+    assert_eq!(
+        (generation.status, generation.price),
+        (S::Pending, Money::from_minor(100))
+    );
+    assert_eq!(generation.request_json, new.request_json);
+
+    // The same draft id from another user is not theirs to reuse.
+    let other = funded_user(&store, 2, 1000).await;
+    let stolen = store
+        .generations()
+        .create_pending(&confirmation(other, "draft-1", 100))
+        .await;
+    assert!(
+        matches!(stolen, Err(StoreError::KeyConflict { .. })),
+        "{stolen:?}"
+    );
+    assert_books_balance(&store).await;
+}
+
+async fn a_sixth_active_generation_is_refused(store: Store) {
+    let user = funded_user(&store, 1, 1000).await;
+    let mut ids = vec![];
+    for i in 0..5 {
+        let new = confirmation(user, &format!("d{i}"), 10);
+        ids.push(store.generations().create_pending(&new).await.unwrap().id());
+    }
+    let sixth = store
+        .generations()
+        .create_pending(&confirmation(user, "d5", 10))
+        .await;
+    assert!(
+        matches!(sixth, Err(StoreError::TooManyActive { limit: 5 })),
+        "{sixth:?}"
+    );
+    assert_eq!(wallet(&store, user).await, (1000, 50));
+    assert!(store.ledger().entry("hold:6").await.unwrap().is_none());
+
+    // Submitted ones count too; a finished one frees a slot.
+    store
+        .generations()
+        .mark_submitted(ids[0], "t0", 0, i64::MAX)
+        .await
+        .unwrap();
+    let still = store
+        .generations()
+        .create_pending(&confirmation(user, "d5", 10))
+        .await;
+    assert!(
+        matches!(still, Err(StoreError::TooManyActive { .. })),
+        "{still:?}"
+    );
+    store
+        .generations()
+        .finish_failure(ids[1], S::Canceled, "user", "canceled")
+        .await
+        .unwrap();
+    let created = store
+        .generations()
+        .create_pending(&confirmation(user, "d5", 10))
+        .await
+        .unwrap();
+    assert!(matches!(created, Creation::Created(_)));
+    assert_eq!(wallet(&store, user).await, (1000, 50));
+    assert_books_balance(&store).await;
+}
+
+async fn a_blocked_user_cannot_confirm(store: Store) {
+    let user = funded_user(&store, 1, 1000).await;
+    store.users().set_blocked(user, true).await.unwrap();
+    let outcome = store
+        .generations()
+        .create_pending(&confirmation(user, "d", 100))
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::Blocked { user: u }) if u == user),
+        "{outcome:?}"
+    );
+    assert!(
+        store
+            .generations()
+            .list_for_user(user, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(wallet(&store, user).await, (1000, 0));
+
+    store.users().set_blocked(user, false).await.unwrap();
+    let created = store
+        .generations()
+        .create_pending(&confirmation(user, "d", 100))
+        .await
+        .unwrap();
+    assert!(matches!(created, Creation::Created(_)));
+    assert_books_balance(&store).await;
+}
+
+async fn confirming_without_enough_money_changes_nothing(store: Store) {
+    let user = funded_user(&store, 1, 50).await;
+    let new = confirmation(user, "d", 100);
+    let outcome = store.generations().create_pending(&new).await;
+    assert!(
+        matches!(outcome, Err(StoreError::InsufficientFunds { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        store
+            .generations()
+            .list_for_user(user, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(wallet(&store, user).await, (50, 0));
+
+    // The same confirm button works after a top-up.
+    store
+        .ledger()
+        .topup(user, Money::from_minor(50), "topup:x", None)
+        .await
+        .unwrap();
+    let created = store.generations().create_pending(&new).await.unwrap();
+    assert!(matches!(created, Creation::Created(_)));
+    assert_eq!(wallet(&store, user).await, (100, 100));
+
+    let unknown = confirmation(kiebot_domain::UserId(404), "d404", 0);
+    let outcome = store.generations().create_pending(&unknown).await;
+    assert!(
+        matches!(outcome, Err(StoreError::NotFound { what: "user", .. })),
+        "{outcome:?}"
+    );
+    assert_books_balance(&store).await;
+}
+
+async fn finishing_successfully_twice_captures_once(store: Store) {
+    let user = funded_user(&store, 1, 1000).await;
+    let id = submitted(&store, user, "d", 300).await;
+    let result = r#"{"resultUrls":["https://example.com/a.png"]}"#;
+    assert!(
+        store
+            .generations()
+            .finish_success(id, result)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .generations()
+            .finish_success(id, result)
+            .await
+            .unwrap()
+    );
+    assert_eq!(entries_with_prefix(&store, "capture:").await, 1);
+    assert_eq!(wallet(&store, user).await, (700, 0));
+
+    let generation = store.generations().get(id).await.unwrap().unwrap();
+    assert_eq!(generation.status, S::Succeeded);
+    assert_eq!(generation.result_json.as_deref(), Some(result));
+    assert!(generation.finished_at.is_some());
+
+    assert!(store.generations().mark_delivered(id).await.unwrap());
+    assert!(!store.generations().mark_delivered(id).await.unwrap());
+    // Still "already done" after delivery, and still one capture.
+    assert!(
+        !store
+            .generations()
+            .finish_success(id, result)
+            .await
+            .unwrap()
+    );
+    let late_failure = store
+        .generations()
+        .finish_failure(id, S::Failed, "x", "late")
+        .await;
+    assert!(
+        matches!(late_failure, Err(StoreError::IllegalTransition(_))),
+        "{late_failure:?}"
+    );
+    assert_eq!(entries_with_prefix(&store, "capture:").await, 1);
+    assert_eq!(wallet(&store, user).await, (700, 0));
+    assert_books_balance(&store).await;
+}
+
+async fn a_failed_generation_releases_once_and_cannot_succeed_later(store: Store) {
+    let user = funded_user(&store, 1, 1000).await;
+    let id = submitted(&store, user, "d", 300).await;
+    assert_eq!(wallet(&store, user).await, (1000, 300));
+
+    assert!(
+        store
+            .generations()
+            .finish_failure(id, S::Failed, "500", "KIE failed")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .generations()
+            .finish_failure(id, S::Failed, "500", "KIE failed")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .generations()
+            .finish_failure(id, S::Expired, "deadline", "late")
+            .await
+            .unwrap()
+    );
+    assert_eq!(entries_with_prefix(&store, "release:").await, 1);
+    assert_eq!(wallet(&store, user).await, (1000, 0));
+
+    let outcome = store.generations().finish_success(id, "{}").await;
+    match outcome {
+        Err(StoreError::IllegalTransition(e)) => {
+            assert_eq!((e.from, e.to), (S::Failed, S::Succeeded))
+        }
+        other => panic!("expected IllegalTransition, got {other:?}"),
+    }
+    let generation = store.generations().get(id).await.unwrap().unwrap();
+    assert_eq!(generation.status, S::Failed);
+    assert_eq!(generation.fail_code.as_deref(), Some("500"));
+    assert_eq!(generation.result_json, None);
+    assert_eq!(entries_with_prefix(&store, "capture:").await, 0);
+    let not_a_failure = store
+        .generations()
+        .finish_failure(id, S::Delivered, "x", "y")
+        .await;
+    assert!(
+        matches!(not_a_failure, Err(StoreError::IllegalTransition(_))),
+        "{not_a_failure:?}"
+    );
+    assert_books_balance(&store).await;
+}
+
+async fn racing_finishers_move_the_money_once(store: Store) {
+    let user = funded_user(&store, 1, 100_000).await;
+    let mut succeeded = 0;
+    for i in 0..10 {
+        let id = submitted(&store, user, &format!("d{i}"), 100).await;
+        let (s1, s2) = (store.clone(), store.clone());
+        let success = tokio::spawn(async move { s1.generations().finish_success(id, "{}").await });
+        let failure = tokio::spawn(async move {
+            s2.generations()
+                .finish_failure(id, S::Expired, "deadline", "late")
+                .await
+        });
+        let (success, failure) = (success.await.unwrap(), failure.await.unwrap());
+        match (&success, &failure) {
+            (Ok(true), Err(StoreError::IllegalTransition(_))) => succeeded += 1,
+            (Err(StoreError::IllegalTransition(_)), Ok(true)) => {}
+            other => panic!("not exactly one winner: {other:?}"),
+        }
+    }
+    assert_eq!(wallet(&store, user).await, (100_000 - succeeded * 100, 0));
+    assert_books_balance(&store).await;
+}
+
+async fn a_free_generation_places_no_hold(store: Store) {
+    let user = funded_user(&store, 1, 0).await;
+    let id = submitted(&store, user, "d", 0).await;
+    assert!(store.ledger().hold_of(id).await.unwrap().is_none());
+    assert!(store.generations().finish_success(id, "{}").await.unwrap());
+    assert_eq!(wallet(&store, user).await, (0, 0));
+    assert!(store.ledger().entries(user, 10).await.unwrap().is_empty());
+    assert_books_balance(&store).await;
+}
+
+async fn transitions_refuse_illegal_steps_and_carry_their_money_step(store: Store) {
+    let user = funded_user(&store, 1, 1000).await;
+    let created = store
+        .generations()
+        .create_pending(&confirmation(user, "d", 100))
+        .await
+        .unwrap();
+    let id = created.id();
+
+    let illegal = store
+        .generations()
+        .transition(id, &[S::Pending], S::Succeeded)
+        .await;
+    assert!(
+        matches!(illegal, Err(StoreError::IllegalTransition(_))),
+        "{illegal:?}"
+    );
+    // Not in the given state: nothing happens.
+    assert!(
+        !store
+            .generations()
+            .transition(id, &[S::Submitted], S::Canceled)
+            .await
+            .unwrap()
+    );
+    assert_eq!(wallet(&store, user).await, (1000, 100));
+    // Canceling releases the hold in the same transaction.
+    assert!(
+        store
+            .generations()
+            .transition(id, &[], S::Canceled)
+            .await
+            .unwrap()
+    );
+    assert_eq!(wallet(&store, user).await, (1000, 0));
+    assert!(
+        store
+            .generations()
+            .finish_failure(id, S::Canceled, "x", "y")
+            .await
+            .is_ok()
+    );
+    assert_eq!(entries_with_prefix(&store, "release:").await, 1);
+
+    let missing = store
+        .generations()
+        .transition(GenerationId(404), &[], S::Canceled)
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+    assert_books_balance(&store).await;
+}
+
+async fn the_lifecycle_queries_find_due_work(store: Store) {
+    let user = funded_user(&store, 1, 10_000).await;
+    let gens = store.generations();
+    let a = gens
+        .create_pending(&confirmation(user, "a", 10))
+        .await
+        .unwrap()
+        .id();
+    let b = gens
+        .create_pending(&confirmation(user, "b", 10))
+        .await
+        .unwrap()
+        .id();
+    let c = gens
+        .create_pending(&confirmation(user, "c", 10))
+        .await
+        .unwrap()
+        .id();
+
+    assert_eq!(gens.record_submit_attempt(a).await.unwrap(), Some(1));
+    assert_eq!(gens.record_submit_attempt(a).await.unwrap(), Some(2));
+    assert!(
+        gens.mark_submitted(a, "task-a", 1_000, 50_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !gens
+            .mark_submitted(a, "task-a", 1_000, 50_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(gens.record_submit_attempt(a).await.unwrap(), None);
+    assert!(
+        gens.mark_submitted(b, "task-b", 2_000, 60_000)
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(gens.due_polls(1_500, 10).await.unwrap(), vec![a]);
+    assert_eq!(gens.due_polls(2_000, 10).await.unwrap(), vec![a, b]);
+    assert_eq!(gens.due_polls(2_000, 1).await.unwrap(), vec![a]);
+    assert!(gens.schedule_poll(a, 5_000).await.unwrap());
+    assert_eq!(gens.due_polls(2_000, 10).await.unwrap(), vec![b]);
+    assert_eq!(gens.get(a).await.unwrap().unwrap().poll_attempts, 1);
+
+    assert_eq!(gens.by_task_id("task-b").await.unwrap().unwrap().id, b);
+    assert!(gens.by_task_id("task-z").await.unwrap().is_none());
+
+    assert_eq!(gens.overdue(55_000, 10).await.unwrap(), vec![a]);
+    let c_row = gens.get(c).await.unwrap().unwrap();
+    assert_eq!(
+        gens.pending_older_than(c_row.updated_at + 1, 10)
+            .await
+            .unwrap(),
+        vec![c]
+    );
+    assert!(
+        gens.pending_older_than(c_row.updated_at, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert!(gens.finish_success(b, "{}").await.unwrap());
+    let finished = gens.get(b).await.unwrap().unwrap().finished_at.unwrap();
+    assert_eq!(gens.due_deliveries(finished, 10).await.unwrap(), vec![b]);
+    assert!(gens.schedule_delivery(b, finished + 10_000).await.unwrap());
+    assert!(gens.due_deliveries(finished, 10).await.unwrap().is_empty());
+    assert_eq!(gens.get(b).await.unwrap().unwrap().delivery_attempts, 1);
+    assert!(gens.mark_delivered(b).await.unwrap());
+    assert!(!gens.schedule_delivery(b, 0).await.unwrap());
+
+    gens.set_progress_message(c, 77).await.unwrap();
+    assert_eq!(
+        gens.get(c).await.unwrap().unwrap().progress_message_id,
+        Some(77)
+    );
+
+    let history = gens.list_for_user(user, 0, 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|g| g.id).collect::<Vec<_>>(),
+        vec![c, b, a]
+    );
+    assert_eq!(gens.list_for_user(user, 1, 1).await.unwrap()[0].id, b);
+
+    let counts = gens.count_by_status().await.unwrap();
+    let count = |s| counts.iter().find(|(st, _)| *st == s).map(|(_, n)| *n);
+    assert_eq!(count(S::Pending), Some(1));
+    assert_eq!(count(S::Submitted), Some(1));
+    assert_eq!(count(S::Delivered), Some(1));
+    assert_eq!(count(S::Failed), Some(0));
+    assert_books_balance(&store).await;
+}
