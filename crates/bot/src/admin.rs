@@ -72,6 +72,7 @@ pub(crate) async fn command(ctx: &Ctx, name: &str, args: &str) -> anyhow::Result
                 _ => ctx.send(say(lang, "Использование: /adjust ID СУММА ПРИЧИНА (сумма может быть отрицательной)".into(), "Usage: /adjust ID AMOUNT REASON (the amount may be negative)".into()), None).await,
             }
         }
+        "broadcast" => crate::broadcast::start(ctx, args).await,
         "refund" => match words.next() {
             Some(charge) => refund(ctx, charge).await,
             None => {
@@ -99,8 +100,7 @@ pub(crate) async fn on_button(ctx: &Ctx, a: AdminCb) -> anyhow::Result<bool> {
         AdminCb::Stats => stats(ctx).await?,
         AdminCb::Failed => failed(ctx).await?,
         AdminCb::Maintenance => toggle_maintenance(ctx).await?,
-        // Broadcast is not offered in this version; its button is stale.
-        AdminCb::Broadcast => return Ok(false),
+        AdminCb::Broadcast => crate::broadcast::start(ctx, "").await?,
         AdminCb::User(u) => user_card(ctx, u).await?,
         AdminCb::Block(u) => set_blocked(ctx, u, true).await?,
         AdminCb::Unblock(u) => set_blocked(ctx, u, false).await?,

@@ -22,7 +22,8 @@
 //! - `payments`: Telegram Stars invoices, `pre_checkout_query`,
 //!   `successful_payment`, promo codes, the referral bonus.
 //! - `admin`: statistics, user lookup, balance adjustments, block, refunds,
-//!   failed generations, maintenance mode.
+//!   failed generations, maintenance mode; `broadcast`: a rate-limited,
+//!   resumable message to every user, with a report.
 //! - `callbacks` and `messages`: route a parsed button ([`kiebot_tg::callback::Cb`])
 //!   or a message (command, text, file) to the above.
 //!
@@ -49,6 +50,7 @@ use kiebot_domain::{Catalog, Money, Pricing, UserId};
 use kiebot_jobs::Queues;
 use kiebot_kie::KieClient;
 use kiebot_store::Store;
+use kiebot_tg::DeliveryLimiter;
 use kiebot_tg::texts::{self, Lang};
 use teloxide::dispatching::UpdateFilterExt;
 use teloxide::dispatching::UpdateHandler;
@@ -58,6 +60,7 @@ use teloxide::types::{
 };
 
 mod admin;
+mod broadcast;
 mod callbacks;
 mod menu;
 mod messages;
@@ -65,6 +68,7 @@ mod payments;
 mod state;
 mod wizard;
 
+pub use broadcast::{BROADCAST_KEY, resume_broadcast};
 pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
 
 /// How long a dialogue (a half-filled wizard) is kept.
@@ -97,6 +101,9 @@ pub struct BotDeps {
     pub bot: Bot,
     /// Minor units credited per Telegram Star (`STARS_RATE`).
     pub stars_rate: Money,
+    /// The outgoing-message budget shared with the workers (broadcasts ask
+    /// it before every message).
+    pub limiter: Arc<dyn DeliveryLimiter>,
 }
 
 impl BotDeps {
@@ -199,6 +206,12 @@ static TREE: LazyLock<UpdateHandler<HandlerError>> = LazyLock::new(schema);
 /// Handles one update: de-duplicates it by `update_id`, then routes it
 /// through the handler tree. Errors are logged, never returned: Telegram must
 /// not redeliver an update because our handler failed.
+///
+/// The update id is recorded before the handler runs, so delivery is at most
+/// once: a crash mid-handler loses that one click or message (the user
+/// repeats it), never applies it twice. Where money moves, each step is also
+/// idempotent by its own key (draft id, charge id), so even a replay would
+/// not charge or credit twice.
 pub async fn handle_update(deps: &BotDeps, update: Update) {
     let update_id = i64::from(update.id.0);
     match deps.store.updates().first_time(update_id).await {
@@ -247,6 +260,9 @@ fn update_kind(u: &Update) -> &'static str {
 pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut offset: i32 = 0;
+    // A broadcast interrupted by the last shutdown continues.
+    let resumed = deps.clone();
+    tokio::spawn(async move { resume_broadcast(&resumed).await });
     // A webhook left over from another mode would make getUpdates fail.
     if let Err(e) = deps.bot.delete_webhook().await {
         tracing::warn!(error = %e, "deleteWebhook failed");
@@ -304,9 +320,8 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
 
 /// The webhook endpoint: `POST /telegram/webhook`, accepted only with the
 /// `X-Telegram-Bot-Api-Secret-Token` header equal to `secret_token` (401
-/// otherwise). The update is handled before the answer, so a crash
-/// mid-handler makes Telegram redeliver it (and the de-duplication record
-/// makes that safe).
+/// otherwise). The update is handled before the answer; a retry by Telegram
+/// (after a timeout) is recognised by its update id and skipped.
 pub fn webhook_router(deps: BotDeps, secret_token: String) -> axum::Router {
     use axum::extract::State;
     use axum::http::{HeaderMap, StatusCode};

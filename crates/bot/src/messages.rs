@@ -187,7 +187,7 @@ async fn command(ctx: &Ctx, cmd: &str) -> anyhow::Result<()> {
         }
         "promo" => payments::promo(ctx, arg).await,
         "admin" | "stats" | "user" | "adjust" | "block" | "unblock" | "refund" | "failed"
-        | "maintenance" => {
+        | "maintenance" | "broadcast" => {
             if !ctx.is_admin() {
                 return ctx.send(texts::admin_only(ctx.lang), None).await;
             }

@@ -196,7 +196,8 @@ fn step_screen(lang: Lang, model: &Model, draft: &Draft) -> (String, InlineKeybo
     let mark = |on: bool, l: &str| if on { format!("✓ {l}") } else { l.to_owned() };
     let mut choices = vec![];
     let mut nav = StepNav {
-        skip: skippable(f),
+        skip: f.default.is_some(),
+        skip_empty: !f.required && f.default.is_none(),
         done: false,
         back: draft.pos > 0,
     };

@@ -783,3 +783,147 @@ async fn set_commands_registers_russian_and_english() {
     assert_eq!(calls.len(), 2);
     assert!(calls.iter().any(|c| c["language_code"] == "ru"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_reaches_every_unblocked_user_reports_and_resumes_after_a_restart() {
+    let mut app = App::start().await;
+    app.onboard(1).await;
+    for u in [201, 202, 203] {
+        app.onboard(u).await;
+    }
+    app.store()
+        .users()
+        .set_blocked(UserId(203), true)
+        .await
+        .unwrap();
+    app.send(202, "/broadcast hi").await;
+    assert!(app.last_text(202).contains("administrators only"));
+    app.send(1, "/broadcast Big news").await;
+    app.tg
+        .wait_for(
+            |tg| {
+                tg.messages_to(1).iter().any(|m| {
+                    m.text
+                        .as_deref()
+                        .is_some_and(|t| t.contains("Broadcast finished"))
+                })
+            },
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        app.last_text(1).contains("3 delivered, 0 failed"),
+        "{}",
+        app.last_text(1)
+    );
+    assert_eq!(app.last_text(201), "Big news");
+    assert_ne!(app.last_text(203), "Big news");
+    assert!(
+        app.store()
+            .settings()
+            .get(kiebot_bot::BROADCAST_KEY)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Interrupted after user 201: a restart sends only to the rest.
+    let state = serde_json::json!({"text": "Second", "cursor": 201, "sent": 2, "failed": 0, "admin_chat": 1, "lang": "en"});
+    app.store()
+        .settings()
+        .set(kiebot_bot::BROADCAST_KEY, &state.to_string())
+        .await
+        .unwrap();
+    app.restart().await;
+    kiebot_bot::resume_broadcast(&app.deps).await;
+    assert_eq!(app.last_text(202), "Second");
+    assert_eq!(app.last_text(201), "Big news");
+    assert!(
+        app.last_text(1).contains("3 delivered"),
+        "{}",
+        app.last_text(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_result_is_sent_again_from_the_history_by_its_file_id() {
+    let mut app = App::start().await;
+    let user = 210;
+    app.onboard(user).await;
+    app.top_up(user, 100_000).await;
+    to_confirm(&mut app, user).await;
+    app.press(user, "Confirm").await;
+    let g = app.generations(user).await[0].id;
+    // What the worker would have done: submit, succeed, deliver.
+    let gens = app.store().generations();
+    let now = kiebot_store::now_ms();
+    assert!(
+        gens.mark_submitted(g, "task-1", now, now + 600_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        gens.finish_success(g, r#"{"resultUrls":["https://example.com/a.png"]}"#)
+            .await
+            .unwrap()
+    );
+    let sent = app
+        .deps
+        .bot
+        .send_photo(
+            ChatId(user),
+            teloxide::types::InputFile::url("https://example.com/a.png".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let file_id = sent.photo().unwrap().last().unwrap().file.id.0.clone();
+    assert!(
+        gens.mark_told(g, &serde_json::json!([file_id]).to_string())
+            .await
+            .unwrap()
+    );
+
+    app.send(user, "/history").await;
+    assert!(app.last_text(user).contains("delivered"));
+    app.press(user, "Resend").await;
+    let resent = app.tg.sent_of("sendPhoto").pop().unwrap();
+    assert_eq!(
+        resent.media[0].source,
+        kiebot_testkit::telegram::MediaSource::FileId(file_id)
+    );
+    // Under it: Repeat, History, Menu.
+    let labels: Vec<String> = app.buttons(user).into_iter().map(|(l, _)| l).collect();
+    assert!(labels.iter().any(|l| l.contains("Repeat")), "{labels:?}");
+    // Repeat from under the result opens the confirm screen (a new message).
+    app.press(user, "Repeat").await;
+    assert!(
+        app.last_text(user).contains("Check the parameters"),
+        "{}",
+        app.last_text(user)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_answers_updates_until_shutdown() {
+    let app = App::start().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let deps = app.deps.clone();
+    let task = tokio::spawn(kiebot_bot::run_polling(deps, async {
+        let _ = stopped.await;
+    }));
+    app.tg.send_text(220, "/start");
+    app.tg
+        .wait_for(
+            |tg| !tg.messages_to(220).is_empty(),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(app.last_text(220).contains("Choose your language"));
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

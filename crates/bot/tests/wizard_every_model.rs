@@ -38,6 +38,8 @@ pub async fn walk_with_defaults(app: &mut App, user: i64) -> Vec<String> {
             app.pump().await;
         } else if has("Keep the default") {
             app.press(user, "Keep the default").await;
+        } else if has("⏭ Skip") {
+            app.press(user, "⏭ Skip").await;
         } else if text.contains("Choose an option") || text.contains("Yes or no") {
             let first = app.buttons(user)[0].0.clone();
             app.press(user, &first).await;

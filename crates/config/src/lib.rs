@@ -152,6 +152,10 @@ pub struct Settings {
     pub job_lease: std::time::Duration,
     /// `POLL_INITIAL_MS`: delay before the first poll of a new KIE task.
     pub poll_initial: std::time::Duration,
+    /// `DELIVERY_RATE_PER_SECOND`: Bot API sends per second across all chats
+    /// and workers (Telegram's default budget is about 30; paid broadcasts
+    /// allow more).
+    pub delivery_rate: u32,
 }
 
 /// The variables this contract reads, for `--help` texts and docs.
@@ -181,6 +185,7 @@ pub const VARIABLES: &[&str] = &[
     "QUEUE_NAMESPACE",
     "JOB_LEASE_SECS",
     "POLL_INITIAL_MS",
+    "DELIVERY_RATE_PER_SECOND",
 ];
 
 impl Settings {
@@ -378,6 +383,13 @@ impl Settings {
             stars_rate,
             dashboard_token: get("DASHBOARD_TOKEN").map(Secret::new),
             queue_namespace,
+            delivery_rate: parse_in::<u32>(
+                get("DELIVERY_RATE_PER_SECOND"),
+                "DELIVERY_RATE_PER_SECOND",
+                25,
+                1,
+                100_000,
+            )?,
             job_lease: std::time::Duration::from_secs(parse_in::<u64>(
                 get("JOB_LEASE_SECS"),
                 "JOB_LEASE_SECS",
@@ -566,6 +578,7 @@ mod tests {
             ("QUEUE_NAMESPACE", "a b"),
             ("JOB_LEASE_SECS", "1"),
             ("POLL_INITIAL_MS", "soon"),
+            ("DELIVERY_RATE_PER_SECOND", "0"),
         ];
         for (var, value) in cases {
             let err = Settings::from_map(&map(&[(var, value)])).unwrap_err();

@@ -89,8 +89,10 @@ pub fn model_card(
 /// What a wizard step offers besides its own choices.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StepNav {
-    /// "Keep the default" (optional fields).
+    /// "Keep the default" (fields with a default).
     pub skip: bool,
+    /// "Skip" (optional fields without a default).
+    pub skip_empty: bool,
     /// "Done" (upload steps with enough files).
     pub done: bool,
     /// "Back" (not on the first step).
@@ -120,6 +122,8 @@ pub fn wizard_step(
     }
     if nav.skip {
         extra.push(fixed(lang, Button::Skip, &Cb::Skip(draft)));
+    } else if nav.skip_empty {
+        extra.push(fixed(lang, Button::SkipEmpty, &Cb::Skip(draft)));
     }
     if !extra.is_empty() {
         rows.push(extra);

@@ -8,12 +8,14 @@
 //! - [`rate_limit`]: the outgoing-message budget ([`DeliveryLimiter`]) every
 //!   sender shares: token buckets in process ([`InProcessLimiter`]), or
 //!   fixed-window counters in Redis for the fleet ([`RedisLimiter`]).
+//! - [`texts`]: every user-visible string, Russian and English side by side.
+//! - [`keyboards`]: every inline keyboard of the front bot, built from texts
+//!   and callback payloads only.
+//! - [`callback`]: the versioned callback-data codec ([`callback::Cb`], `1:`
+//!   prefix, at most 64 bytes, parsed defensively: forged data yields `None`).
 //!
-//! Still to come in this crate, from the front bot's work: `texts` (ru and en
-//! strings, looked up by key), `keyboards` (every inline keyboard, built from
-//! texts and callback data) and `callback` (the versioned callback-data codec,
-//! at most 64 bytes, never trusted). Handlers and workers build what the user
-//! sees only through these modules, so tests can assert on keys and keyboards.
+//! Handlers and workers build what the user sees only through these modules,
+//! so tests can assert on texts and press buttons by their labels.
 //!
 //! The life of a delivery: a worker holds a `teloxide::Bot` and an
 //! `Arc<dyn DeliveryLimiter>` (Redis-backed when `REDIS_URL` is set), builds a

@@ -241,8 +241,10 @@ pub enum Button {
     Cancel,
     /// Start the wizard.
     Start,
-    /// Skip to the default.
+    /// Leave the field at its default.
     Skip,
+    /// Leave an optional field without a default empty.
+    SkipEmpty,
     /// No more files.
     Done,
     /// Advanced options.
@@ -274,6 +276,7 @@ pub fn button(lang: Lang, b: Button) -> &'static str {
         Button::Cancel => ("✖️ Отмена", "✖️ Cancel"),
         Button::Start => ("▶️ Начать", "▶️ Start"),
         Button::Skip => ("⏭ Оставить по умолчанию", "⏭ Keep the default"),
+        Button::SkipEmpty => ("⏭ Пропустить", "⏭ Skip"),
         Button::Done => ("✅ Готово", "✅ Done"),
         Button::Advanced => ("⚙️ Доп. настройки", "⚙️ Advanced options"),
         Button::Confirm => ("✅ Подтвердить", "✅ Confirm"),

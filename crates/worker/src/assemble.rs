@@ -45,6 +45,10 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         options.namespace.clone()
     };
     let names = QueueNames::new(&namespace);
+    let limits = LimiterConfig {
+        global_per_second: settings.delivery_rate,
+        ..LimiterConfig::default()
+    };
     let (queues, limiter): (Queues, Arc<dyn DeliveryLimiter>) = match mode {
         Mode::Fleet => {
             let url = settings
@@ -54,23 +58,17 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
             let queues = Queues::redis(url, names)
                 .await
                 .context("connecting to REDIS_URL")?;
-            let limiter = RedisLimiter::connect(
-                url,
-                &format!("{}kiebot:tg", prefix(&namespace)),
-                LimiterConfig::default(),
-            )
-            .await
-            .context("connecting the delivery rate limiter to REDIS_URL")?;
+            let limiter =
+                RedisLimiter::connect(url, &format!("{}kiebot:tg", prefix(&namespace)), limits)
+                    .await
+                    .context("connecting the delivery rate limiter to REDIS_URL")?;
             (queues, Arc::new(limiter))
         }
         Mode::Embedded => {
             let queues = Queues::sqlite(&settings.database_url, names)
                 .await
                 .context("opening the embedded queue")?;
-            (
-                queues,
-                Arc::new(InProcessLimiter::new(LimiterConfig::default())),
-            )
+            (queues, Arc::new(InProcessLimiter::new(limits)))
         }
     };
     let kie = if settings.dry_run {

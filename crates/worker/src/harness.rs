@@ -91,6 +91,16 @@ impl Harness {
         pipeline: PipelineConfig,
         redis_url: String,
     ) -> Harness {
+        Self::with_settings(flavor, pipeline, redis_url, &[]).await
+    }
+
+    /// A harness with extra settings (`DELIVERY_RATE_PER_SECOND`, ...).
+    pub async fn with_settings(
+        flavor: Flavor,
+        pipeline: PipelineConfig,
+        redis_url: String,
+        extra: &[(&str, &str)],
+    ) -> Harness {
         let db = match flavor {
             Flavor::Embedded => TestDb::sqlite(),
             Flavor::Fleet => TestDb::postgres().await,
@@ -108,6 +118,9 @@ impl Harness {
         vars.insert("KIE_API_KEY".to_owned(), kie.api_key().to_owned());
         vars.insert("KIE_API_URL".to_owned(), kie.base_url());
         vars.insert("KIE_UPLOAD_URL".to_owned(), kie.upload_base());
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
         let settings = Settings::from_map(&vars).expect("harness settings are valid");
         let ctx = assemble(
             &settings,
@@ -150,6 +163,10 @@ impl Harness {
             ("KIE_UPLOAD_URL".to_owned(), self.kie.upload_base()),
             ("QUEUE_NAMESPACE".to_owned(), self.namespace.clone()),
             ("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            (
+                "DELIVERY_RATE_PER_SECOND".to_owned(),
+                self.settings.delivery_rate.to_string(),
+            ),
         ];
         if let Some(r) = &self.settings.redis_url {
             env.push(("REDIS_URL".to_owned(), r.clone()));

@@ -335,5 +335,10 @@ async fn build_deps(
         kie: kie_client,
         bot,
         stars_rate: Money::from_minor(150),
+        limiter: Arc::new(kiebot_tg::InProcessLimiter::new(kiebot_tg::LimiterConfig {
+            global_per_second: 1000,
+            per_chat_interval: std::time::Duration::from_millis(1),
+            per_chat_burst: 100,
+        })),
     }
 }
