@@ -27,6 +27,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything in one process: the bot, the workers and the ops HTTP
+    /// server (the embedded mode by default).
+    Run,
+    /// Play a scripted user through a whole purchase against in-process fake
+    /// Telegram and KIE servers; needs no token. Exits 0 only if the results
+    /// were delivered and the ledger is clean.
+    Demo,
     /// Apply database migrations to DATABASE_URL.
     Migrate,
     /// Print the catalog: one JSON object per model and line.
@@ -70,7 +77,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(settings.log_format);
+    // The demo prints a conversation; logs would drown it.
+    let _telemetry = if matches!(cli.command, Command::Demo) {
+        init_logging(LogFormat::Pretty, "error");
+        None
+    } else if matches!(cli.command, Command::Run) {
+        match kiebot_telemetry::init("kiebot", settings.log_format, settings.otel_endpoint.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("kiebot: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        init_logging(settings.log_format, "warn,kiebot=info");
+        None
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,6 +114,20 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run => {
+            settings.require_telegram_token()?;
+            kiebot_app::run(settings, kiebot_app::Parts { bot: true, workers: true }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            let mut out = std::io::stdout();
+            let report = kiebot_app::demo::run(&mut out).await?;
+            println!(
+                "demo: {} results delivered; charged {}; balance {} -> {}; ledger clean",
+                report.delivered, report.charged, report.balance_before, report.balance_after
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate => {
             let store = admin::open_store(&settings).await?;
             store.migrate().await.context("applying migrations")?;

@@ -41,7 +41,15 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, q: CallbackQuery, update: Update) -
             }
         }
     };
-    let user = match deps.store.users().ensure(uid).await {
+    // A read first: every press comes from a user the bot has almost always
+    // seen, and `ensure` is a write transaction (on SQLite, the one write
+    // lock) that would serialise all presses.
+    let loaded = match deps.store.users().get(uid).await {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => deps.store.users().ensure(uid).await,
+        Err(e) => Err(e),
+    };
+    let user = match loaded {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(user = %uid, error = %e, "cannot load user");

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use state::State;
 
@@ -80,6 +80,9 @@ pub(crate) struct Inner {
     updates_tx: watch::Sender<u64>,
     /// Bumped whenever a call changed what the readers see: wakes `wait_for`.
     activity_tx: watch::Sender<u64>,
+    /// Subscribers of [`FakeTelegram::call_events`]; empty in most tests, so
+    /// the common path pays one uncontended lock and a length check.
+    call_watchers: Mutex<Vec<mpsc::UnboundedSender<CallEvent>>>,
 }
 
 impl Inner {
@@ -95,6 +98,20 @@ impl Inner {
 
     pub(crate) fn bump_activity(&self) {
         self.activity_tx.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Tells the [`FakeTelegram::call_events`] subscribers about a call; the
+    /// event is built only when someone listens.
+    pub(crate) fn notify_call(&self, event: impl FnOnce() -> CallEvent) {
+        let mut watchers = self
+            .call_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if watchers.is_empty() {
+            return;
+        }
+        let event = event();
+        watchers.retain(|tx| tx.send(event.clone()).is_ok());
     }
 }
 
@@ -130,6 +147,7 @@ impl FakeTelegram {
             state: Mutex::new(State::new(UPLOAD_LIMIT_BYTES, bot_user)),
             updates_tx: watch::channel(0).0,
             activity_tx: watch::channel(0).0,
+            call_watchers: Mutex::new(Vec::new()),
         });
         server::spawn(Arc::clone(&inner), listener);
         Self { inner }
@@ -446,6 +464,20 @@ impl FakeTelegram {
         })
     }
 
+    /// A stream of every API call handled from now on (except `getUpdates`),
+    /// each stamped with the moment the server had read it, accepted or not.
+    /// Cheaper than polling [`sent`](Self::sent) when a benchmark needs the
+    /// latency of thousands of replies: nothing is cloned but the event.
+    pub fn call_events(&self) -> mpsc::UnboundedReceiver<CallEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner
+            .call_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
     // ----- faults ------------------------------------------------------------
 
     /// The next `n` calls to `method` (e.g. `"sendPhoto"`) fail with `fault`
@@ -729,6 +761,23 @@ pub struct SentCall {
     pub media: Vec<SentMedia>,
     /// Every parameter as JSON (uploads appear as their `attach://` names).
     pub params: Value,
+}
+
+/// One API call as seen by [`FakeTelegram::call_events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallEvent {
+    /// Bot API method, as Telegram documents it (`editMessageText`).
+    pub method: &'static str,
+    /// Target chat, when the call names one.
+    pub chat_id: Option<i64>,
+    /// The message created or edited (from the answer, else the parameters).
+    pub message_id: Option<i32>,
+    /// The query answered, for `answerCallbackQuery`.
+    pub callback_query_id: Option<String>,
+    /// Whether Telegram accepted the call.
+    pub ok: bool,
+    /// When the server had read the request (before handling it).
+    pub at: std::time::Instant,
 }
 
 /// A call that got an error answer.

@@ -35,7 +35,13 @@ pub struct Options {
 /// Applies migrations (they are idempotent and safe to race).
 pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<Arc<Ctx>> {
     let mode = settings.mode()?;
-    let store = Store::connect(&settings.database_url)
+    // Every queue's handlers may hold a connection at once; SQLite has one
+    // writer anyway, so its pool stays small.
+    let pool_size = match mode {
+        Mode::Fleet => u32::try_from(settings.worker_concurrency.clamp(10, 40)).unwrap_or(40),
+        Mode::Embedded => 10,
+    };
+    let store = Store::connect_with(&settings.database_url, pool_size)
         .await
         .context("connecting to DATABASE_URL")?;
     store.migrate().await.context("applying migrations")?;

@@ -2,7 +2,7 @@
 //! webhook sender.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -12,7 +12,7 @@ use axum::routing::{any, get};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::Inner;
+use super::{CallEvent, Inner};
 use super::params::{MAX_BODY_BYTES, Params};
 use super::state::{ApiErr, canonical_method};
 
@@ -80,9 +80,27 @@ async fn api(
     let result = if method == "getUpdates" {
         get_updates(&inner, &params).await
     } else {
-        let mut st = inner.state();
-        st.begin(method, &params)
-            .and_then(|()| st.dispatch(method, &params))
+        let at = Instant::now();
+        let result = {
+            let mut st = inner.state();
+            st.begin(method, &params)
+                .and_then(|()| st.dispatch(method, &params))
+        };
+        inner.notify_call(|| CallEvent {
+            method,
+            chat_id: params.i64("chat_id"),
+            message_id: result
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get("message_id"))
+                .and_then(Value::as_i64)
+                .or_else(|| params.i64("message_id"))
+                .and_then(|m| i32::try_from(m).ok()),
+            callback_query_id: params.str("callback_query_id"),
+            ok: result.is_ok(),
+            at,
+        });
+        result
     };
     if matches!(method, "setWebhook" | "deleteWebhook") {
         inner.bump_updates();

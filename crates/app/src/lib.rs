@@ -1,0 +1,137 @@
+//! Process assembly: which parts a process runs and how they share one
+//! context and one shutdown.
+//!
+//! | process | front bot | workers + reconciler | ops HTTP |
+//! |---|---|---|---|
+//! | `kiebot run` (embedded or all-in-one) | yes | yes | yes |
+//! | `kiebot-bot` (fleet front) | yes | no | yes, with KIE callbacks and the webhook |
+//! | `kiebot-worker` (fleet) | no | yes | yes (health, metrics) |
+//!
+//! Every part is built from the same [`kiebot_worker::assemble`] context, so
+//! the store, queue, KIE client, Bot API client and rate limiter are the ones
+//! the settings name, whatever the process. A termination signal stops the
+//! bot from taking updates, lets the workers drain, then stops HTTP.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kiebot_bot::BotDeps;
+use kiebot_config::{BotMode, Settings};
+use kiebot_ops::{OpsState, install_metrics_recorder, router, serve};
+use kiebot_worker::assemble::{Options, assemble, callback_secret};
+use kiebot_worker::runtime::{WorkerRuntime, termination_signal};
+use kiebot_worker::{Ctx, KieMode};
+use rand::Rng;
+use teloxide::prelude::Requester;
+use teloxide::payloads::SetWebhookSetters;
+use tokio::sync::watch;
+
+/// Which parts a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// The front bot (updates, wizard, payments, admin).
+    pub bot: bool,
+    /// The job workers and the reconciler.
+    pub workers: bool,
+}
+
+/// Settings key of the webhook's secret token (shared by every front).
+const WEBHOOK_SECRET_KEY: &str = "telegram_webhook_secret";
+
+/// The front bot's dependencies from an assembled context.
+pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
+    BotDeps {
+        store: ctx.store.clone(),
+        queues: ctx.queues.clone(),
+        catalog: ctx.catalog.clone(),
+        pricing: settings.pricing,
+        admin_ids: settings.admin_ids.clone(),
+        max_active: settings.max_active_generations,
+        dry_run: settings.dry_run,
+        kie: match &ctx.kie {
+            KieMode::Live(c) => Some(c.clone()),
+            KieMode::DryRun => None,
+        },
+        bot: ctx.bot.clone(),
+        stars_rate: settings.stars_rate,
+        limiter: ctx.limiter.clone(),
+    }
+}
+
+/// Runs the given parts until SIGTERM or ctrl-c.
+pub async fn run(settings: Settings, parts: Parts) -> anyhow::Result<()> {
+    run_until(settings, parts, Options::default(), termination_signal()).await
+}
+
+/// Runs the given parts until `shutdown` resolves.
+pub async fn run_until(
+    settings: Settings,
+    parts: Parts,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ctx = assemble(&settings, options).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let deps = parts.bot.then(|| bot_deps(&ctx, &settings));
+    let mut webhook = None;
+    if let Some(deps) = &deps {
+        if let Err(e) = kiebot_bot::set_commands(&deps.bot).await {
+            tracing::warn!(error = %e, "setMyCommands failed; the command menu may be stale");
+        }
+        if settings.bot_mode == BotMode::Webhook {
+            let public = settings.public_url.as_deref().context("PUBLIC_URL: required when BOT_MODE=webhook")?;
+            let fresh: String = {
+                let mut rng = rand::rng();
+                (0..48).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+            };
+            let secret = ctx.store.setting_or_init(WEBHOOK_SECRET_KEY, &fresh).await?;
+            let url = format!("{public}/telegram/webhook").parse().context("PUBLIC_URL")?;
+            deps.bot.set_webhook(url).secret_token(secret.clone()).await.context("setWebhook")?;
+            webhook = Some(kiebot_bot::webhook_router(deps.clone(), secret));
+        }
+    }
+
+    // KIE callbacks reach the front (PUBLIC_URL); a worker-only process does
+    // not serve them.
+    let callback = if parts.bot && settings.public_url.is_some() { Some(callback_secret(&ctx.store).await?) } else { None };
+    let state = OpsState {
+        store: ctx.store.clone(),
+        queues: ctx.queues.clone(),
+        dashboard_token: settings.dashboard_token.as_ref().map(|t| t.expose().to_owned()),
+        callback_secret: callback,
+        metrics: Some(install_metrics_recorder()),
+        webhook,
+    };
+    let http = tokio::spawn(serve(settings.http_addr, router(state), stopped(stop_rx.clone())));
+
+    let workers = parts.workers.then(|| {
+        let runtime = WorkerRuntime::new(Arc::clone(&ctx), settings.worker_concurrency);
+        tokio::spawn(runtime.run(stopped(stop_rx.clone())))
+    });
+    let polling = match (&deps, settings.bot_mode) {
+        (Some(d), BotMode::Polling) => Some(tokio::spawn(kiebot_bot::run_polling(d.clone(), stopped(stop_rx.clone())))),
+        _ => None,
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    if let Some(p) = polling {
+        let _ = p.await;
+    }
+    if let Some(w) = workers {
+        match w.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "worker runtime stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "worker runtime task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    match http.await {
+        Ok(Err(e)) => Err(e).context("HTTP_ADDR"),
+        _ => Ok(()),
+    }
+}
