@@ -32,21 +32,34 @@ fn main() -> ExitCode {
         eprintln!("kiebot-bot: configuration error: {e}");
         return ExitCode::from(2);
     }
-    let _telemetry = match kiebot_telemetry::init("kiebot-bot", settings.log_format, settings.otel_endpoint.as_deref()) {
+    let _telemetry = match kiebot_telemetry::init(
+        "kiebot-bot",
+        settings.log_format,
+        settings.otel_endpoint.as_deref(),
+    ) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("kiebot-bot: {e}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kiebot-bot: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings, Parts { bot: true, workers: false })) {
+    match runtime.block_on(run(
+        settings,
+        Parts {
+            bot: true,
+            workers: false,
+        },
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "kiebot-bot stopped");

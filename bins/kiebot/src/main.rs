@@ -82,7 +82,11 @@ fn main() -> ExitCode {
         init_logging(LogFormat::Pretty, "error");
         None
     } else if matches!(cli.command, Command::Run) {
-        match kiebot_telemetry::init("kiebot", settings.log_format, settings.otel_endpoint.as_deref()) {
+        match kiebot_telemetry::init(
+            "kiebot",
+            settings.log_format,
+            settings.otel_endpoint.as_deref(),
+        ) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("kiebot: {e}");
@@ -116,7 +120,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => {
             settings.require_telegram_token()?;
-            kiebot_app::run(settings, kiebot_app::Parts { bot: true, workers: true }).await?;
+            kiebot_app::run(
+                settings,
+                kiebot_app::Parts {
+                    bot: true,
+                    workers: true,
+                },
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
@@ -203,10 +214,10 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,kiebot=info"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,6 +1,8 @@
 //! Worker processes dying and Redis restarting: the pipeline resumes from the
 //! database and nobody is charged twice.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

@@ -12,6 +12,8 @@
 //! the settings name, whatever the process. A termination signal stops the
 //! bot from taking updates, lets the workers drain, then stops HTTP.
 
+pub mod demo;
+
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -22,8 +24,8 @@ use kiebot_worker::assemble::{Options, assemble, callback_secret};
 use kiebot_worker::runtime::{WorkerRuntime, termination_signal};
 use kiebot_worker::{Ctx, KieMode};
 use rand::Rng;
-use teloxide::prelude::Requester;
 use teloxide::payloads::SetWebhookSetters;
+use teloxide::prelude::Requester;
 use tokio::sync::watch;
 
 /// Which parts a process runs.
@@ -49,7 +51,7 @@ pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
         max_active: settings.max_active_generations,
         dry_run: settings.dry_run,
         kie: match &ctx.kie {
-            KieMode::Live(c) => Some(c.clone()),
+            KieMode::Live(c) => Some((**c).clone()),
             KieMode::DryRun => None,
         },
         bot: ctx.bot.clone(),
@@ -83,37 +85,67 @@ pub async fn run_until(
             tracing::warn!(error = %e, "setMyCommands failed; the command menu may be stale");
         }
         if settings.bot_mode == BotMode::Webhook {
-            let public = settings.public_url.as_deref().context("PUBLIC_URL: required when BOT_MODE=webhook")?;
+            let public = settings
+                .public_url
+                .as_deref()
+                .context("PUBLIC_URL: required when BOT_MODE=webhook")?;
             let fresh: String = {
                 let mut rng = rand::rng();
-                (0..48).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+                (0..48)
+                    .map(|_| {
+                        char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])
+                    })
+                    .collect()
             };
-            let secret = ctx.store.setting_or_init(WEBHOOK_SECRET_KEY, &fresh).await?;
-            let url = format!("{public}/telegram/webhook").parse().context("PUBLIC_URL")?;
-            deps.bot.set_webhook(url).secret_token(secret.clone()).await.context("setWebhook")?;
+            let secret = ctx
+                .store
+                .setting_or_init(WEBHOOK_SECRET_KEY, &fresh)
+                .await?;
+            let url = format!("{public}/telegram/webhook")
+                .parse()
+                .context("PUBLIC_URL")?;
+            deps.bot
+                .set_webhook(url)
+                .secret_token(secret.clone())
+                .await
+                .context("setWebhook")?;
             webhook = Some(kiebot_bot::webhook_router(deps.clone(), secret));
         }
     }
 
     // KIE callbacks reach the front (PUBLIC_URL); a worker-only process does
     // not serve them.
-    let callback = if parts.bot && settings.public_url.is_some() { Some(callback_secret(&ctx.store).await?) } else { None };
+    let callback = if parts.bot && settings.public_url.is_some() {
+        Some(callback_secret(&ctx.store).await?)
+    } else {
+        None
+    };
     let state = OpsState {
         store: ctx.store.clone(),
         queues: ctx.queues.clone(),
-        dashboard_token: settings.dashboard_token.as_ref().map(|t| t.expose().to_owned()),
+        dashboard_token: settings
+            .dashboard_token
+            .as_ref()
+            .map(|t| t.expose().to_owned()),
         callback_secret: callback,
         metrics: Some(install_metrics_recorder()),
         webhook,
     };
-    let http = tokio::spawn(serve(settings.http_addr, router(state), stopped(stop_rx.clone())));
+    let http = tokio::spawn(serve(
+        settings.http_addr,
+        router(state),
+        stopped(stop_rx.clone()),
+    ));
 
     let workers = parts.workers.then(|| {
         let runtime = WorkerRuntime::new(Arc::clone(&ctx), settings.worker_concurrency);
         tokio::spawn(runtime.run(stopped(stop_rx.clone())))
     });
     let polling = match (&deps, settings.bot_mode) {
-        (Some(d), BotMode::Polling) => Some(tokio::spawn(kiebot_bot::run_polling(d.clone(), stopped(stop_rx.clone())))),
+        (Some(d), BotMode::Polling) => Some(tokio::spawn(kiebot_bot::run_polling(
+            d.clone(),
+            stopped(stop_rx.clone()),
+        ))),
         _ => None,
     };
 

@@ -99,7 +99,9 @@ impl Router {
                     }
                     continue;
                 }
-                let waiter = ev.chat_id.and_then(|c| r.waiting.lock().unwrap().remove(&c));
+                let waiter = ev
+                    .chat_id
+                    .and_then(|c| r.waiting.lock().unwrap().remove(&c));
                 match waiter {
                     Some(tx) if ev.ok => {
                         let _ = tx.send(ev);
@@ -124,7 +126,9 @@ impl Router {
         let id = inject();
         let reply = tokio::time::timeout(REPLY_TIMEOUT, rx)
             .await
-            .unwrap_or_else(|_| panic!("no reply to chat {chat} (update {id}) within {REPLY_TIMEOUT:?}"))
+            .unwrap_or_else(|_| {
+                panic!("no reply to chat {chat} (update {id}) within {REPLY_TIMEOUT:?}")
+            })
             .expect("router alive");
         (id, t0, reply)
     }

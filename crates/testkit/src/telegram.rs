@@ -103,10 +103,7 @@ impl Inner {
     /// Tells the [`FakeTelegram::call_events`] subscribers about a call; the
     /// event is built only when someone listens.
     pub(crate) fn notify_call(&self, event: impl FnOnce() -> CallEvent) {
-        let mut watchers = self
-            .call_watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut watchers = self.call_watchers.lock().unwrap_or_else(|e| e.into_inner());
         if watchers.is_empty() {
             return;
         }

@@ -87,7 +87,9 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         let mut cfg = KieConfig::new(ApiKey::new(key.expose()));
         cfg.api_base = settings.kie_api_url.parse().context("KIE_API_URL")?;
         cfg.upload_base = settings.kie_upload_url.parse().context("KIE_UPLOAD_URL")?;
-        KieMode::Live(KieClient::new(cfg).context("building the KIE client")?)
+        KieMode::Live(Box::new(
+            KieClient::new(cfg).context("building the KIE client")?,
+        ))
     };
     let catalog = Arc::new(kiebot_catalog::load(settings.catalog_path.as_deref())?);
     let token = settings.require_telegram_token()?;

@@ -20,8 +20,9 @@ pub fn now_ms() -> i64 {
 /// Whether KIE is really called.
 #[derive(Clone)]
 pub enum KieMode {
-    /// Calls KIE.
-    Live(KieClient),
+    /// Calls KIE (boxed: the client is large, and the enum is copied around
+    /// far less than it is matched).
+    Live(Box<KieClient>),
     /// `DRY_RUN`: no KIE endpoint is called and nothing is charged; every
     /// generation "succeeds" with a text that says it was a dry run.
     DryRun,

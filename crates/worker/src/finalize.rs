@@ -55,10 +55,12 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
         (GenerationStatus::Submitted, None) => {
             // Nothing observed yet: a stray job. The poll schedule goes on.
         }
-        (s, _) if s.is_terminal() || s == GenerationStatus::Succeeded => {
-            if g.delivered_at.is_none() {
-                ctx.queues.push(Job::Deliver(id)).await?;
-            }
+        // Finalized already (a repeated job): make sure the user hears.
+        (s, _)
+            if (s.is_terminal() || s == GenerationStatus::Succeeded)
+                && g.delivered_at.is_none() =>
+        {
+            ctx.queues.push(Job::Deliver(id)).await?;
         }
         _ => {}
     }

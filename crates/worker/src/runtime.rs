@@ -18,6 +18,7 @@ use std::time::Duration;
 use apalis::layers::retry::RetryPolicy;
 use apalis::layers::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
 use apalis::prelude::*;
+use apalis_core::backend::ext::BackendExt;
 use apalis_cron::CronScheduler;
 use kiebot_jobs::Queues;
 use tracing::info;
@@ -62,6 +63,9 @@ pub struct WorkerRuntime {
     roles: Roles,
     shutdown_timeout: Duration,
 }
+
+/// How often an embedded worker looks for new jobs in SQLite.
+const SQLITE_POLL: Duration = Duration::from_millis(100);
 
 /// Per-job time limit: longer than any KIE or Telegram call with its
 /// retries, shorter than the claim lease.
@@ -163,24 +167,18 @@ impl WorkerRuntime {
                     );
                 }
                 Queues::Sqlite { storages, .. } => {
-                    monitor = register!(monitor, "submit", storages.submit, submit::handle, ctx, n);
-                    monitor = register!(monitor, "poll", storages.poll, poll::handle, ctx, n);
-                    monitor = register!(
-                        monitor,
-                        "finalize",
-                        storages.finalize,
-                        finalize::handle,
-                        ctx,
-                        n
-                    );
-                    monitor = register!(
-                        monitor,
-                        "deliver",
-                        storages.deliver,
-                        deliver::handle,
-                        ctx,
-                        n
-                    );
+                    // SQLite has no push notification across processes; a short
+                    // fixed interval keeps a generation's four hops quick at a
+                    // cost of a few indexed queries per second.
+                    let every = SQLITE_POLL;
+                    let submit = storages.submit.clone().poll_with_interval(every);
+                    let poll = storages.poll.clone().poll_with_interval(every);
+                    let finalize = storages.finalize.clone().poll_with_interval(every);
+                    let deliver = storages.deliver.clone().poll_with_interval(every);
+                    monitor = register!(monitor, "submit", submit, submit::handle, ctx, n);
+                    monitor = register!(monitor, "poll", poll, poll::handle, ctx, n);
+                    monitor = register!(monitor, "finalize", finalize, finalize::handle, ctx, n);
+                    monitor = register!(monitor, "deliver", deliver, deliver::handle, ctx, n);
                 }
             }
         }

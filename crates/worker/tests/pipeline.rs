@@ -7,6 +7,8 @@
 //! and the captured total equal to the prices of the generations that
 //! succeeded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use kiebot_domain::{GenerationStatus, Money};

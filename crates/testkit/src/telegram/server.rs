@@ -12,9 +12,9 @@ use axum::routing::{any, get};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::{CallEvent, Inner};
 use super::params::{MAX_BODY_BYTES, Params};
 use super::state::{ApiErr, canonical_method};
+use super::{CallEvent, Inner};
 
 /// Pause between webhook delivery attempts after a failure (Telegram backs
 /// off much longer; tests want quick recovery).
