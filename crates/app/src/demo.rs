@@ -22,7 +22,6 @@ use kiebot_testkit::kie::{FakeKie, Outcome, TINY_PNG};
 use kiebot_testkit::telegram::{BotMessage, FakeTelegram, FakeUser, MediaSource, SentCall};
 use kiebot_worker::assemble::Options;
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 use crate::{Parts, run_until};
 
@@ -58,39 +57,67 @@ pub struct DemoReport {
 /// When a step does not happen within a minute, a result is not delivered
 /// or the ledger does not add up; the message names the step.
 pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<DemoReport> {
+    run_on(out, Deployment::Embedded).await
+}
+
+/// Where the demo's app runs.
+#[derive(Debug, Clone)]
+pub enum Deployment {
+    /// One process: SQLite in a temporary directory, bot and workers together.
+    Embedded,
+    /// The fleet's shape: a front (bot only) and a separate worker runtime,
+    /// sharing a PostgreSQL database and a Redis queue namespace.
+    Fleet {
+        /// A PostgreSQL database (migrated by the demo).
+        database_url: String,
+        /// The Redis server.
+        redis_url: String,
+        /// A queue namespace of the demo's own.
+        namespace: String,
+    },
+}
+
+/// Runs the demo on the given deployment.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_on(out: &mut (dyn Write + Send), deployment: Deployment) -> anyhow::Result<DemoReport> {
     let dir = tempfile::Builder::new()
         .prefix("kiebot-demo-")
         .tempdir()
         .context("creating a temporary directory")?;
     let db_path = dir.path().join("kiebot.db");
-    let database_url = format!("sqlite://{}?mode=rwc", db_path.display());
+    let (database_url, fleet) = match &deployment {
+        Deployment::Embedded => (format!("sqlite://{}?mode=rwc", db_path.display()), None),
+        Deployment::Fleet { database_url, redis_url, namespace } => {
+            (database_url.clone(), Some((redis_url.clone(), namespace.clone())))
+        }
+    };
 
     let tg = FakeTelegram::start().await;
     let kie = FakeKie::start().await;
     kie.set_default_outcome(Outcome::succeed_after(Duration::from_millis(700), 1));
 
-    let settings = demo_settings(&tg, &kie, &database_url)?;
+    let settings = demo_settings(&tg, &kie, &database_url, fleet.as_ref())?;
     writeln!(
         out,
         "kiebot demo: fake Telegram at {}, fake KIE at {}, database {}",
         tg.api_url(),
         kie.base_url(),
-        db_path.display()
+        if fleet.is_some() { "PostgreSQL (fleet: front and workers apart)".to_owned() } else { db_path.display().to_string() }
     )?;
     writeln!(out)?;
 
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let app = tokio::spawn(run_until(
-        settings,
-        Parts {
-            bot: true,
-            workers: true,
-        },
-        Options::default(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let parts = if fleet.is_some() { Parts { bot: true, workers: false } } else { Parts { bot: true, workers: true } };
+    let app = tokio::spawn(run_until(settings.clone(), parts, Options::default(), stopped(stop_rx.clone())));
+    // In the fleet the workers are an app instance of their own.
+    let workers = fleet.as_ref().map(|_| {
+        tokio::spawn(run_until(settings.clone(), Parts { bot: false, workers: true }, Options::default(), stopped(stop_rx.clone())))
+    });
 
     let mut script = Script {
         tg: tg.clone(),
@@ -103,7 +130,10 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<DemoReport> {
     let result = script.play().await;
 
     // Shut down whatever happened, then report the first failure.
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
+    if let Some(w) = workers {
+        let _ = tokio::time::timeout(STEP_TIMEOUT, w).await;
+    }
     let stopped = tokio::time::timeout(STEP_TIMEOUT, app).await;
     if let Some(store) = script.store.take() {
         store.close().await;
@@ -124,8 +154,13 @@ pub async fn run(out: &mut (dyn Write + Send)) -> anyhow::Result<DemoReport> {
 }
 
 /// Embedded-mode settings pointing at the fakes.
-fn demo_settings(tg: &FakeTelegram, kie: &FakeKie, database_url: &str) -> anyhow::Result<Settings> {
-    let vars: BTreeMap<String, String> = [
+fn demo_settings(
+    tg: &FakeTelegram,
+    kie: &FakeKie,
+    database_url: &str,
+    fleet: Option<&(String, String)>,
+) -> anyhow::Result<Settings> {
+    let mut vars: BTreeMap<String, String> = [
         ("DATABASE_URL", database_url.to_owned()),
         ("TELEGRAM_BOT_TOKEN", tg.token().to_owned()),
         ("TELEGRAM_API_URL", tg.api_url()),
@@ -139,6 +174,10 @@ fn demo_settings(tg: &FakeTelegram, kie: &FakeKie, database_url: &str) -> anyhow
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some((redis_url, namespace)) = fleet {
+        vars.insert("REDIS_URL".to_owned(), redis_url.clone());
+        vars.insert("QUEUE_NAMESPACE".to_owned(), namespace.clone());
+    }
     Settings::from_map(&vars).map_err(|e| anyhow!("demo settings: {e}"))
 }
 
