@@ -81,7 +81,10 @@ pub enum Deployment {
 ///
 /// # Errors
 /// As [`run`].
-pub async fn run_on(out: &mut (dyn Write + Send), deployment: Deployment) -> anyhow::Result<DemoReport> {
+pub async fn run_on(
+    out: &mut (dyn Write + Send),
+    deployment: Deployment,
+) -> anyhow::Result<DemoReport> {
     let dir = tempfile::Builder::new()
         .prefix("kiebot-demo-")
         .tempdir()
@@ -89,9 +92,14 @@ pub async fn run_on(out: &mut (dyn Write + Send), deployment: Deployment) -> any
     let db_path = dir.path().join("kiebot.db");
     let (database_url, fleet) = match &deployment {
         Deployment::Embedded => (format!("sqlite://{}?mode=rwc", db_path.display()), None),
-        Deployment::Fleet { database_url, redis_url, namespace } => {
-            (database_url.clone(), Some((redis_url.clone(), namespace.clone())))
-        }
+        Deployment::Fleet {
+            database_url,
+            redis_url,
+            namespace,
+        } => (
+            database_url.clone(),
+            Some((redis_url.clone(), namespace.clone())),
+        ),
     };
 
     let tg = FakeTelegram::start().await;
@@ -104,7 +112,11 @@ pub async fn run_on(out: &mut (dyn Write + Send), deployment: Deployment) -> any
         "kiebot demo: fake Telegram at {}, fake KIE at {}, database {}",
         tg.api_url(),
         kie.base_url(),
-        if fleet.is_some() { "PostgreSQL (fleet: front and workers apart)".to_owned() } else { db_path.display().to_string() }
+        if fleet.is_some() {
+            "PostgreSQL (fleet: front and workers apart)".to_owned()
+        } else {
+            db_path.display().to_string()
+        }
     )?;
     writeln!(out)?;
 
@@ -112,11 +124,34 @@ pub async fn run_on(out: &mut (dyn Write + Send), deployment: Deployment) -> any
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let parts = if fleet.is_some() { Parts { bot: true, workers: false } } else { Parts { bot: true, workers: true } };
-    let app = tokio::spawn(run_until(settings.clone(), parts, Options::default(), stopped(stop_rx.clone())));
+    let parts = if fleet.is_some() {
+        Parts {
+            bot: true,
+            workers: false,
+        }
+    } else {
+        Parts {
+            bot: true,
+            workers: true,
+        }
+    };
+    let app = tokio::spawn(run_until(
+        settings.clone(),
+        parts,
+        Options::default(),
+        stopped(stop_rx.clone()),
+    ));
     // In the fleet the workers are an app instance of their own.
     let workers = fleet.as_ref().map(|_| {
-        tokio::spawn(run_until(settings.clone(), Parts { bot: false, workers: true }, Options::default(), stopped(stop_rx.clone())))
+        tokio::spawn(run_until(
+            settings.clone(),
+            Parts {
+                bot: false,
+                workers: true,
+            },
+            Options::default(),
+            stopped(stop_rx.clone()),
+        ))
     });
 
     let mut script = Script {

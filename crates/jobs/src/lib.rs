@@ -155,6 +155,12 @@ pub enum Queues {
     },
 }
 
+/// Most jobs one Redis queue may hold waiting. apalis-redis 1.0 stops
+/// fetching when about 8,000 scheduled jobs fall due at once; pushes beyond
+/// this bound are skipped and the reconciler enqueues the work later from the
+/// database.
+pub const REDIS_BACKLOG: u64 = 2_000;
+
 /// Jobs per push when a caller enqueues many at once: large enough to
 /// amortise round trips, small enough that one push never blocks for long.
 pub const PUSH_CHUNK: usize = 500;
@@ -267,8 +273,28 @@ impl Queues {
         }
         match self {
             Queues::Redis {
-                storages, names, ..
+                storages,
+                names,
+                conn,
             } => {
+                // apalis-redis moves due jobs from its scheduled set to the
+                // active list in one Lua call, which fails once several
+                // thousand are due together. The queue is only a hint (the
+                // database holds every generation's state), so jobs beyond
+                // the backlog bound are left to the reconciler, which finds
+                // the rows again.
+                let depths = redis_depths(
+                    conn,
+                    &[&names.submit, &names.poll, &names.finalize, &names.deliver],
+                )
+                .await?;
+                let deferred = cap(&mut submit, depths[0])
+                    + cap(&mut poll, depths[1])
+                    + cap(&mut finalize, depths[2])
+                    + cap(&mut deliver, depths[3]);
+                if deferred > 0 {
+                    tracing::debug!(deferred, "queue backlog full; jobs left to the reconciler");
+                }
                 push_all(&mut storages.submit.clone(), submit, &names.submit).await?;
                 push_all(&mut storages.poll.clone(), poll, &names.poll).await?;
                 push_all(&mut storages.finalize.clone(), finalize, &names.finalize).await?;
@@ -317,23 +343,9 @@ impl Queues {
         let mut out = Vec::with_capacity(names.len());
         match self {
             Queues::Redis { conn, .. } => {
-                let mut c = conn.clone();
-                for name in names {
-                    // apalis-redis parks every pushed job in the scheduled set
-                    // until a worker moves it to the active list: both wait.
-                    let (active, scheduled): (u64, u64) = redis::pipe()
-                        .cmd("LLEN")
-                        .arg(format!("{name}:active"))
-                        .cmd("ZCARD")
-                        .arg(format!("{name}:scheduled"))
-                        .query_async(&mut c)
-                        .await
-                        .map_err(|e| QueueError {
-                            queue: name.clone(),
-                            message: e.to_string(),
-                        })?;
-                    out.push((name, active + scheduled));
-                }
+                let refs: Vec<&String> = names.iter().collect();
+                let depths = redis_depths(conn, &refs).await?;
+                out.extend(names.iter().cloned().zip(depths));
             }
             Queues::Sqlite { pool, .. } => {
                 for name in names {
@@ -350,6 +362,40 @@ impl Queues {
         }
         Ok(out)
     }
+}
+
+/// Trims `jobs` to the room left under [`REDIS_BACKLOG`]; returns how many
+/// were left out.
+fn cap<T>(jobs: &mut Vec<T>, depth: u64) -> usize {
+    let room = usize::try_from(REDIS_BACKLOG.saturating_sub(depth)).unwrap_or(0);
+    let keep = room.min(jobs.len());
+    let left_out = jobs.len() - keep;
+    jobs.truncate(keep);
+    left_out
+}
+
+/// Waiting jobs of each named Redis queue (active list plus scheduled set:
+/// apalis-redis parks every pushed job in the scheduled set until a worker
+/// moves it).
+async fn redis_depths(
+    conn: &redis::aio::ConnectionManager,
+    names: &[&String],
+) -> Result<Vec<u64>, QueueError> {
+    let mut pipe = redis::pipe();
+    for name in names {
+        pipe.cmd("LLEN")
+            .arg(format!("{name}:active"))
+            .cmd("ZCARD")
+            .arg(format!("{name}:scheduled"));
+    }
+    let counts: Vec<u64> = pipe
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(|e| QueueError {
+            queue: "redis".into(),
+            message: e.to_string(),
+        })?;
+    Ok(counts.chunks(2).map(|c| c.iter().sum()).collect())
 }
 
 async fn push_all<S, A>(storage: &mut S, jobs: Vec<A>, queue: &str) -> Result<(), QueueError>

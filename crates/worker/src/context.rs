@@ -57,8 +57,9 @@ pub struct PipelineConfig {
     pub reconcile_batch: i64,
     /// How often the reconciler ticks.
     pub reconcile_interval: Duration,
-    /// Queue depth above which the reconciler stops adding polls (the queue
-    /// never holds an unbounded backlog; the database does).
+    /// Queue depth above which the reconciler adds no more jobs of that kind
+    /// (the queue never holds an unbounded backlog; the database does). Keep
+    /// it below `kiebot_jobs::REDIS_BACKLOG`.
     pub queue_high_water: u64,
 }
 
@@ -75,7 +76,7 @@ impl Default for PipelineConfig {
             max_delivery_attempts: 8,
             reconcile_batch: 1000,
             reconcile_interval: Duration::from_secs(1),
-            queue_high_water: 20_000,
+            queue_high_water: 1_500,
         }
     }
 }

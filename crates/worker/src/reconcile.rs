@@ -81,12 +81,16 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
         }
     }
 
+    // Claim no more than each queue has room for: a row claimed but not
+    // enqueued would wait a whole lease for its next chance.
+    let room = QueueRoom::measure(ctx).await;
+
     for id in gens
         .claim_due_submits(
             now,
             Ctx::ms(cfg.pending_grace),
             requeue_at,
-            cfg.reconcile_batch,
+            room.limit(&ctx.queues.names().submit, cfg),
         )
         .await?
     {
@@ -94,11 +98,11 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
         report.submits += 1;
     }
 
-    if poll_queue_depth(ctx).await < cfg.queue_high_water {
-        for (id, has_outcome) in gens
-            .claim_due_polls(now, requeue_at, cfg.reconcile_batch)
-            .await?
-        {
+    let poll_room = room
+        .limit(&ctx.queues.names().poll, cfg)
+        .min(room.limit(&ctx.queues.names().finalize, cfg));
+    if poll_room > 0 {
+        for (id, has_outcome) in gens.claim_due_polls(now, requeue_at, poll_room).await? {
             if has_outcome {
                 jobs.push(Job::Finalize(id));
                 report.finalizes += 1;
@@ -113,7 +117,11 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
     // only rows left behind for a while are the reconciler's business.
     let due_before = now - Ctx::ms(cfg.pending_grace);
     for id in gens
-        .claim_due_deliveries(due_before, requeue_at, cfg.reconcile_batch)
+        .claim_due_deliveries(
+            due_before,
+            requeue_at,
+            room.limit(&ctx.queues.names().deliver, cfg),
+        )
         .await?
     {
         jobs.push(Job::Deliver(id));
@@ -133,20 +141,29 @@ fn batch_u32(n: i64) -> u32 {
     u32::try_from(n.max(1)).unwrap_or(u32::MAX)
 }
 
-/// Depth of the poll queue; an unreachable queue counts as empty so that the
-/// push itself reports the problem.
-async fn poll_queue_depth(ctx: &Ctx) -> u64 {
-    let poll_name = ctx.queues.names().poll.clone();
-    match ctx.queues.depths().await {
-        Ok(depths) => {
-            for (name, n) in &depths {
-                metrics::gauge!(metrics_names::QUEUE_DEPTH, "queue" => name.clone()).set(*n as f64);
-            }
-            depths
-                .into_iter()
-                .find(|(n, _)| *n == poll_name)
-                .map_or(0, |(_, d)| d)
+/// Waiting jobs per queue, measured once per tick.
+struct QueueRoom(Vec<(String, u64)>);
+
+impl QueueRoom {
+    /// An unreachable queue counts as empty, so that the push itself reports
+    /// the problem.
+    async fn measure(ctx: &Ctx) -> QueueRoom {
+        let depths = ctx.queues.depths().await.unwrap_or_default();
+        for (name, n) in &depths {
+            metrics::gauge!(metrics_names::QUEUE_DEPTH, "queue" => name.clone()).set(*n as f64);
         }
-        Err(_) => 0,
+        QueueRoom(depths)
+    }
+
+    /// Rows of this queue's kind to claim now: the batch, bounded by the room
+    /// under the high-water mark.
+    fn limit(&self, queue: &str, cfg: &crate::context::PipelineConfig) -> i64 {
+        let depth = self
+            .0
+            .iter()
+            .find(|(n, _)| n == queue)
+            .map_or(0, |(_, d)| *d);
+        let room = i64::try_from(cfg.queue_high_water.saturating_sub(depth)).unwrap_or(0);
+        cfg.reconcile_batch.min(room)
     }
 }
