@@ -179,9 +179,11 @@ impl Queues {
             apalis_redis::Config::default()
                 .queue(queue)
                 .batch_size(names::FETCH_BATCH)
-                // Results are in our database; keeping them in Redis would
-                // grow memory with every job ever run.
-                .persist_results(false)
+                // In apalis-redis 1.0 this is also what acknowledges a job
+                // (takes it out of the worker's in-flight set); without it
+                // finished jobs would look orphaned forever. `Queues::vacuum`
+                // removes finished jobs' bookkeeping.
+                .persist_results(true)
                 .emit_events(false)
                 .heartbeat_interval(names::HEARTBEAT)
         };
@@ -309,6 +311,89 @@ impl Queues {
                 push_all(&mut storages.deliver.clone(), deliver, &names.deliver).await
             }
         }
+    }
+
+    /// Deletes finished jobs' bookkeeping older than `older_than`. apalis
+    /// keeps every finished job's data and status in the backend; our
+    /// database already records what happened, so the queue keeps only
+    /// recent history for the dashboard. Returns how many jobs were removed.
+    pub async fn vacuum(&self, older_than: std::time::Duration) -> Result<usize, QueueError> {
+        use apalis_core::backend::Vacuum;
+        let err = |queue: &str, e: &dyn fmt::Display| QueueError {
+            queue: queue.to_owned(),
+            message: e.to_string(),
+        };
+        let mut removed = 0;
+        match self {
+            Queues::Redis {
+                storages,
+                conn,
+                names,
+            } => {
+                removed += storages
+                    .submit
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.submit, &e))?;
+                removed += storages
+                    .poll
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.poll, &e))?;
+                removed += storages
+                    .finalize
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.finalize, &e))?;
+                removed += storages
+                    .deliver
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.deliver, &e))?;
+                // The done set only feeds the board's counters and would
+                // otherwise hold the id of every job ever run.
+                let mut pipe = redis::pipe();
+                for name in names.all() {
+                    pipe.cmd("DEL").arg(format!("{name}:done")).ignore();
+                }
+                pipe.query_async::<()>(&mut conn.clone())
+                    .await
+                    .map_err(|e| err("redis", &e))?;
+            }
+            Queues::Sqlite {
+                storages, names, ..
+            } => {
+                removed += storages
+                    .submit
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.submit, &e))?;
+                removed += storages
+                    .poll
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.poll, &e))?;
+                removed += storages
+                    .finalize
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.finalize, &e))?;
+                removed += storages
+                    .deliver
+                    .clone()
+                    .vacuum_before(older_than)
+                    .await
+                    .map_err(|e| err(&names.deliver, &e))?;
+            }
+        }
+        Ok(removed)
     }
 
     /// Whether the backend answers.

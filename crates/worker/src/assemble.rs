@@ -116,6 +116,7 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         bot,
         limiter,
         config,
+        last_vacuum_minute: Default::default(),
     }))
 }
 

@@ -120,6 +120,8 @@ pub struct Ctx {
     pub limiter: Arc<dyn DeliveryLimiter>,
     /// Timings and limits.
     pub config: PipelineConfig,
+    /// The minute (since the epoch) of the last queue vacuum.
+    pub last_vacuum_minute: std::sync::atomic::AtomicI64,
 }
 
 impl Ctx {
@@ -134,6 +136,7 @@ impl Ctx {
             bot: self.bot.clone(),
             limiter: self.limiter.clone(),
             config: self.config.clone(),
+            last_vacuum_minute: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

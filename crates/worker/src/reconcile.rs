@@ -48,10 +48,26 @@ impl Report {
     }
 }
 
+/// How long finished jobs' bookkeeping stays in the queue backend.
+pub const QUEUE_RETENTION: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// The cron handler.
 #[tracing::instrument(name = "job.reconcile", skip_all)]
 pub async fn handle(_tick: Tick, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
     let report = tick(&ctx).await?;
+    // Once a minute (per process; vacuuming twice is harmless).
+    let minute = now_ms() / 60_000;
+    if ctx
+        .last_vacuum_minute
+        .swap(minute, std::sync::atomic::Ordering::Relaxed)
+        != minute
+    {
+        match ctx.queues.vacuum(QUEUE_RETENTION).await {
+            Ok(n) if n > 0 => info!(removed = n, "vacuumed finished jobs from the queue"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "queue vacuum failed"),
+        }
+    }
     if report.enqueued() > 0 || report.expired > 0 {
         info!(?report, "reconciled");
     } else {

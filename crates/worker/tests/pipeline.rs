@@ -331,3 +331,22 @@ async fn dry_run_calls_no_kie_endpoint_and_charges_nothing(flavor: Flavor) {
     finish(h).await;
 }
 on_both!(dry_run, dry_run_calls_no_kie_endpoint_and_charges_nothing);
+
+async fn finished_jobs_are_vacuumed_from_the_queue(flavor: Flavor) {
+    let mut h = Harness::start(flavor).await;
+    let user = h.funded_user(Money::from_minor(5_000)).await;
+    h.start_workers(2);
+    h.confirm(user, "google/nano-banana", price()).await;
+    h.wait_settled(SETTLE).await.unwrap();
+    h.stop_workers().await;
+    // Submit, poll, finalize and deliver each left bookkeeping behind.
+    let removed = h.ctx.queues.vacuum(Duration::ZERO).await.unwrap();
+    assert!(removed >= 4, "removed {removed}");
+    assert_eq!(
+        h.ctx.queues.vacuum(Duration::ZERO).await.unwrap(),
+        0,
+        "nothing left"
+    );
+    finish(h).await;
+}
+on_both!(vacuum, finished_jobs_are_vacuumed_from_the_queue);
