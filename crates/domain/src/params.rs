@@ -583,6 +583,63 @@ mod tests {
         );
     }
 
+    fn any_value() -> impl proptest::strategy::Strategy<Value = ParamValue> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "\\PC{0,20}".prop_map(ParamValue::Text),
+            any::<i64>().prop_map(ParamValue::Int),
+            (-1e6f64..1e6).prop_map(ParamValue::Num),
+            any::<bool>().prop_map(ParamValue::Bool),
+            prop_oneof![
+                Just("1:1".to_owned()),
+                Just("16:9".to_owned()),
+                "[a-z0-9:]{0,5}"
+            ]
+            .prop_map(ParamValue::Choice),
+            proptest::collection::vec(
+                prop_oneof![Just("https://x/a.png".to_owned()), "\\PC{0,12}"],
+                0..3
+            )
+            .prop_map(ParamValue::Files),
+        ]
+    }
+
+    proptest::proptest! {
+        // Whatever a user or a forged callback supplies, validation either
+        // refuses it or yields parameters that every field accepts, and the
+        // request never carries a name KIE does not know.
+        #[test]
+        fn validation_accepts_only_what_every_field_allows(
+            values in proptest::collection::btree_map(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("prompt".to_owned()),
+                    proptest::strategy::Just("image_input".to_owned()),
+                    proptest::strategy::Just("ratio".to_owned()),
+                    proptest::strategy::Just("num_images".to_owned()),
+                    proptest::strategy::Just("guidance_scale".to_owned()),
+                    proptest::strategy::Just("seed".to_owned()),
+                    proptest::strategy::Just("sound".to_owned()),
+                    "[a-z]{1,6}",
+                ],
+                any_value(),
+                0..8,
+            )
+        ) {
+            let m = sample_model();
+            if let Ok(p) = Params::validate(&m, &values) {
+                for (name, v) in p.values() {
+                    let f = m.field(name).expect("only known fields survive");
+                    proptest::prop_assert!(check_value(f, v).is_ok(), "{name}={v:?}");
+                }
+                let input = p.kie_input(&m);
+                for key in input.keys() {
+                    proptest::prop_assert!(m.fields.iter().any(|f| f.kie_name() == key), "{key}");
+                }
+                proptest::prop_assert!(crate::pricing::Pricing::default().price(&m, &p).is_ok());
+            }
+        }
+    }
+
     #[test]
     fn uploads_are_checked_for_type_and_size() {
         let m = sample_model();
