@@ -37,7 +37,7 @@ fn bench_pipeline() -> PipelineConfig {
         poll_first: Duration::ZERO,
         poll_max: Duration::from_secs(2),
         lease: Duration::from_secs(30),
-        pending_grace: Duration::from_secs(30),
+        pending_grace: Duration::from_secs(2),
         reconcile_batch: 2000,
         ..PipelineConfig::default()
     }
