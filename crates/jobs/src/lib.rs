@@ -132,6 +132,49 @@ pub type SqliteStorages = Storages<
     SqliteStorage<Deliver>,
 >;
 
+/// Pushes each kind's jobs to its storage; the same code for both backends,
+/// whose storages differ in type.
+macro_rules! push_storages {
+    ($st:expr, $names:expr, $submit:expr, $poll:expr, $finalize:expr, $deliver:expr) => {{
+        push_all(&mut $st.submit.clone(), $submit, &$names.submit).await?;
+        push_all(&mut $st.poll.clone(), $poll, &$names.poll).await?;
+        push_all(&mut $st.finalize.clone(), $finalize, &$names.finalize).await?;
+        push_all(&mut $st.deliver.clone(), $deliver, &$names.deliver).await
+    }};
+}
+
+/// Vacuums every storage of one backend; evaluates to the jobs removed.
+macro_rules! vacuum_storages {
+    ($st:expr, $names:expr, $older:expr, $err:expr) => {{
+        let mut removed = 0;
+        removed += $st
+            .submit
+            .clone()
+            .vacuum_before($older)
+            .await
+            .map_err(|e| $err(&$names.submit, &e))?;
+        removed += $st
+            .poll
+            .clone()
+            .vacuum_before($older)
+            .await
+            .map_err(|e| $err(&$names.poll, &e))?;
+        removed += $st
+            .finalize
+            .clone()
+            .vacuum_before($older)
+            .await
+            .map_err(|e| $err(&$names.finalize, &e))?;
+        removed += $st
+            .deliver
+            .clone()
+            .vacuum_before($older)
+            .await
+            .map_err(|e| $err(&$names.deliver, &e))?;
+        removed
+    }};
+}
+
 /// The enqueue side, over either backend.
 #[derive(Clone)]
 pub enum Queues {
@@ -297,18 +340,12 @@ impl Queues {
                 if deferred > 0 {
                     tracing::debug!(deferred, "queue backlog full; jobs left to the reconciler");
                 }
-                push_all(&mut storages.submit.clone(), submit, &names.submit).await?;
-                push_all(&mut storages.poll.clone(), poll, &names.poll).await?;
-                push_all(&mut storages.finalize.clone(), finalize, &names.finalize).await?;
-                push_all(&mut storages.deliver.clone(), deliver, &names.deliver).await
+                push_storages!(storages, names, submit, poll, finalize, deliver)
             }
             Queues::Sqlite {
                 storages, names, ..
             } => {
-                push_all(&mut storages.submit.clone(), submit, &names.submit).await?;
-                push_all(&mut storages.poll.clone(), poll, &names.poll).await?;
-                push_all(&mut storages.finalize.clone(), finalize, &names.finalize).await?;
-                push_all(&mut storages.deliver.clone(), deliver, &names.deliver).await
+                push_storages!(storages, names, submit, poll, finalize, deliver)
             }
         }
     }
@@ -330,30 +367,7 @@ impl Queues {
                 conn,
                 names,
             } => {
-                removed += storages
-                    .submit
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.submit, &e))?;
-                removed += storages
-                    .poll
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.poll, &e))?;
-                removed += storages
-                    .finalize
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.finalize, &e))?;
-                removed += storages
-                    .deliver
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.deliver, &e))?;
+                removed += vacuum_storages!(storages, names, older_than, err);
                 // The done set only feeds the board's counters and would
                 // otherwise hold the id of every job ever run.
                 let mut pipe = redis::pipe();
@@ -367,30 +381,7 @@ impl Queues {
             Queues::Sqlite {
                 storages, names, ..
             } => {
-                removed += storages
-                    .submit
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.submit, &e))?;
-                removed += storages
-                    .poll
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.poll, &e))?;
-                removed += storages
-                    .finalize
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.finalize, &e))?;
-                removed += storages
-                    .deliver
-                    .clone()
-                    .vacuum_before(older_than)
-                    .await
-                    .map_err(|e| err(&names.deliver, &e))?;
+                removed += vacuum_storages!(storages, names, older_than, err);
             }
         }
         Ok(removed)
