@@ -148,6 +148,14 @@ pub async fn run_until(
         ))),
         _ => None,
     };
+    // Polling watches for broadcasts itself; a webhook front must too, or a
+    // broadcast whose process died would wait for a polling process forever.
+    if let (Some(d), BotMode::Webhook) = (&deps, settings.bot_mode) {
+        tokio::spawn(kiebot_bot::watch_broadcasts(
+            d.clone(),
+            stopped(stop_rx.clone()),
+        ));
+    }
 
     shutdown.await;
     tracing::info!("shutting down");

@@ -1,13 +1,13 @@
 //! Admin tools inside the bot (`ADMIN_IDS` and users with an admin role):
-//! statistics, user lookup, audited balance adjustments, block/unblock,
-//! failed generations, Stars refunds and maintenance mode. Callers check
-//! [`Ctx::is_admin`] first.
+//! statistics, user lookup, audited balance adjustments, limited admins'
+//! budgets (the owner only), block/unblock, failed generations, Stars refunds
+//! and maintenance mode. Callers check [`Ctx::is_admin`] first.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
 
 use kiebot_domain::{Money, UserId};
-use kiebot_store::{StoreError, now_ms};
+use kiebot_store::{Role, StoreError, now_ms};
 use kiebot_tg::callback::AdminCb;
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang};
@@ -70,6 +70,22 @@ pub(crate) async fn command(ctx: &Ctx, name: &str, args: &str) -> anyhow::Result
             match (user, amount) {
                 (Some(u), Some(a)) if a != Money::ZERO && !reason.is_empty() => adjust(ctx, u, a, &reason).await,
                 _ => ctx.send(say(lang, "Использование: /adjust ID СУММА ПРИЧИНА (сумма может быть отрицательной)".into(), "Usage: /adjust ID AMOUNT REASON (the amount may be negative)".into()), None).await,
+            }
+        }
+        "budget" => {
+            let user = target(words.next());
+            let budget = match words.next() {
+                Some("off") => Some(None),
+                Some(a) => Money::from_str(a)
+                    .ok()
+                    .filter(|m| *m >= Money::ZERO)
+                    .map(Some),
+                None => None,
+            };
+            let reason = words.collect::<Vec<_>>().join(" ");
+            match (user, budget) {
+                (Some(u), Some(b)) if !reason.is_empty() => set_budget(ctx, u, b, &reason).await,
+                _ => ctx.send(say(lang, "Использование: /budget ID СУММА ПРИЧИНА или /budget ID off ПРИЧИНА (бюджет — сколько администратор ещё может потратить)".into(), "Usage: /budget ID AMOUNT REASON or /budget ID off REASON (the budget is what the admin may still spend)".into()), None).await,
             }
         }
         "broadcast" => crate::broadcast::start(ctx, args).await,
@@ -246,6 +262,9 @@ async fn user_card(ctx: &Ctx, user: UserId) -> anyhow::Result<()> {
         texts::money(w.held),
         u.referrer.map_or_else(|| "-".to_owned(), |r| r.to_string()),
     );
+    if let Some(b) = u.admin_budget {
+        let _ = write!(t, "\nadmin budget: {}", texts::money(b));
+    }
     for g in gens {
         let _ = write!(
             t,
@@ -347,6 +366,74 @@ async fn adjust(ctx: &Ctx, user: UserId, amount: Money, reason: &str) -> anyhow:
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Sets (or removes) a limited admin's budget: what their generations may
+/// still cost the operator. Only the owner may, or admins could raise their
+/// own. Setting an absolute value is idempotent, so a redelivered command
+/// changes nothing more (the audit log shows both).
+async fn set_budget(
+    ctx: &Ctx,
+    user: UserId,
+    budget: Option<Money>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let lang = ctx.lang;
+    if !ctx.is_owner() {
+        return ctx
+            .send(
+                say(
+                    lang,
+                    "Бюджеты администраторов задаёт только владелец.".into(),
+                    "Only the owner sets admin budgets.".into(),
+                ),
+                None,
+            )
+            .await;
+    }
+    let Some(u) = ctx.deps.store.users().get(user).await? else {
+        return ctx
+            .send(
+                say(
+                    lang,
+                    format!("Пользователь {user} не найден."),
+                    format!("User {user} not found."),
+                ),
+                None,
+            )
+            .await;
+    };
+    let is_owner = ctx.deps.owner() == Some(user) || u.role == Role::Owner;
+    let is_admin = ctx.deps.admin_ids.contains(&user) || u.role == Role::Admin;
+    if is_owner || !is_admin {
+        return ctx
+            .send(
+                say(
+                    lang,
+                    format!("{user} — не ограниченный администратор: бюджет ему не нужен."),
+                    format!("{user} is not a limited admin: a budget would not apply."),
+                ),
+                None,
+            )
+            .await;
+    }
+    let before = ctx
+        .deps
+        .store
+        .users()
+        .set_admin_budget_audited(user, budget, ctx.uid, reason)
+        .await?;
+    let show = |b: Option<Money>| b.map_or_else(|| "—".to_owned(), texts::money);
+    let (now, was) = (show(budget), show(before));
+    ctx.send(
+        say(
+            lang,
+            format!("Бюджет администратора {user}: {now} (было {was})."),
+            format!("Admin budget of {user}: {now} (was {was})."),
+        ),
+        None,
+    )
+    .await
 }
 
 /// Refunds a Stars payment: the ledger first (so money the wallet still

@@ -1,57 +1,38 @@
 //! Admin broadcasts: one text to every user who is not blocked, paced by the
-//! shared delivery limiter, resumable after a restart, with a report.
+//! shared delivery limiter, sent by exactly one front process at a time,
+//! resumable after a restart, with a report.
 //!
-//! The job's state (text, the last user id done, counters) lives in the
-//! settings row [`BROADCAST_KEY`] and is written after every message, so a
-//! restart resumes after the last user reached ([`resume_broadcast`]); at
-//! most the one message in flight at the crash can be sent twice. One
-//! broadcast runs at a time per deployment: start it from one bot process.
+//! The broadcast is a row in the database (`store.broadcasts()`), not state
+//! of the process that started it. A runner takes its lease, renews it with
+//! every recipient, and moves the cursor to a recipient before sending to it,
+//! conditional on still holding the lease. Every front process watches for a
+//! running broadcast whose lease has lapsed ([`watch_broadcasts`]) and takes
+//! it over from the cursor, so a broadcast survives the death of the process
+//! that ran it, and two processes never send to the same recipient. A
+//! process that dies between taking a recipient and sending costs that one
+//! recipient the message (rather than sending it twice).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiebot_store::StoreError;
+use kiebot_store::{Broadcast, BroadcastId, Claim, NewBroadcast, now_ms};
 use kiebot_tg::texts::{self, Lang};
-use serde::{Deserialize, Serialize};
 use teloxide::prelude::*;
 
 use crate::{BotDeps, Ctx};
 
-/// Settings key of the running broadcast.
-pub const BROADCAST_KEY: &str = "broadcast";
+/// How long a runner's lease lasts unless renewed. Every recipient renews
+/// it, so it only has to outlast one message (and a Telegram `retry_after`
+/// pause, which renews it as it waits); a takeover after a crash waits at
+/// most this long.
+pub const BROADCAST_LEASE: Duration = Duration::from_secs(30);
 
-/// Users fetched per query.
-const BATCH: i64 = 100;
+/// How often an idle front process looks for a broadcast to take over.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
 
-/// A broadcast in progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Broadcast {
-    pub text: String,
-    /// Users with a greater id are still to do.
-    pub cursor: i64,
-    pub sent: u64,
-    pub failed: u64,
-    /// Where the report goes.
-    pub admin_chat: i64,
-    pub lang: String,
-}
-
-async fn load(deps: &BotDeps) -> Result<Option<Broadcast>, StoreError> {
-    Ok(deps
-        .store
-        .settings()
-        .get(BROADCAST_KEY)
-        .await?
-        .and_then(|s| serde_json::from_str(&s).ok()))
-}
-
-async fn save(deps: &BotDeps, b: &Broadcast) -> anyhow::Result<()> {
-    deps.store
-        .settings()
-        .set(BROADCAST_KEY, &serde_json::to_string(b)?)
-        .await?;
-    Ok(())
-}
+/// Recipients fetched per query.
+const BATCH: u32 = 100;
 
 /// `/broadcast TEXT`: records the broadcast and starts sending in the
 /// background.
@@ -69,7 +50,13 @@ pub(crate) async fn start(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
             )
             .await;
     }
-    if load(&ctx.deps).await?.is_some() {
+    let new = NewBroadcast {
+        text: text.trim().to_owned(),
+        admin_chat: ctx.chat.0,
+        lang: lang.code().to_owned(),
+        created_by: ctx.uid,
+    };
+    if ctx.deps.store.broadcasts().create(&new).await?.is_none() {
         return ctx
             .send(
                 texts::admin_report(
@@ -81,15 +68,6 @@ pub(crate) async fn start(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
             )
             .await;
     }
-    let b = Broadcast {
-        text: text.trim().to_owned(),
-        cursor: i64::MIN,
-        sent: 0,
-        failed: 0,
-        admin_chat: ctx.chat.0,
-        lang: lang.code().to_owned(),
-    };
-    save(&ctx.deps, &b).await?;
     ctx.send(
         texts::admin_report(lang, "Рассылка запущена.", "Broadcast started."),
         None,
@@ -100,55 +78,149 @@ pub(crate) async fn start(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the rest of a recorded broadcast, if there is one, and reports to
-/// the admin who started it. Call once at start-up (polling does).
+/// Sends the rest of the running broadcast, if there is one and no other
+/// process holds it, and reports to the admin who started it. Returns when
+/// it is done, when another process holds it, or when the lease was lost.
 pub async fn resume_broadcast(deps: &BotDeps) {
-    if let Err(e) = run(deps).await {
+    resume_broadcast_with_lease(deps, BROADCAST_LEASE).await;
+}
+
+/// [`resume_broadcast`] with another lease (tests take over quickly).
+pub async fn resume_broadcast_with_lease(deps: &BotDeps, lease: Duration) {
+    if let Err(e) = run(deps, lease).await {
         tracing::error!(
             error = format!("{e:#}"),
-            "broadcast stopped; it resumes on the next start"
+            "broadcast stopped; another process (or the next start) takes it over when its lease lapses"
         );
     }
 }
 
-async fn run(deps: &BotDeps) -> anyhow::Result<()> {
-    let Some(mut b) = load(deps).await? else {
-        return Ok(());
-    };
-    tracing::info!(cursor = b.cursor, "broadcast running");
+/// Watches for a running broadcast this process may send (a new one, or one
+/// whose runner died) until `shutdown` resolves. Every front process runs
+/// one; the lease lets exactly one of them send.
+pub async fn watch_broadcasts(deps: BotDeps, shutdown: impl Future<Output = ()>) {
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM users WHERE id > $1 AND blocked = $2 ORDER BY id LIMIT $3",
-        )
-        .bind(b.cursor)
-        .bind(false)
-        .bind(BATCH)
-        .fetch_all(deps.store.pool())
-        .await?;
-        if ids.is_empty() {
-            break;
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = resume_broadcast(&deps) => {}
         }
-        for id in ids {
-            let chat = ChatId(id);
-            deps.limiter.acquire(chat).await;
-            match deps.bot.send_message(chat, b.text.clone()).await {
-                Ok(_) => b.sent += 1,
-                Err(teloxide::RequestError::RetryAfter(after)) => {
-                    let wait = after.duration();
-                    deps.limiter.note_retry_after(None, wait).await;
-                    tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
-                    match deps.bot.send_message(chat, b.text.clone()).await {
-                        Ok(_) => b.sent += 1,
-                        Err(_) => b.failed += 1,
-                    }
-                }
-                Err(_) => b.failed += 1,
-            }
-            b.cursor = id;
-            save(deps, &b).await?;
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(CHECK_EVERY) => {}
         }
     }
-    deps.store.settings().delete(BROADCAST_KEY).await?;
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// This runner's name in the lease: unique per run, so that a process that
+/// lost its lease and tries again is a different runner.
+fn runner_name() -> String {
+    format!("{}:{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+async fn run(deps: &BotDeps, lease: Duration) -> anyhow::Result<()> {
+    let store = deps.store.broadcasts();
+    let runner = runner_name();
+    let lease_ms = millis(lease);
+    let b = match store.claim(&runner, now_ms(), lease_ms).await? {
+        Claim::Claimed(b) => b,
+        Claim::Idle => return Ok(()),
+        Claim::Held { until } => {
+            tracing::debug!(until, "the broadcast runs in another process");
+            return Ok(());
+        }
+    };
+    tracing::info!(broadcast = %b.id, cursor = b.cursor, %runner, "broadcast running");
+    let mut cursor = b.cursor;
+    loop {
+        let batch = store.recipients_after(cursor, BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for user in batch {
+            let chat = ChatId(user.0);
+            // The limiter first: its wait must not eat into the lease taken
+            // with the recipient.
+            deps.limiter.acquire(chat).await;
+            if !store
+                .advance(b.id, &runner, cursor, user, now_ms(), lease_ms)
+                .await?
+            {
+                tracing::info!(broadcast = %b.id, "broadcast lease lost; another process continues");
+                return Ok(());
+            }
+            cursor = user.0;
+            let (delivered, holding) = send(deps, &b, chat, &runner, lease).await?;
+            store.record(b.id, delivered).await?;
+            if !holding {
+                tracing::info!(broadcast = %b.id, "broadcast lease lost; another process continues");
+                return Ok(());
+            }
+        }
+    }
+    // Only the runner that finishes it reports, so the admin hears once.
+    let Some(done) = store.finish(b.id, &runner).await? else {
+        return Ok(());
+    };
+    report(deps, &done).await;
+    Ok(())
+}
+
+/// Sends the text to one recipient, waiting out one `retry_after` (renewing
+/// the lease meanwhile). `(delivered, still holding the lease)`.
+async fn send(
+    deps: &BotDeps,
+    b: &Broadcast,
+    chat: ChatId,
+    runner: &str,
+    lease: Duration,
+) -> anyhow::Result<(bool, bool)> {
+    match deps.bot.send_message(chat, b.text.clone()).await {
+        Ok(_) => Ok((true, true)),
+        Err(teloxide::RequestError::RetryAfter(after)) => {
+            let wait = after.duration().max(Duration::from_millis(100));
+            deps.limiter.note_retry_after(None, wait).await;
+            if !pause(deps, b.id, runner, wait, lease).await? {
+                return Ok((false, false));
+            }
+            let delivered = deps.bot.send_message(chat, b.text.clone()).await.is_ok();
+            Ok((delivered, true))
+        }
+        Err(_) => Ok((false, true)),
+    }
+}
+
+/// Sleeps `wait`, renewing the lease often enough that it does not lapse.
+/// `false`: it was lost meanwhile.
+async fn pause(
+    deps: &BotDeps,
+    id: BroadcastId,
+    runner: &str,
+    wait: Duration,
+    lease: Duration,
+) -> anyhow::Result<bool> {
+    let mut left = wait;
+    while !left.is_zero() {
+        let step = left.min((lease / 3).max(Duration::from_millis(10)));
+        tokio::time::sleep(step).await;
+        left = left.saturating_sub(step);
+        if !deps
+            .store
+            .broadcasts()
+            .renew(id, runner, now_ms(), millis(lease))
+            .await?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn report(deps: &BotDeps, b: &Broadcast) {
     let lang = Lang::parse(&b.lang);
     let (sent, failed) = (b.sent, b.failed);
     let report = texts::admin_report(
@@ -159,6 +231,5 @@ async fn run(deps: &BotDeps) -> anyhow::Result<()> {
     if let Err(e) = deps.bot.send_message(ChatId(b.admin_chat), report).await {
         tracing::warn!(error = %e, "broadcast report not delivered");
     }
-    tracing::info!(sent, failed, "broadcast finished");
-    Ok(())
+    tracing::info!(broadcast = %b.id, sent, failed, "broadcast finished");
 }

@@ -22,8 +22,10 @@
 //! - `payments`: Telegram Stars invoices, `pre_checkout_query`,
 //!   `successful_payment`, promo codes, the referral bonus.
 //! - `admin`: statistics, user lookup, balance adjustments, block, refunds,
-//!   failed generations, maintenance mode; `broadcast`: a rate-limited,
-//!   resumable message to every user, with a report.
+//!   failed generations, maintenance mode, limited admins' budgets;
+//!   `broadcast`: a rate-limited message to every user with a report, sent
+//!   by one front process at a time under a lease in the database, and taken
+//!   over from where it stopped when that process dies.
 //! - `callbacks` and `messages`: route a parsed button ([`kiebot_tg::callback::Cb`])
 //!   or a message (command, text, file) to the above.
 //!
@@ -68,7 +70,9 @@ mod payments;
 mod state;
 mod wizard;
 
-pub use broadcast::{BROADCAST_KEY, resume_broadcast};
+pub use broadcast::{
+    BROADCAST_LEASE, resume_broadcast, resume_broadcast_with_lease, watch_broadcasts,
+};
 pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
 
 /// How long a dialogue (a half-filled wizard) is kept.
@@ -260,9 +264,9 @@ fn update_kind(u: &Update) -> &'static str {
 pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut offset: i32 = 0;
-    // A broadcast interrupted by the last shutdown continues.
-    let resumed = deps.clone();
-    tokio::spawn(async move { resume_broadcast(&resumed).await });
+    // A broadcast interrupted by the last shutdown (or left by a process
+    // that died) continues here unless another process holds it.
+    let broadcasts = tokio::spawn(watch_broadcasts(deps.clone(), std::future::pending()));
     // A webhook left over from another mode would make getUpdates fail.
     if let Err(e) = deps.bot.delete_webhook().await {
         tracing::warn!(error = %e, "deleteWebhook failed");
@@ -315,6 +319,8 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
         });
         futures::future::join_all(work).await;
     }
+    // A broadcast cut short here is taken over when its lease lapses.
+    broadcasts.abort();
     tracing::info!("polling stopped");
 }
 

@@ -186,8 +186,8 @@ async fn command(ctx: &Ctx, cmd: &str) -> anyhow::Result<()> {
                 .await
         }
         "promo" => payments::promo(ctx, arg).await,
-        "admin" | "stats" | "user" | "adjust" | "block" | "unblock" | "refund" | "failed"
-        | "maintenance" | "broadcast" => {
+        "admin" | "stats" | "user" | "adjust" | "budget" | "block" | "unblock" | "refund"
+        | "failed" | "maintenance" | "broadcast" => {
             if !ctx.is_admin() {
                 return ctx.send(texts::admin_only(ctx.lang), None).await;
             }

@@ -18,7 +18,7 @@ use kiebot_domain::{
     Field, FieldKind, GenerationId, Model, Money, ParamError, ParamValue, Params, PromptError,
 };
 use kiebot_jobs::Job;
-use kiebot_store::{Creation, NewGeneration, StoreError};
+use kiebot_store::{Creation, Funding, NewGeneration, StoreError};
 use kiebot_tg::callback::{Cb, DraftId};
 use kiebot_tg::keyboards::{self, StepNav};
 use kiebot_tg::texts::{self, Ask, Button, Lang, PriceNote, Refusal};
@@ -281,36 +281,96 @@ fn step_screen(lang: Lang, model: &Model, draft: &Draft) -> (String, InlineKeybo
     (text, keyboards::wizard_step(lang, draft.id, choices, nav))
 }
 
+/// What confirming a draft costs whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Priced {
+    /// What the wallet holds (zero when something else pays).
+    price: Money,
+    /// Why it differs from the model's price.
+    note: PriceNote,
+    /// Who else pays, taken in the confirm transaction.
+    funding: Funding,
+}
+
+impl Priced {
+    /// The price the confirm screen shows: what the wallet pays, or what
+    /// the admin budget pays.
+    fn shown(&self) -> Money {
+        match &self.funding {
+            Funding::AdminBudget { amount } => *amount,
+            Funding::Wallet | Funding::FreeQuota { .. } => self.price,
+        }
+    }
+}
+
 /// The user's price for validated parameters, and why it differs from the
-/// model's price: dry run and the owner pay nothing, and a daily free use
-/// (while the quota lasts) is free.
+/// model's price: dry run and the owner pay nothing, a daily free use (while
+/// the quota lasts) is free, and a limited admin with a budget spends the
+/// budget instead of their balance.
 async fn decide_price(
     ctx: &Ctx,
     model: &Model,
     params: &Params,
-) -> anyhow::Result<Result<(Money, PriceNote), String>> {
+) -> anyhow::Result<Result<Priced, String>> {
     let base = match ctx.deps.pricing.price(model, params) {
         Ok(p) => p,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    let free_of_charge = |note| Priced {
+        price: Money::ZERO,
+        note,
+        funding: Funding::Wallet,
+    };
     if ctx.deps.dry_run {
-        return Ok(Ok((Money::ZERO, PriceNote::DryRun)));
+        return Ok(Ok(free_of_charge(PriceNote::DryRun)));
     }
     if ctx.is_owner() {
-        return Ok(Ok((Money::ZERO, PriceNote::Owner)));
+        return Ok(Ok(free_of_charge(PriceNote::Owner)));
     }
-    if model.free_daily > 0 && base.is_positive() {
+    if !base.is_positive() {
+        return Ok(Ok(free_of_charge(PriceNote::None)));
+    }
+    if model.free_daily > 0 {
+        let day = today();
         let used = ctx
             .deps
             .store
             .free_usage()
-            .used_today(ctx.uid, &model.id, &today())
+            .used_today(ctx.uid, &model.id, &day)
             .await?;
         if used < model.free_daily {
-            return Ok(Ok((Money::ZERO, PriceNote::FreeQuota)));
+            // Taken in the confirm transaction and given back if the
+            // generation fails: a free use counts only for a result.
+            return Ok(Ok(Priced {
+                price: Money::ZERO,
+                note: PriceNote::FreeQuota,
+                funding: Funding::FreeQuota {
+                    day,
+                    limit: model.free_daily,
+                },
+            }));
         }
     }
-    Ok(Ok((base, PriceNote::None)))
+    // A free use comes first, so the budget lasts longer. An admin without a
+    // budget pays from their balance like any user. When the budget runs
+    // short, the confirmation is refused rather than charged to the admin's
+    // own balance: the budget is the operator's money for staff work, and
+    // staff should not find their personal balance spent (or be asked to top
+    // up) without having chosen it; the owner raises the budget instead.
+    if ctx.is_admin()
+        && let Some(left) = ctx.user.admin_budget
+    {
+        return Ok(Ok(Priced {
+            price: Money::ZERO,
+            note: PriceNote::AdminBudget { left },
+            funding: Funding::AdminBudget { amount: base },
+        }));
+    }
+    Ok(Ok(Priced {
+        price: base,
+        note: PriceNote::None,
+        funding: Funding::Wallet,
+    }))
 }
 
 /// Free quotas count days in the server's local time zone.
@@ -342,7 +402,7 @@ async fn confirm_screen(
             ));
         }
     };
-    let (price, note) = match decide_price(ctx, model, &params).await? {
+    let priced = match decide_price(ctx, model, &params).await? {
         Ok(x) => x,
         Err(why) => {
             return Ok((
@@ -371,7 +431,13 @@ async fn confirm_screen(
         .collect();
     let has_advanced = !draft.advanced && advanced_fields(model).next().is_some();
     Ok((
-        texts::confirm(lang, model.name.get(lang.code()), &summary, price, note),
+        texts::confirm(
+            lang,
+            model.name.get(lang.code()),
+            &summary,
+            priced.shown(),
+            priced.note,
+        ),
         keyboards::confirm(lang, draft.id, has_advanced, back),
     ))
 }
@@ -669,7 +735,11 @@ pub(crate) async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyhow::
         Ok(p) => p,
         Err(e) => return refuse(ctx, model, draft, refusal_of(&e)).await,
     };
-    let (price, note) = match decide_price(ctx, model, &params).await? {
+    let Priced {
+        price,
+        note,
+        funding,
+    } = match decide_price(ctx, model, &params).await? {
         Ok(x) => x,
         Err(why) => return refuse(ctx, model, draft, Refusal::Invalid(why)).await,
     };
@@ -685,17 +755,14 @@ pub(crate) async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyhow::
         max_active: ctx.deps.max_active,
     };
     let name = model.name.get(lang.code());
-    match ctx.deps.store.generations().create_pending(&new).await {
+    match ctx
+        .deps
+        .store
+        .generations()
+        .create_pending_funded(&new, &funding)
+        .await
+    {
         Ok(Creation::Created(id)) => {
-            if note == PriceNote::FreeQuota {
-                // Counted at confirm: the quota is what the user was promised
-                // on the confirm screen.
-                ctx.deps
-                    .store
-                    .free_usage()
-                    .consume(ctx.uid, &model.id, &today(), model.free_daily)
-                    .await?;
-            }
             ctx.set_dialogue(&Dialogue::Confirmed {
                 draft: draft.id,
                 generation: id,
@@ -731,6 +798,21 @@ pub(crate) async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyhow::
             .await
         }
         Err(StoreError::Blocked { .. }) => ctx.send(texts::blocked(lang), None).await,
+        // Another confirmation took the last free use since this screen was
+        // shown: show the screen again with the price, never charge unseen.
+        Err(StoreError::FreeQuotaUsedUp { .. }) => {
+            render(ctx, model, draft, Some(texts::free_quota_used_up(lang))).await
+        }
+        Err(StoreError::BudgetExhausted {
+            available,
+            requested,
+        }) => {
+            ctx.send(
+                texts::admin_budget_exhausted(lang, requested, available.unwrap_or(Money::ZERO)),
+                Some(keyboards::home(lang)),
+            )
+            .await
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeSet, VecDeque};
 
 use common::{App, Options, PNG, buttons_of};
-use kiebot_domain::{GenerationId, GenerationStatus, Money, UserId};
+use kiebot_domain::{GenerationId, Money, UserId};
 use kiebot_testkit::telegram::{FakeUser, FileContent};
 use kiebot_tg::callback::{Cb, DraftId, MAX_LEN};
 use teloxide::prelude::*;
@@ -603,13 +603,16 @@ async fn the_owner_is_not_charged_and_z_image_is_free_five_times_a_day() {
             "{i}: {confirm}"
         );
         app.press(user, "Confirm").await;
-        // Finish it so the active limit does not interfere.
+        // Finish it (successfully: a failed one would give its free use
+        // back) so the active limit does not interfere.
         let g = app.generations(user).await[0].id;
-        app.store()
-            .generations()
-            .transition(g, &[], GenerationStatus::Canceled)
-            .await
-            .unwrap();
+        let gens = app.store().generations();
+        assert!(
+            gens.mark_submitted(g, &format!("t{g}"), 0, i64::MAX)
+                .await
+                .unwrap()
+        );
+        assert!(gens.finish_success(g, "{}").await.unwrap());
     }
     let prices: Vec<Money> = app
         .generations(user)
@@ -819,22 +822,36 @@ async fn a_broadcast_reaches_every_unblocked_user_reports_and_resumes_after_a_re
     );
     assert_eq!(app.last_text(201), "Big news");
     assert_ne!(app.last_text(203), "Big news");
-    assert!(
-        app.store()
-            .settings()
-            .get(kiebot_bot::BROADCAST_KEY)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(app.store().broadcasts().running().await.unwrap().is_none());
 
-    // Interrupted after user 201: a restart sends only to the rest.
-    let state = serde_json::json!({"text": "Second", "cursor": 201, "sent": 2, "failed": 0, "admin_chat": 1, "lang": "en"});
-    app.store()
-        .settings()
-        .set(kiebot_bot::BROADCAST_KEY, &state.to_string())
+    // Interrupted after user 201 by a process that died (its lease lapsed
+    // long ago): a restart sends only to the rest.
+    let b = app.store().broadcasts();
+    let id = b
+        .create(&kiebot_store::NewBroadcast {
+            text: "Second".into(),
+            admin_chat: 1,
+            lang: "en".into(),
+            created_by: UserId(1),
+        })
         .await
+        .unwrap()
         .unwrap();
+    let long_ago = 1_000;
+    assert!(matches!(
+        b.claim("dead", long_ago, 1).await.unwrap(),
+        kiebot_store::Claim::Claimed(_)
+    ));
+    let mut cursor = i64::MIN;
+    for u in [1, 201] {
+        assert!(
+            b.advance(id, "dead", cursor, UserId(u), long_ago, 1)
+                .await
+                .unwrap()
+        );
+        b.record(id, true).await.unwrap();
+        cursor = u;
+    }
     app.restart().await;
     kiebot_bot::resume_broadcast(&app.deps).await;
     assert_eq!(app.last_text(202), "Second");

@@ -54,6 +54,22 @@ pub enum StoreError {
         /// Who.
         user: UserId,
     },
+    /// The day's free uses of the model are used up (taken by another
+    /// confirmation since the price was shown). Nothing was changed.
+    #[error("the free uses of the day are used up (limit {limit})")]
+    FreeQuotaUsedUp {
+        /// Free uses a day.
+        limit: u32,
+    },
+    /// A limited admin's budget does not cover the generation. Nothing was
+    /// changed.
+    #[error("admin budget exhausted: {requested} requested, {available:?} left")]
+    BudgetExhausted {
+        /// What is left (`None`: the user has no budget).
+        available: Option<Money>,
+        /// What the generation costs.
+        requested: Money,
+    },
     /// The user already has `limit` active generations.
     #[error("too many active generations (limit {limit})")]
     TooManyActive {

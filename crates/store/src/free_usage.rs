@@ -2,6 +2,7 @@
 //! on a day.
 
 use kiebot_domain::{ModelId, UserId};
+use sqlx::AnyConnection;
 
 use crate::{Result, Store};
 
@@ -31,7 +32,10 @@ impl<'a> FreeUsage<'a> {
     }
 
     /// Takes one free use if fewer than `limit` were used: `true` when taken.
-    /// One statement, so concurrent calls never exceed the limit.
+    /// One statement, so concurrent calls never exceed the limit. (A
+    /// confirmed generation takes its use through
+    /// [`Funding::FreeQuota`](crate::Funding::FreeQuota) instead, so that a
+    /// failure gives it back.)
     pub async fn consume(
         &self,
         user: UserId,
@@ -39,21 +43,33 @@ impl<'a> FreeUsage<'a> {
         day: &str,
         limit: u32,
     ) -> Result<bool> {
-        if limit == 0 {
-            return Ok(false);
-        }
-        let used: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO free_usage (user_id, model, day, used) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (user_id, model, day) DO UPDATE SET used = free_usage.used + 1 \
-             WHERE free_usage.used < $4 \
-             RETURNING used",
-        )
-        .bind(user.0)
-        .bind(model.as_str())
-        .bind(day)
-        .bind(i64::from(limit))
-        .fetch_optional(self.store.pool())
-        .await?;
-        Ok(used.is_some())
+        let mut conn = self.store.pool().acquire().await?;
+        consume_in(&mut conn, user, model, day, limit).await
     }
+}
+
+/// [`FreeUsage::consume`] inside an open transaction.
+pub(crate) async fn consume_in(
+    conn: &mut AnyConnection,
+    user: UserId,
+    model: &ModelId,
+    day: &str,
+    limit: u32,
+) -> Result<bool> {
+    if limit == 0 {
+        return Ok(false);
+    }
+    let used: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO free_usage (user_id, model, day, used) VALUES ($1, $2, $3, 1) \
+         ON CONFLICT (user_id, model, day) DO UPDATE SET used = free_usage.used + 1 \
+         WHERE free_usage.used < $4 \
+         RETURNING used",
+    )
+    .bind(user.0)
+    .bind(model.as_str())
+    .bind(day)
+    .bind(i64::from(limit))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(used.is_some())
 }

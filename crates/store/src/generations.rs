@@ -9,6 +9,13 @@
 //!
 //! The `finish_*`, `mark_*` and `schedule_*` calls are safe to repeat: "it is
 //! already done" is success (`Ok(false)`), never a second charge.
+//!
+//! Not every generation is paid from the wallet ([`Funding`]): a daily free
+//! use or a limited admin's budget is taken in the confirm transaction and
+//! recorded on the row (`free_day`, `budget_spent`), and given back in the
+//! transaction that ends the generation as failed, expired or canceled,
+//! exactly once (`funding_returned_at`). A use or a budget is thus spent only
+//! on a generation that succeeded.
 
 use kiebot_domain::{GenerationId, GenerationStatus, ModelId, Money, TransitionError, UserId};
 use sqlx::any::AnyRow;
@@ -39,6 +46,32 @@ pub struct NewGeneration {
     pub deadline_secs: u32,
     /// The most active (pending or submitted) generations a user may have.
     pub max_active: u32,
+}
+
+/// Who pays for a generation, besides a wallet hold of its `price`. The bot
+/// decides; the store takes it in the confirm transaction, or refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Funding {
+    /// The user's wallet: `price` is held (nothing when it is zero: the owner,
+    /// a dry run).
+    #[default]
+    Wallet,
+    /// One of the day's free uses of the model, if fewer than `limit` were
+    /// used ([`StoreError::FreeQuotaUsedUp`] otherwise). The price must be
+    /// zero.
+    FreeQuota {
+        /// `YYYY-MM-DD`, as [`crate::FreeUsage`] counts days.
+        day: String,
+        /// Free uses a day.
+        limit: u32,
+    },
+    /// `amount` from the user's admin budget, if that much remains
+    /// ([`StoreError::BudgetExhausted`] otherwise). The price must be zero:
+    /// the budget pays instead of the wallet.
+    AdminBudget {
+        /// What the generation costs.
+        amount: Money,
+    },
 }
 
 /// The outcome of [`Generations::create_pending`].
@@ -118,6 +151,12 @@ pub struct Generation {
     pub file_ids: Option<String>,
     /// Why delivery was given up.
     pub delivery_error: Option<String>,
+    /// The day whose free quota of the model it used (`None`: not free).
+    pub free_day: Option<String>,
+    /// What it took from the user's admin budget.
+    pub budget_spent: Option<Money>,
+    /// When the free use or the budget was given back (it did not succeed).
+    pub funding_returned_at: Option<i64>,
 }
 
 #[macro_export]
@@ -128,7 +167,7 @@ macro_rules! generation_columns {
          submit_attempts, poll_attempts, next_poll_at, deadline_at, result, fail_code, \
          fail_reason, chat_id, progress_message_id, created_at, updated_at, submitted_at, \
          finished_at, delivered_at, delivery_attempts, next_delivery_at, claimed_until, \
-         file_ids, delivery_error"
+         file_ids, delivery_error, free_day, budget_spent, funding_returned_at"
     };
 }
 
@@ -155,18 +194,48 @@ impl<'a> Generations<'a> {
         self.store
     }
 
-    /// Confirms a generation, in one transaction: the row (`pending`) keyed by
-    /// `draft_key`, the checks (user not blocked, fewer than `max_active`
-    /// active generations, enough available money) and the hold. A repeated
-    /// `draft_key` returns [`Creation::AlreadyExists`] and changes nothing.
+    /// Confirms a generation paid from the wallet, in one transaction: the
+    /// row (`pending`) keyed by `draft_key`, the checks (user not blocked,
+    /// fewer than `max_active` active generations, enough available money)
+    /// and the hold. A repeated `draft_key` returns [`Creation::AlreadyExists`]
+    /// and changes nothing.
     pub async fn create_pending(&self, new: &NewGeneration) -> Result<Creation> {
+        self.create_pending_funded(new, &Funding::Wallet).await
+    }
+
+    /// [`create_pending`](Self::create_pending) with the free use or admin
+    /// budget of `funding` taken in the same transaction (and only when the
+    /// generation is created: a repeated `draft_key` takes nothing).
+    pub async fn create_pending_funded(
+        &self,
+        new: &NewGeneration,
+        funding: &Funding,
+    ) -> Result<Creation> {
         if new.price < Money::ZERO {
             return Err(StoreError::InvalidAmount {
                 amount: new.price,
                 why: "a price cannot be negative",
             });
         }
-        write_tx!(self.store, |conn| create_in(conn, new, now_ms()).await)
+        match funding {
+            Funding::Wallet => {}
+            Funding::FreeQuota { .. } | Funding::AdminBudget { .. } if new.price.is_positive() => {
+                // Both would pay: the wallet must not be held as well.
+                return Err(StoreError::InvalidAmount {
+                    amount: new.price,
+                    why: "a generation paid by a free use or a budget has no wallet price",
+                });
+            }
+            Funding::AdminBudget { amount } if !amount.is_positive() => {
+                return Err(StoreError::InvalidAmount {
+                    amount: *amount,
+                    why: "a budget pays a positive amount",
+                });
+            }
+            Funding::FreeQuota { .. } | Funding::AdminBudget { .. } => {}
+        }
+        write_tx!(self.store, |conn| create_in(conn, new, funding, now_ms())
+            .await)
     }
 
     /// The generation.
@@ -362,8 +431,9 @@ impl<'a> Generations<'a> {
     }
 
     /// Ends an active generation as `to` (failed, expired or canceled) with
-    /// the reason, releasing the hold in the same transaction. `Ok(false)`: it
-    /// had already ended unsuccessfully (nothing released twice). A generation
+    /// the reason, releasing the hold and giving back its free use or admin
+    /// budget in the same transaction. `Ok(false)`: it had already ended
+    /// unsuccessfully (nothing released or given back twice). A generation
     /// that succeeded cannot fail: [`StoreError::IllegalTransition`].
     pub async fn finish_failure(
         &self,
@@ -514,14 +584,24 @@ impl<'a> Generations<'a> {
     }
 }
 
-async fn create_in(conn: &mut AnyConnection, new: &NewGeneration, now: i64) -> Result<Creation> {
+async fn create_in(
+    conn: &mut AnyConnection,
+    new: &NewGeneration,
+    funding: &Funding,
+    now: i64,
+) -> Result<Creation> {
+    let (free_day, budget_spent) = match funding {
+        Funding::Wallet => (None, None),
+        Funding::FreeQuota { day, .. } => (Some(day.as_str()), None),
+        Funding::AdminBudget { amount } => (None, Some(amount.minor())),
+    };
     // The deciding write: the draft key is unique, so a second tap (even a
     // concurrent one, which waits for the first to commit) inserts nothing.
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
              chat_id, deadline_at, created_at, updated_at, \
-             submit_attempts, poll_attempts, delivery_attempts) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, 0, 0, 0) \
+             submit_attempts, poll_attempts, delivery_attempts, free_day, budget_spent) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, 0, 0, 0, $10, $11) \
          ON CONFLICT (draft_key) DO NOTHING RETURNING id",
     )
     .bind(new.user.0)
@@ -533,6 +613,8 @@ async fn create_in(conn: &mut AnyConnection, new: &NewGeneration, now: i64) -> R
     .bind(new.chat_id)
     .bind(now.saturating_add(i64::from(new.deadline_secs) * 1000))
     .bind(now)
+    .bind(free_day)
+    .bind(budget_spent)
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| match &e {
@@ -581,10 +663,90 @@ async fn create_in(conn: &mut AnyConnection, new: &NewGeneration, now: i64) -> R
         });
     }
 
+    match funding {
+        Funding::Wallet => {}
+        Funding::FreeQuota { day, limit } => {
+            if !crate::free_usage::consume_in(conn, new.user, &new.model, day, *limit).await? {
+                return Err(StoreError::FreeQuotaUsedUp { limit: *limit });
+            }
+        }
+        Funding::AdminBudget { amount } => {
+            // One conditional statement: concurrent confirmations of one
+            // admin (already serialised on the user row above) never take
+            // the budget below zero.
+            let left: Option<i64> = sqlx::query_scalar(
+                "UPDATE users SET admin_budget = admin_budget - $2 \
+                 WHERE id = $1 AND admin_budget >= $2 RETURNING admin_budget",
+            )
+            .bind(new.user.0)
+            .bind(amount.minor())
+            .fetch_optional(&mut *conn)
+            .await?;
+            if left.is_none() {
+                let available: Option<i64> =
+                    sqlx::query_scalar("SELECT admin_budget FROM users WHERE id = $1")
+                        .bind(new.user.0)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                return Err(StoreError::BudgetExhausted {
+                    available: available.map(Money::from_minor),
+                    requested: *amount,
+                });
+            }
+        }
+    }
+
     if new.price.is_positive() {
         ledger::hold_in(conn, new.user, id, new.price, now).await?;
     }
     Ok(Creation::Created(id))
+}
+
+/// Gives back the free use or admin budget a generation took, once: the
+/// marker `funding_returned_at` is the deciding write, so a second call (or a
+/// generation that took nothing) changes nothing.
+async fn return_funding_in(conn: &mut AnyConnection, id: GenerationId, now: i64) -> Result<()> {
+    let Some(row) = sqlx::query(
+        "UPDATE generations SET funding_returned_at = $2 \
+         WHERE id = $1 AND funding_returned_at IS NULL \
+             AND (free_day IS NOT NULL OR budget_spent IS NOT NULL) \
+         RETURNING user_id, model, free_day, budget_spent",
+    )
+    .bind(id.0)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(());
+    };
+    let user: i64 = row.try_get("user_id")?;
+    if let Some(day) = row.try_get::<Option<String>, _>("free_day")? {
+        let model: String = row.try_get("model")?;
+        // The use goes back to the day it was taken from; `used > 0` keeps a
+        // counter an operator reset by hand from going negative.
+        sqlx::query(
+            "UPDATE free_usage SET used = used - 1 \
+             WHERE user_id = $1 AND model = $2 AND day = $3 AND used > 0",
+        )
+        .bind(user)
+        .bind(model)
+        .bind(day)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(spent) = row.try_get::<Option<i64>, _>("budget_spent")? {
+        // A budget the owner removed meanwhile (NULL) stays removed: the
+        // admin no longer spends one.
+        sqlx::query(
+            "UPDATE users SET admin_budget = admin_budget + $2 \
+             WHERE id = $1 AND admin_budget IS NOT NULL",
+        )
+        .bind(user)
+        .bind(spent)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The conditional status change and its money step. `false`: the row was
@@ -641,6 +803,9 @@ pub(crate) async fn move_in(
             ledger::settle_in(conn, id, HoldState::Released, now).await?;
         }
     }
+    if to.releases_hold() {
+        return_funding_in(conn, id, now).await?;
+    }
     Ok(true)
 }
 
@@ -687,5 +852,10 @@ pub(crate) fn generation_from_row(r: &AnyRow) -> Result<Generation> {
         claimed_until: r.try_get("claimed_until")?,
         file_ids: r.try_get("file_ids")?,
         delivery_error: r.try_get("delivery_error")?,
+        free_day: r.try_get("free_day")?,
+        budget_spent: r
+            .try_get::<Option<i64>, _>("budget_spent")?
+            .map(Money::from_minor),
+        funding_returned_at: r.try_get("funding_returned_at")?,
     })
 }

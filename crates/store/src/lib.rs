@@ -13,6 +13,8 @@
 //!   credits through the ledger, once per external key.
 //! - [`users`], [`free_usage`], [`audit`], [`dialogues`], [`updates`],
 //!   [`settings`]: the rest of the bot's state.
+//! - [`broadcasts`]: admin broadcasts and the lease that lets exactly one
+//!   front process send them.
 //!
 //! # One SQL text, two engines
 //!
@@ -68,6 +70,7 @@ mod tx;
 mod sql;
 
 pub mod audit;
+pub mod broadcasts;
 pub mod dialogues;
 mod error;
 pub mod free_usage;
@@ -82,10 +85,11 @@ pub mod updates;
 pub mod users;
 
 pub use audit::{Audit, AuditEntry};
+pub use broadcasts::{Broadcast, BroadcastId, BroadcastStatus, Broadcasts, Claim, NewBroadcast};
 pub use dialogues::Dialogues;
 pub use error::{PromoRefusal, Result, StoreError};
 pub use free_usage::FreeUsage;
-pub use generations::{Creation, Generation, Generations, NewGeneration};
+pub use generations::{Creation, Funding, Generation, Generations, NewGeneration};
 pub use ledger::{Applied, Drift, Entry, EntryId, EntryKind, Hold, HoldState, Ledger, Wallet};
 pub use payments::{Payment, PaymentId, PaymentStatus, Payments};
 pub use promos::{Promo, Promos};
@@ -258,6 +262,11 @@ impl Store {
     /// Daily free quota.
     pub fn free_usage(&self) -> FreeUsage<'_> {
         FreeUsage::new(self)
+    }
+
+    /// Admin broadcasts and their lease.
+    pub fn broadcasts(&self) -> Broadcasts<'_> {
+        Broadcasts::new(self)
     }
 
     /// The admin audit log.

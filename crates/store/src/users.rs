@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::sql::{count, get_bool, get_parsed};
-use crate::{Result, Store, StoreError, ledger, now_ms};
+use crate::{Result, Store, StoreError, audit, ledger, now_ms};
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -159,6 +159,49 @@ impl<'a> Users<'a> {
                 .bind(budget.map(Money::minor)),
         )
         .await
+    }
+
+    /// An admin sets (or with `None` removes) a limited admin's budget,
+    /// audited in the same transaction as `set_budget` with the new amount.
+    /// The budget is what is left to spend: generations in flight took their
+    /// price already and give it back (on top of this) if they fail.
+    /// Returns the budget it replaced.
+    pub async fn set_admin_budget_audited(
+        &self,
+        user: UserId,
+        budget: Option<Money>,
+        actor: UserId,
+        reason: &str,
+    ) -> Result<Option<Money>> {
+        if let Some(b) = budget
+            && b < Money::ZERO
+        {
+            return Err(StoreError::InvalidAmount {
+                amount: b,
+                why: "a budget cannot be negative",
+            });
+        }
+        write_tx!(self.store, |conn| {
+            let now = now_ms();
+            // Postgres: the row lock orders this after a confirmation that is
+            // spending the budget, so the previous value read is current.
+            let previous: Option<Option<i64>> = sqlx::query_scalar(
+                "UPDATE users SET last_seen_at = last_seen_at WHERE id = $1 RETURNING admin_budget",
+            )
+            .bind(user.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(previous) = previous else {
+                return Err(StoreError::not_found("user", user));
+            };
+            sqlx::query("UPDATE users SET admin_budget = $2 WHERE id = $1")
+                .bind(user.0)
+                .bind(budget.map(Money::minor))
+                .execute(&mut *conn)
+                .await?;
+            audit::record_in(conn, actor, "set_budget", Some(user), budget, reason, now).await?;
+            Ok(previous.map(Money::from_minor))
+        })
     }
 
     /// Records activity now.

@@ -624,6 +624,11 @@ pub enum PriceNote {
     DryRun,
     /// The owner is not charged.
     Owner,
+    /// A limited admin's budget pays; `left` is what remains before this one.
+    AdminBudget {
+        /// The budget left.
+        left: Money,
+    },
 }
 
 /// The confirm screen.
@@ -657,6 +662,14 @@ pub fn confirm(
             " (test mode: nothing generated, nothing charged)"
         ),
         PriceNote::Owner => tr!(lang, " (владелец: без списания)", " (owner: not charged)"),
+        PriceNote::AdminBudget { left } => {
+            let left = money(left);
+            tr!(
+                lang,
+                " (из бюджета администратора, осталось {left})",
+                " (from the admin budget, {left} left)"
+            )
+        }
     };
     t.push_str(&n);
     t.push_str(&tr!(
@@ -700,6 +713,27 @@ pub fn insufficient_funds(lang: Lang, price: Money, available: Money) -> String 
         lang,
         "Недостаточно средств: нужно {p}, доступно {a}. Пополните баланс и подтвердите снова.",
         "Not enough balance: {p} needed, {a} available. Top up and confirm again."
+    )
+}
+
+/// The last free use of the day was taken since the confirm screen was
+/// shown; the screen is shown again with the price.
+pub fn free_quota_used_up(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Бесплатные попытки этой модели на сегодня уже использованы. Проверьте цену и подтвердите снова.",
+        "Today's free uses of this model are already used up. Please check the price and confirm again."
+    )
+}
+
+/// A limited admin's budget does not cover the generation; nothing was
+/// charged.
+pub fn admin_budget_exhausted(lang: Lang, price: Money, left: Money) -> String {
+    let (p, l) = (money(price), money(left));
+    tr!(
+        lang,
+        "Бюджета администратора не хватает: нужно {p}, осталось {l}. Ничего не списано. Попросите владельца увеличить бюджет.",
+        "Your admin budget does not cover this: {p} needed, {l} left. Nothing was charged. Ask the owner to raise the budget."
     )
 }
 
@@ -980,8 +1014,8 @@ pub fn admin_only(lang: Lang) -> String {
 pub fn admin_menu(lang: Lang) -> String {
     tr!(
         lang,
-        "Администрирование.\n/user ID — пользователь\n/adjust ID СУММА ПРИЧИНА — корректировка\n/block ID, /unblock ID\n/refund CHARGE_ID — возврат звёзд\n/broadcast ТЕКСТ — рассылка",
-        "Administration.\n/user ID: look up a user\n/adjust ID AMOUNT REASON: adjust a balance\n/block ID, /unblock ID\n/refund CHARGE_ID: refund Stars\n/broadcast TEXT: message every user"
+        "Администрирование.\n/user ID — пользователь\n/adjust ID СУММА ПРИЧИНА — корректировка\n/budget ID СУММА|off ПРИЧИНА — бюджет администратора (владелец)\n/block ID, /unblock ID\n/refund CHARGE_ID — возврат звёзд\n/broadcast ТЕКСТ — рассылка",
+        "Administration.\n/user ID: look up a user\n/adjust ID AMOUNT REASON: adjust a balance\n/budget ID AMOUNT|off REASON: an admin's budget (owner)\n/block ID, /unblock ID\n/refund CHARGE_ID: refund Stars\n/broadcast TEXT: message every user"
     )
 }
 

@@ -118,6 +118,27 @@ impl App {
         .await;
     }
 
+    /// Another front process on the same database, queue and Bot API: its
+    /// own store pool and handles, as a second `kiebot-bot` would have.
+    pub async fn another_process(&self) -> BotDeps {
+        let o = Options {
+            postgres: self.queue_db.is_some(),
+            dry_run: self.dry_run,
+            admin_ids: self.admin_ids.clone(),
+            max_active: self.deps.max_active,
+        };
+        build_deps(
+            &self.tg,
+            &self.kie,
+            &self.db,
+            self.queue_db.as_ref(),
+            &self.catalog,
+            &self.ns,
+            &o,
+        )
+        .await
+    }
+
     pub fn store(&self) -> &Store {
         &self.deps.store
     }
