@@ -17,6 +17,8 @@
 //! fleet and apalis-sqlite (in the embedded database file) for one process.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use apalis_core::backend::TaskSink;
 use kiebot_domain::GenerationId;
@@ -186,6 +188,9 @@ pub enum Queues {
         conn: redis::aio::ConnectionManager,
         /// The queue names in use.
         names: names::QueueNames,
+        /// Recently read queue depths, so a busy producer does not ask Redis
+        /// before every push.
+        depths: Arc<DepthCache>,
     },
     /// apalis-sqlite in the embedded database file.
     Sqlite {
@@ -240,6 +245,7 @@ impl Queues {
             storages,
             conn,
             names,
+            depths: Arc::new(DepthCache::default()),
         })
     }
 
@@ -321,6 +327,7 @@ impl Queues {
                 storages,
                 names,
                 conn,
+                depths: cache,
             } => {
                 // apalis-redis moves due jobs from its scheduled set to the
                 // active list in one Lua call, which fails once several
@@ -328,15 +335,24 @@ impl Queues {
                 // database holds every generation's state), so jobs beyond
                 // the backlog bound are left to the reconciler, which finds
                 // the rows again.
-                let depths = redis_depths(
-                    conn,
-                    &[&names.submit, &names.poll, &names.finalize, &names.deliver],
-                )
-                .await?;
+                let depths = match cache.fresh() {
+                    Some(d) => d,
+                    None => {
+                        let read = redis_depths(
+                            conn,
+                            &[&names.submit, &names.poll, &names.finalize, &names.deliver],
+                        )
+                        .await?;
+                        let d = [read[0], read[1], read[2], read[3]];
+                        cache.store(d);
+                        d
+                    }
+                };
                 let deferred = cap(&mut submit, depths[0])
                     + cap(&mut poll, depths[1])
                     + cap(&mut finalize, depths[2])
                     + cap(&mut deliver, depths[3]);
+                cache.add([submit.len(), poll.len(), finalize.len(), deliver.len()]);
                 if deferred > 0 {
                     tracing::debug!(deferred, "queue backlog full; jobs left to the reconciler");
                 }
@@ -366,6 +382,7 @@ impl Queues {
                 storages,
                 conn,
                 names,
+                ..
             } => {
                 removed += vacuum_storages!(storages, names, older_than, err);
                 // The done set only feeds the board's counters and would
@@ -437,6 +454,47 @@ impl Queues {
             }
         }
         Ok(out)
+    }
+}
+
+/// How long a read of the queue depths stands in for Redis. The bound it
+/// guards ([`REDIS_BACKLOG`]) sits far below where apalis-redis breaks, so a
+/// quarter-second-old figure (plus what this process pushed since) is safe,
+/// and a producer pushing hundreds of jobs a second saves a round trip on
+/// almost every push.
+const DEPTH_CACHE_TTL: Duration = Duration::from_millis(250);
+
+/// The last depths read from Redis (submit, poll, finalize, deliver), with
+/// this process's pushes since added.
+#[derive(Debug, Default)]
+pub struct DepthCache {
+    inner: Mutex<Option<(Instant, [u64; 4])>>,
+}
+
+impl DepthCache {
+    fn fresh(&self) -> Option<[u64; 4]> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < DEPTH_CACHE_TTL)
+            .map(|(_, d)| *d)
+    }
+
+    fn store(&self, depths: [u64; 4]) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), depths));
+    }
+
+    fn add(&self, pushed: [usize; 4]) {
+        if let Some((_, d)) = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            for (depth, n) in d.iter_mut().zip(pushed) {
+                *depth += n as u64;
+            }
+        }
     }
 }
 

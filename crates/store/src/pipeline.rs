@@ -265,8 +265,9 @@ impl Generations<'_> {
                    AND (claimed_until IS NULL OR claimed_until <= $1)";
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE generations SET next_poll_at = $3 \
-             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY id LIMIT $4) AND {due} \
-             RETURNING id"
+             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY id LIMIT $4{lock}) AND {due} \
+             RETURNING id",
+            lock = self.store().skip_locked()
         )))
         .bind(now)
         .bind(grace_ms)
@@ -291,9 +292,11 @@ impl Generations<'_> {
         let due = "status = 'submitted' AND next_poll_at <= $1";
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE generations SET next_poll_at = $2 \
-             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_poll_at, id LIMIT $3) AND {due} \
+             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_poll_at, id LIMIT $3{lock}) \
+                 AND {due} \
              RETURNING id, CAST(CASE WHEN result IS NULL AND fail_code IS NULL THEN 0 ELSE 1 END AS BIGINT) \
-                 AS has_outcome"
+                 AS has_outcome",
+            lock = self.store().skip_locked()
         )))
         .bind(now)
         .bind(requeue_at)
@@ -324,8 +327,10 @@ impl Generations<'_> {
             format!("delivered_at IS NULL AND status IN {FINISHED} AND next_delivery_at <= $1");
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE generations SET next_delivery_at = $2 \
-             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_delivery_at, id LIMIT $3) AND {due} \
-             RETURNING id"
+             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_delivery_at, id LIMIT $3{lock}) \
+                 AND {due} \
+             RETURNING id",
+            lock = self.store().skip_locked()
         )))
         .bind(due_before)
         .bind(requeue_at)
@@ -384,6 +389,20 @@ pub struct MoneyTotals {
     pub released: kiebot_domain::Money,
     /// Held across all wallets right now.
     pub held: kiebot_domain::Money,
+}
+
+impl crate::Store {
+    /// The row-locking clause of a reconciler's batch claim. On PostgreSQL two
+    /// reconcilers claiming overlapping batches would otherwise lock the same
+    /// rows in different orders and deadlock; skipping rows another claim
+    /// holds lets each take a disjoint batch. SQLite serialises writers, so it
+    /// needs (and has) no such clause.
+    pub(crate) fn skip_locked(&self) -> &'static str {
+        match self.engine() {
+            crate::Engine::Postgres => " FOR UPDATE SKIP LOCKED",
+            crate::Engine::Sqlite => "",
+        }
+    }
 }
 
 impl crate::Store {

@@ -4,12 +4,19 @@
 //! `failed` and releases it. Running it twice changes nothing the second time
 //! (the ledger keys are unique per generation and kind), so apalis's
 //! at-least-once delivery cannot charge twice.
+//!
+//! The finalizer then tells the user itself (see [`crate::deliver`]) rather
+//! than handing over to a `Deliver` job: the delivery claims the row with a
+//! lease first, so a crash part-way leaves a row the reconciler re-enqueues as
+//! `Deliver` once the lease lapses, and a temporary Telegram failure
+//! reschedules it the same way. Only retries and recoveries go through the
+//! queue; the common path saves a queue round trip per generation.
 
 use std::sync::Arc;
 
 use apalis::prelude::Data;
 use kiebot_domain::GenerationStatus;
-use kiebot_jobs::{Finalize, Job};
+use kiebot_jobs::{Deliver, Finalize};
 use kiebot_store::pipeline::Outcome;
 use tracing::{info, warn};
 
@@ -38,7 +45,7 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
                     .increment(g.price.minor().max(0) as u64);
                 info!(price = %g.price, "succeeded");
             }
-            ctx.queues.push(Job::Deliver(id)).await?;
+            tell(ctx, id).await?;
         }
         (GenerationStatus::Submitted, Some(Outcome::Failure { code, reason })) => {
             if gens
@@ -50,7 +57,7 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
                     .increment(g.price.minor().max(0) as u64);
                 info!(code, "failed; hold released");
             }
-            ctx.queues.push(Job::Deliver(id)).await?;
+            tell(ctx, id).await?;
         }
         (GenerationStatus::Submitted, None) => {
             // Nothing observed yet: a stray job. The poll schedule goes on.
@@ -60,9 +67,14 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
             if (s.is_terminal() || s == GenerationStatus::Succeeded)
                 && g.delivered_at.is_none() =>
         {
-            ctx.queues.push(Job::Deliver(id)).await?;
+            tell(ctx, id).await?;
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Delivers the finished generation now, in this job.
+async fn tell(ctx: &Ctx, id: kiebot_domain::GenerationId) -> Result<(), JobError> {
+    crate::deliver::run(ctx, Deliver { generation: id }).await
 }

@@ -10,11 +10,18 @@
 //!    and enqueues `Poll` jobs in bounded batches; a KIE callback only moves
 //!    the poll time to now. A poll asks KIE once and either schedules the next
 //!    poll (backing off from a few seconds to thirty) or records the outcome
-//!    and enqueues `Finalize`.
+//!    and runs the finalizer.
 //! 3. [`finalize`]: one transaction moves the row to `succeeded` and captures
-//!    the hold, or to `failed` and releases it; then `Deliver` is enqueued.
+//!    the hold, or to `failed` and releases it; then the user is told.
 //! 4. [`deliver`]: sends the result (or the reason it failed) through the Bot
 //!    API and marks it delivered.
+//!
+//! Steps 3 and 4 run inside the job that reached them: nothing outside the
+//! database is awaited between them, and each step's committed state is the
+//! hand-over. The `Finalize` and `Deliver` jobs are how the reconciler resumes
+//! a row whose inline continuation was cut short (a crash, a database error,
+//! a Telegram failure waiting for its retry), so a generation costs two queue
+//! round trips (Submit, Poll) instead of four.
 //!
 //! Every step reads the database first and treats "already done" as success,
 //! because apalis delivers jobs at least once and the reconciler re-enqueues

@@ -4,15 +4,15 @@
 //! queue entries: the reconciler enqueues the due ones in bounded batches, so
 //! 100,000 generations in flight cost 100,000 rows, not 100,000 timers in
 //! Redis. A poll that finds the task still running only moves the row's next
-//! poll time; one that finds an outcome records it and hands over to
-//! `Finalize`.
+//! poll time; one that finds an outcome records it and runs the finalizer
+//! (see [`finalize_now`] for why in the same job).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use apalis::prelude::Data;
 use kiebot_domain::GenerationStatus;
-use kiebot_jobs::{Job, Poll};
+use kiebot_jobs::{Finalize, Job, Poll};
 use kiebot_kie::{KieError, TaskId, TaskState};
 use kiebot_store::pipeline::Outcome;
 use tracing::{info, warn};
@@ -65,7 +65,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
                 }
             };
             if gens.record_outcome(id, &outcome, requeue_at(ctx)).await? {
-                ctx.queues.push(Job::Finalize(id)).await?;
+                finalize_now(ctx, id).await?;
             }
             return Ok(());
         }
@@ -77,7 +77,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
             reason: "stored task id is invalid".into(),
         };
         if gens.record_outcome(id, &o, requeue_at(ctx)).await? {
-            ctx.queues.push(Job::Finalize(id)).await?;
+            finalize_now(ctx, id).await?;
         }
         return Ok(());
     };
@@ -127,11 +127,22 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         }
         Some(o) => {
             if gens.record_outcome(id, &o, requeue_at(ctx)).await? {
-                ctx.queues.push(Job::Finalize(id)).await?;
+                finalize_now(ctx, id).await?;
             }
         }
     }
     Ok(())
+}
+
+/// Runs the finalizer for an outcome this poll has just recorded, in this
+/// job. The recorded outcome is the durable hand-over: should this process
+/// die (or the database fail) before the money moves, the row falls due at
+/// `requeue_at` and the reconciler enqueues a `Finalize` job for it. Going
+/// through the queue on the common path would add a push, a fetch and an
+/// acknowledgement per generation and, when the queue is at its bound, leave
+/// the outcome waiting a whole lease.
+async fn finalize_now(ctx: &Ctx, id: kiebot_domain::GenerationId) -> Result<(), JobError> {
+    crate::finalize::run(ctx, Finalize { generation: id }).await
 }
 
 /// When the reconciler re-enqueues Finalize if the job we push is lost.

@@ -129,8 +129,8 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
         }
     }
 
-    // A fresh result or failure already has its Deliver job in the queue;
-    // only rows left behind for a while are the reconciler's business.
+    // A fresh result or failure is being delivered by the job that finished
+    // it; only rows left behind for a while are the reconciler's business.
     let due_before = now - Ctx::ms(cfg.pending_grace);
     for id in gens
         .claim_due_deliveries(

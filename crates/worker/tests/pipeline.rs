@@ -339,9 +339,10 @@ async fn finished_jobs_are_vacuumed_from_the_queue(flavor: Flavor) {
     h.confirm(user, "google/nano-banana", price()).await;
     h.wait_settled(SETTLE).await.unwrap();
     h.stop_workers().await;
-    // Submit, poll, finalize and deliver each left bookkeeping behind.
+    // Submit and poll left bookkeeping behind (the poll finalized and
+    // delivered in the same job).
     let removed = h.ctx.queues.vacuum(Duration::ZERO).await.unwrap();
-    assert!(removed >= 4, "removed {removed}");
+    assert!(removed >= 2, "removed {removed}");
     assert_eq!(
         h.ctx.queues.vacuum(Duration::ZERO).await.unwrap(),
         0,
