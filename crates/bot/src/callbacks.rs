@@ -185,7 +185,7 @@ async fn route(ctx: &Ctx, cb: Cb) -> anyhow::Result<bool> {
                 let Some(m) = catalog.get(&d.model).filter(|m| m.is_sold()).cloned() else {
                     return Ok(false);
                 };
-                wizard::confirm(ctx, &m, &d).await?;
+                wizard::on_confirm(ctx, &m, &d).await?;
             }
             Dialogue::Confirmed {
                 draft: done,

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use kiebot_domain::{GenerationId, ParamValue};
-use kiebot_store::now_ms;
+use kiebot_domain::{GenerationId, Money, ParamValue};
+use kiebot_store::{Funding, now_ms};
 use kiebot_tg::callback::DraftId;
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,32 @@ pub(crate) struct Draft {
     pub pos: usize,
     /// Whether the advanced options were added to `steps`.
     pub advanced: bool,
+    /// What the confirm screen showed under this draft id, if it was shown.
+    /// Confirm charges only this: a different price or funding at confirm
+    /// time shows the screen again under a new id. One id never carries two
+    /// quotes, so a button can only confirm the price printed above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Quote>,
+}
+
+/// What confirming a draft costs whom, as the confirm screen states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Quote {
+    /// What the wallet holds (zero when something else pays).
+    pub price: Money,
+    /// Who else pays, taken in the confirm transaction.
+    pub funding: Funding,
+}
+
+impl Quote {
+    /// The price the confirm screen shows: what the wallet pays, or what
+    /// the admin budget pays.
+    pub fn shown(&self) -> Money {
+        match &self.funding {
+            Funding::AdminBudget { amount } => *amount,
+            Funding::Wallet | Funding::FreeQuota { .. } => self.price,
+        }
+    }
 }
 
 impl Ctx {

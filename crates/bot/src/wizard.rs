@@ -7,7 +7,9 @@
 //! with add-more/done. Back returns to the previous step with its value kept
 //! (and shown); optional fields and fields with a default can be left at the
 //! default. After the last step comes the confirm screen with the exact
-//! price; instant models skip it.
+//! price; instant models skip it. The draft keeps the price and funding the
+//! screen showed, and Confirm charges nothing else: if they changed, the
+//! screen comes back with the new price under a new draft id.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +29,7 @@ use teloxide::prelude::*;
 use teloxide::types::{FileId, InlineKeyboardMarkup};
 
 use crate::Ctx;
-use crate::state::{Dialogue, Draft};
+use crate::state::{Dialogue, Draft, Quote};
 
 /// Telegram lets bots download files up to this size through `getFile`.
 pub const TELEGRAM_GET_FILE_LIMIT: u64 = 20 * 1024 * 1024;
@@ -84,6 +86,7 @@ pub(crate) async fn start(
         pos: if prefilled { steps.len() } else { 0 },
         steps,
         advanced,
+        quote: None,
     };
     after_change(ctx, model, draft, None).await
 }
@@ -104,30 +107,36 @@ async fn after_change(
     draft: Draft,
     prefix: Option<String>,
 ) -> anyhow::Result<()> {
-    if draft.pos >= draft.steps.len() && model.instant {
-        ctx.set_dialogue(&Dialogue::Wizard(draft.clone())).await?;
-        return confirm(ctx, model, &draft).await;
+    if draft.pos >= draft.steps.len() {
+        if model.instant {
+            ctx.set_dialogue(&Dialogue::Wizard(draft.clone())).await?;
+            return confirm(ctx, model, &draft, Trigger::Instant).await;
+        }
+        return show_confirm(ctx, model, draft, prefix).await;
     }
     ctx.set_dialogue(&Dialogue::Wizard(draft.clone())).await?;
-    render(ctx, model, &draft, prefix).await
+    let (text, kb) = step_screen(ctx.lang, model, &draft);
+    ctx.show(with_prefix(prefix, text), Some(kb)).await
 }
 
-/// Shows the current step or the confirm screen.
-pub(crate) async fn render(
+/// Shows the confirm screen, saving first the draft with the quote the
+/// screen states, so that a press as fast as the screen finds it.
+async fn show_confirm(
     ctx: &Ctx,
     model: &Model,
-    draft: &Draft,
+    mut draft: Draft,
     prefix: Option<String>,
 ) -> anyhow::Result<()> {
-    let (mut text, kb) = if draft.pos < draft.steps.len() {
-        step_screen(ctx.lang, model, draft)
-    } else {
-        confirm_screen(ctx, model, draft).await?
-    };
-    if let Some(p) = prefix {
-        text = format!("{p}\n\n{text}");
+    let (text, kb) = confirm_screen(ctx, model, &mut draft).await?;
+    ctx.set_dialogue(&Dialogue::Wizard(draft)).await?;
+    ctx.show(with_prefix(prefix, text), Some(kb)).await
+}
+
+fn with_prefix(prefix: Option<String>, text: String) -> String {
+    match prefix {
+        Some(p) => format!("{p}\n\n{text}"),
+        None => text,
     }
-    ctx.show(text, Some(kb)).await
 }
 
 fn label(lang: Lang, f: &Field) -> String {
@@ -281,24 +290,20 @@ fn step_screen(lang: Lang, model: &Model, draft: &Draft) -> (String, InlineKeybo
     (text, keyboards::wizard_step(lang, draft.id, choices, nav))
 }
 
-/// What confirming a draft costs whom.
+/// What confirming a draft costs whom, and how the screen explains it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Priced {
-    /// What the wallet holds (zero when something else pays).
-    price: Money,
+    /// The price and funding.
+    quote: Quote,
     /// Why it differs from the model's price.
     note: PriceNote,
-    /// Who else pays, taken in the confirm transaction.
-    funding: Funding,
 }
 
 impl Priced {
-    /// The price the confirm screen shows: what the wallet pays, or what
-    /// the admin budget pays.
-    fn shown(&self) -> Money {
-        match &self.funding {
-            Funding::AdminBudget { amount } => *amount,
-            Funding::Wallet | Funding::FreeQuota { .. } => self.price,
+    fn new(price: Money, note: PriceNote, funding: Funding) -> Self {
+        Priced {
+            quote: Quote { price, funding },
+            note,
         }
     }
 }
@@ -316,11 +321,7 @@ async fn decide_price(
         Ok(p) => p,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let free_of_charge = |note| Priced {
-        price: Money::ZERO,
-        note,
-        funding: Funding::Wallet,
-    };
+    let free_of_charge = |note| Priced::new(Money::ZERO, note, Funding::Wallet);
     if ctx.deps.dry_run {
         return Ok(Ok(free_of_charge(PriceNote::DryRun)));
     }
@@ -341,14 +342,14 @@ async fn decide_price(
         if used < model.free_daily {
             // Taken in the confirm transaction and given back if the
             // generation fails: a free use counts only for a result.
-            return Ok(Ok(Priced {
-                price: Money::ZERO,
-                note: PriceNote::FreeQuota,
-                funding: Funding::FreeQuota {
+            return Ok(Ok(Priced::new(
+                Money::ZERO,
+                PriceNote::FreeQuota,
+                Funding::FreeQuota {
                     day,
                     limit: model.free_daily,
                 },
-            }));
+            )));
         }
     }
     // A free use comes first, so the budget lasts longer. An admin without a
@@ -360,17 +361,13 @@ async fn decide_price(
     if ctx.is_admin()
         && let Some(left) = ctx.user.admin_budget
     {
-        return Ok(Ok(Priced {
-            price: Money::ZERO,
-            note: PriceNote::AdminBudget { left },
-            funding: Funding::AdminBudget { amount: base },
-        }));
+        return Ok(Ok(Priced::new(
+            Money::ZERO,
+            PriceNote::AdminBudget { left },
+            Funding::AdminBudget { amount: base },
+        )));
     }
-    Ok(Ok(Priced {
-        price: base,
-        note: PriceNote::None,
-        funding: Funding::Wallet,
-    }))
+    Ok(Ok(Priced::new(base, PriceNote::None, Funding::Wallet)))
 }
 
 /// Free quotas count days in the server's local time zone.
@@ -378,10 +375,13 @@ pub(crate) fn today() -> String {
     chrono::Local::now().format("%Y-%m-%d").to_string()
 }
 
+/// The confirm screen. Records on `draft` the quote it states; a quote
+/// different from one shown before under the draft's id moves the draft to
+/// a new id, so the older screen's button no longer confirms.
 async fn confirm_screen(
     ctx: &Ctx,
     model: &Model,
-    draft: &Draft,
+    draft: &mut Draft,
 ) -> anyhow::Result<(String, InlineKeyboardMarkup)> {
     let lang = ctx.lang;
     let back = !draft.steps.is_empty();
@@ -419,6 +419,10 @@ async fn confirm_screen(
             ));
         }
     };
+    if draft.quote.as_ref().is_some_and(|q| *q != priced.quote) {
+        draft.id = DraftId(rand::random());
+    }
+    draft.quote = Some(priced.quote.clone());
     let summary: Vec<(String, String)> = model
         .fields
         .iter()
@@ -435,7 +439,7 @@ async fn confirm_screen(
             lang,
             model.name.get(lang.code()),
             &summary,
-            priced.shown(),
+            priced.quote.shown(),
             priced.note,
         ),
         keyboards::confirm(lang, draft.id, has_advanced, back),
@@ -726,23 +730,51 @@ async fn fetch_and_store(ctx: &Ctx, file: &IncomingFile) -> anyhow::Result<Strin
     }
 }
 
+/// How a confirmation came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The confirm screen's button: only the quote that screen showed may be
+    /// charged.
+    Button,
+    /// An instant model at the end of its steps, with no confirm screen.
+    Instant,
+}
+
+/// The confirm button of the draft's screen.
+pub(crate) async fn on_confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyhow::Result<()> {
+    confirm(ctx, model, draft, Trigger::Button).await
+}
+
 /// Confirms the draft: validate, price, create the pending generation with
 /// its hold in one transaction (keyed by the draft id, so a double tap
 /// creates one), then queue it.
-pub(crate) async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyhow::Result<()> {
+async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyhow::Result<()> {
     let lang = ctx.lang;
     let params = match Params::validate(model, &draft.values) {
         Ok(p) => p,
         Err(e) => return refuse(ctx, model, draft, refusal_of(&e)).await,
     };
-    let Priced {
-        price,
-        note,
-        funding,
-    } = match decide_price(ctx, model, &params).await? {
+    let Priced { quote, note } = match decide_price(ctx, model, &params).await? {
         Ok(x) => x,
         Err(why) => return refuse(ctx, model, draft, Refusal::Invalid(why)).await,
     };
+    // Free uses spent elsewhere, a budget or catalog price changed, the
+    // owner's or admin's role changed: the user would pay what they were
+    // never shown. Nothing is created; the screen shows the new quote.
+    if via == Trigger::Button && draft.quote.as_ref() != Some(&quote) {
+        tracing::info!(
+            user = %ctx.uid,
+            model = %model.id,
+            shown = ?draft.quote,
+            now = ?quote,
+            "quote changed since the confirm screen; asked again"
+        );
+        let mut again = draft.clone();
+        again.id = DraftId(rand::random());
+        again.quote = None;
+        return show_confirm(ctx, model, again, Some(texts::price_changed(lang))).await;
+    }
+    let Quote { price, funding } = quote;
     let new = NewGeneration {
         user: ctx.uid,
         draft_key: format!("{}:{}", ctx.uid, draft.id),
@@ -801,7 +833,13 @@ pub(crate) async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyhow::
         // Another confirmation took the last free use since this screen was
         // shown: show the screen again with the price, never charge unseen.
         Err(StoreError::FreeQuotaUsedUp { .. }) => {
-            render(ctx, model, draft, Some(texts::free_quota_used_up(lang))).await
+            show_confirm(
+                ctx,
+                model,
+                draft.clone(),
+                Some(texts::free_quota_used_up(lang)),
+            )
+            .await
         }
         Err(StoreError::BudgetExhausted {
             available,

@@ -18,6 +18,7 @@
 //! on a generation that succeeded.
 
 use kiebot_domain::{GenerationId, GenerationStatus, ModelId, Money, TransitionError, UserId};
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
@@ -50,7 +51,10 @@ pub struct NewGeneration {
 
 /// Who pays for a generation, besides a wallet hold of its `price`. The bot
 /// decides; the store takes it in the confirm transaction, or refuses.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Serializable so the bot can keep, with a draft, the funding its confirm
+/// screen showed and refuse a confirmation whose funding has since changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Funding {
     /// The user's wallet: `price` is held (nothing when it is zero: the owner,
     /// a dry run).

@@ -726,6 +726,16 @@ pub fn free_quota_used_up(lang: Lang) -> String {
     )
 }
 
+/// The price or who pays it changed between the confirm screen and the
+/// press; nothing was charged and the screen below shows the new price.
+pub fn price_changed(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Цена изменилась, ничего не списано. Проверьте новую цену и подтвердите снова.",
+        "The price has changed; nothing was charged. Please check the new price and confirm again."
+    )
+}
+
 /// A limited admin's budget does not cover the generation; nothing was
 /// charged.
 pub fn admin_budget_exhausted(lang: Lang, price: Money, left: Money) -> String {
@@ -1087,6 +1097,17 @@ mod tests {
             let t = generation_failed(lang, "Z-Image", "KIE rejected the input: prompt");
             assert!(t.contains("Z-Image"));
             assert!(t.contains("не списаны") || t.contains("not charged"), "{t}");
+        }
+    }
+
+    #[test]
+    fn a_changed_price_says_nothing_was_charged() {
+        for lang in Lang::ALL {
+            let t = price_changed(lang);
+            assert!(
+                t.contains("ничего не списано") || t.contains("nothing was charged"),
+                "{t}"
+            );
         }
     }
 
