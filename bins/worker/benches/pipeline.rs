@@ -54,23 +54,45 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn spawn_workers(h: &Harness, n: usize, concurrency: usize) -> Vec<Child> {
-    (0..n)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_kiebot-worker"))
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .envs(h.process_env())
-                .env("POLL_INITIAL_MS", "0")
-                .env("JOB_LEASE_SECS", "30")
-                .env("WORKER_CONCURRENCY", concurrency.to_string())
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("kiebot-worker starts")
-        })
-        .collect()
+/// Worker processes, killed when dropped (also when the benchmark panics,
+/// so none is left running against a dropped database).
+struct Workers(Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Workers {
+    type Target = [Child];
+    fn deref(&self) -> &[Child] {
+        &self.0
+    }
+}
+
+fn spawn_workers(h: &Harness, n: usize, concurrency: usize) -> Workers {
+    Workers(
+        (0..n)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_kiebot-worker"))
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .envs(h.process_env())
+                    .env("POLL_INITIAL_MS", "0")
+                    .env("JOB_LEASE_SECS", "30")
+                    .env("WORKER_CONCURRENCY", concurrency.to_string())
+                    .env("RUST_LOG", "error")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("kiebot-worker starts")
+            })
+            .collect(),
+    )
 }
 
 /// Confirms `n` generations from `parallel` concurrent "front" tasks, each a
@@ -92,7 +114,11 @@ async fn confirm_many(h: &Arc<Harness>, users: &[UserId], n: usize, parallel: us
                         &format!("bench-{i}"),
                     )
                     .await;
-                h.ctx.queues.push(Job::Submit(id)).await.expect("enqueue");
+                // As in the bot: the row is committed, so a failed push is
+                // left to the reconciler.
+                if let Err(e) = h.ctx.queues.push(Job::Submit(id)).await {
+                    eprintln!("enqueue failed, left to the reconciler: {e}");
+                }
             }
         }));
     }
@@ -148,7 +174,7 @@ async fn run(flavor: Flavor, n: usize) {
     for _ in 0..(n / 2).clamp(1, 5000) {
         users.push(h.funded_user(Money::from_minor(1_000_000)).await);
     }
-    let mut children = vec![];
+    let mut children = Workers(vec![]);
     match flavor {
         Flavor::Fleet => children = spawn_workers(&h, workers, concurrency),
         Flavor::Embedded => h.start_workers(concurrency),
@@ -191,10 +217,7 @@ async fn run(flavor: Flavor, n: usize) {
         "{delivered:?}"
     );
     h.assert_money_consistent().await;
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(children);
     if let Ok(h) = Arc::try_unwrap(h) {
         h.cleanup().await;
     }
@@ -272,10 +295,7 @@ async fn in_flight(n: usize) {
         started.elapsed().as_secs_f64()
     );
     h.assert_money_consistent().await;
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(children);
     if let Ok(h) = Arc::try_unwrap(h) {
         h.cleanup().await;
     }

@@ -32,9 +32,12 @@
 //! # The life of an update
 //!
 //! 1. [`run_polling`] (getUpdates) or [`webhook_router`] (POST from Telegram)
-//!    hands the update to [`handle_update`].
-//! 2. `handle_update` records the update id with `store.updates().first_time`:
-//!    a redelivered update (after a crash, a webhook retry) stops here.
+//!    receives the update. Polling hands each chat's updates to that chat's
+//!    lane (in order per chat, concurrently across chats, never waiting for
+//!    a whole batch).
+//! 2. The update id is recorded (`store.updates()`, one write per polled
+//!    batch, or per webhook call in [`handle_update`]): a redelivered update
+//!    (after a crash, a webhook retry) stops here.
 //! 3. The handler tree routes it. A callback query is always answered, with a
 //!    friendly text when its button is stale, unknown or forged.
 //! 4. A handler reads the dialogue, acts (database first, in one transaction
@@ -44,7 +47,6 @@
 //!    is pushed as `Job::Submit` to the queue; if the push fails, the
 //!    reconciler finds the `pending` row and enqueues it again.
 
-use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -67,6 +69,7 @@ mod callbacks;
 mod menu;
 mod messages;
 mod payments;
+mod polling;
 mod state;
 mod wizard;
 
@@ -74,6 +77,7 @@ pub use broadcast::{
     BROADCAST_LEASE, resume_broadcast, resume_broadcast_with_lease, watch_broadcasts,
 };
 pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
+pub use polling::run_polling;
 
 /// How long a dialogue (a half-filled wizard) is kept.
 pub const DIALOGUE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -232,9 +236,18 @@ pub async fn handle_update(deps: &BotDeps, update: Update) {
             return;
         }
     }
+    dispatch(deps, update).await;
+}
+
+/// Routes an update already recorded as seen through the handler tree.
+pub(crate) async fn dispatch(deps: &BotDeps, update: Update) {
+    let update_id = i64::from(update.id.0);
     let deps = Arc::new(deps.clone());
     let kind = update_kind(&update);
-    match TREE.dispatch(dptree::deps![deps, update]).await {
+    let span = tracing::info_span!("bot.update", update_id, kind);
+    let routed =
+        tracing::Instrument::instrument(TREE.dispatch(dptree::deps![deps, update]), span).await;
+    match routed {
         std::ops::ControlFlow::Break(Ok(())) => {}
         std::ops::ControlFlow::Break(Err(e)) => {
             tracing::error!(
@@ -257,71 +270,6 @@ fn update_kind(u: &Update) -> &'static str {
         UpdateKind::PreCheckoutQuery(_) => "pre_checkout_query",
         _ => "other",
     }
-}
-
-/// Long polling until `shutdown` resolves. Updates of one batch are handled
-/// concurrently across users and in order for each user.
-pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut offset: i32 = 0;
-    // A broadcast interrupted by the last shutdown (or left by a process
-    // that died) continues here unless another process holds it.
-    let broadcasts = tokio::spawn(watch_broadcasts(deps.clone(), std::future::pending()));
-    // A webhook left over from another mode would make getUpdates fail.
-    if let Err(e) = deps.bot.delete_webhook().await {
-        tracing::warn!(error = %e, "deleteWebhook failed");
-    }
-    loop {
-        let fetch = deps
-            .bot
-            .get_updates()
-            .offset(offset)
-            .timeout(25)
-            .allowed_updates(vec![]);
-        let updates = tokio::select! {
-            () = &mut shutdown => break,
-            r = fetch.send() => r,
-        };
-        let updates = match updates {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "getUpdates failed; retrying");
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(Duration::from_secs(2)) => continue,
-                }
-            }
-        };
-        if let Some(last) = updates.last() {
-            offset = i32::try_from(last.id.0)
-                .unwrap_or(i32::MAX)
-                .saturating_add(1);
-        }
-        // Group by chat so one user's updates stay ordered.
-        let mut groups: Vec<(Option<i64>, Vec<Update>)> = vec![];
-        for u in updates {
-            let key = u
-                .chat()
-                .map(|c| c.id.0)
-                .or_else(|| u.from().map(|f| f.id.0 as i64));
-            match groups.iter_mut().find(|(k, _)| *k == key && key.is_some()) {
-                Some((_, v)) => v.push(u),
-                None => groups.push((key, vec![u])),
-            }
-        }
-        let work = groups.into_iter().map(|(_, us)| {
-            let deps = &deps;
-            async move {
-                for u in us {
-                    handle_update(deps, u).await;
-                }
-            }
-        });
-        futures::future::join_all(work).await;
-    }
-    // A broadcast cut short here is taken over when its lease lapses.
-    broadcasts.abort();
-    tracing::info!("polling stopped");
 }
 
 /// The webhook endpoint: `POST /telegram/webhook`, accepted only with the

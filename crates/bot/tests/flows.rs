@@ -944,3 +944,62 @@ async fn polling_answers_updates_until_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_keeps_each_chats_order_while_chats_run_concurrently() {
+    let mut app = App::start().await;
+    let users = [230_i64, 231, 232];
+    for u in users {
+        app.onboard(u).await;
+    }
+    let before: Vec<usize> = users.iter().map(|u| app.tg.messages_to(*u).len()).collect();
+    // Queued before polling starts, so they arrive in shared getUpdates
+    // batches, interleaved across chats.
+    let per_user = 24;
+    for i in 0..per_user {
+        for u in users {
+            app.tg
+                .send_text(u, if i % 2 == 0 { "/help" } else { "/balance" });
+        }
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(kiebot_bot::run_polling(app.deps.clone(), async {
+        let _ = stopped.await;
+    }));
+    let wanted = before.clone();
+    app.tg
+        .wait_for(
+            move |tg| {
+                users
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(u, b)| tg.messages_to(*u).len() >= b + per_user)
+            },
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    for (u, b) in users.iter().zip(&before) {
+        let replies: Vec<String> = app.tg.messages_to(*u)[*b..]
+            .iter()
+            .map(|m| m.text.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(replies.len(), per_user, "one reply per update for {u}");
+        for (i, r) in replies.iter().enumerate() {
+            let expected = if i % 2 == 0 {
+                "How it works"
+            } else {
+                "Balance:"
+            };
+            assert!(
+                r.starts_with(expected),
+                "chat {u}, reply {i} out of order: {r}"
+            );
+        }
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

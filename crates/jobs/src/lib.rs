@@ -203,6 +203,17 @@ pub enum Queues {
     },
 }
 
+/// How the queue's Redis connection waits. redis-rs gives up on a reply
+/// after 500 ms by default; apalis-redis's fetch and acknowledgement scripts
+/// take longer than that on a loaded machine, and a push that times out after
+/// Redis applied it is a duplicate job on retry. Seconds are what a queue
+/// needs; a Redis that is really gone still fails fast (connection refused).
+pub fn redis_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+}
+
 /// Most jobs one Redis queue may hold waiting. apalis-redis 1.0 stops
 /// fetching when about 8,000 scheduled jobs fall due at once; pushes beyond
 /// this bound are skipped and the reconciler enqueues the work later from the
@@ -222,7 +233,10 @@ impl Queues {
             message: e.to_string(),
         };
         let client = redis::Client::open(url).map_err(|e| err(&e))?;
-        let conn = client.get_connection_manager().await.map_err(|e| err(&e))?;
+        let conn = client
+            .get_connection_manager_with_config(redis_config())
+            .await
+            .map_err(|e| err(&e))?;
         let cfg = |queue: &str| {
             apalis_redis::Config::default()
                 .queue(queue)

@@ -28,6 +28,26 @@ impl<'a> Updates<'a> {
         Ok(inserted > 0)
     }
 
+    /// Records a batch of update ids in one statement and returns those seen
+    /// for the first time (the rest are redeliveries). One write per
+    /// getUpdates batch instead of one per update: on SQLite every write
+    /// transaction takes the database's single write lock and a sync.
+    pub async fn first_time_many(&self, update_ids: &[i64]) -> Result<Vec<i64>> {
+        if update_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let now = now_ms();
+        let mut q = sqlx::QueryBuilder::<sqlx::Any>::new(
+            "INSERT INTO processed_updates (update_id, processed_at) ",
+        );
+        q.push_values(update_ids, |mut row, id| {
+            row.push_bind(*id).push_bind(now);
+        });
+        q.push(" ON CONFLICT (update_id) DO NOTHING RETURNING update_id");
+        let fresh: Vec<i64> = q.build_query_scalar().fetch_all(self.store.pool()).await?;
+        Ok(fresh)
+    }
+
     /// Forgets updates processed before `older_than` (unix ms); Telegram does
     /// not redeliver after a day. Returns how many.
     pub async fn prune(&self, older_than: i64) -> Result<u64> {

@@ -113,7 +113,16 @@ impl RedisLimiter {
         config: LimiterConfig,
     ) -> Result<Self, RedisLimiterError> {
         let client = redis::Client::open(redis_url)?;
-        let conn = client.get_connection_manager().await?;
+        // redis-rs's 500 ms reply timeout is shorter than a loaded Redis
+        // sometimes needs; a limiter that errs on a slow reply would fail a
+        // delivery that only had to wait.
+        let conn = client
+            .get_connection_manager_with_config(
+                redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(std::time::Duration::from_secs(3)))
+                    .set_connection_timeout(Some(std::time::Duration::from_secs(3))),
+            )
+            .await?;
         Ok(Self::new(conn, prefix, config))
     }
 

@@ -1,0 +1,206 @@
+//! Long polling: getUpdates in a loop, updates handled concurrently across
+//! chats and in order within each chat.
+//!
+//! Every chat has a lane (a task fed by a channel) while it has updates in
+//! hand, so the loop fetches the next batch as soon as the current one is
+//! handed out: a slow handler (an upload, a payment) holds up only its own
+//! chat, never the whole bot. A bound on updates in hand keeps a flood from
+//! growing memory: the loop stops fetching until lanes catch up.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use teloxide::prelude::*;
+use teloxide::types::Update;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::{BotDeps, dispatch, watch_broadcasts};
+
+/// Updates fetched but not yet handled, across all chats. Telegram keeps the
+/// rest for us until we ask again.
+const IN_HAND: usize = 2_000;
+
+/// A lane with nothing to do for this long is closed (its task ends).
+const LANE_IDLE: Duration = Duration::from_secs(60);
+
+/// How long a stopping bot waits for lanes to finish what they hold.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// Long polling until `shutdown` resolves.
+pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
+    let deps = Arc::new(deps);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut offset: i32 = 0;
+    // A broadcast interrupted by the last shutdown (or left by a process
+    // that died) continues here unless another process holds it.
+    let broadcasts = tokio::spawn(watch_broadcasts((*deps).clone(), std::future::pending()));
+    // A webhook left over from another mode would make getUpdates fail.
+    if let Err(e) = deps.bot.delete_webhook().await {
+        tracing::warn!(error = %e, "deleteWebhook failed");
+    }
+    let in_hand = Arc::new(Semaphore::new(IN_HAND));
+    let mut lanes = Lanes::default();
+    loop {
+        let fetch = deps
+            .bot
+            .get_updates()
+            .offset(offset)
+            .timeout(25)
+            .allowed_updates(vec![]);
+        let updates = tokio::select! {
+            () = &mut shutdown => break,
+            r = fetch.send() => r,
+        };
+        let updates = match updates {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "getUpdates failed; retrying");
+                if pause(&mut shutdown, Duration::from_secs(2)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(last) = updates.last() else {
+            continue;
+        };
+        let next_offset = i32::try_from(last.id.0)
+            .unwrap_or(i32::MAX)
+            .saturating_add(1);
+        // One write records the whole batch; a redelivered update (this
+        // process or another one handled it before a crash) is dropped here.
+        let ids: Vec<i64> = updates.iter().map(|u| i64::from(u.id.0)).collect();
+        let fresh = match deps.store.updates().first_time_many(&ids).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                // Without the record a redelivery cannot be told from a new
+                // update: leave the batch with Telegram and ask again.
+                tracing::error!(error = %e, "cannot record updates; fetching the batch again");
+                if pause(&mut shutdown, Duration::from_secs(1)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        offset = next_offset;
+        let fresh: std::collections::HashSet<i64> = fresh.into_iter().collect();
+        let mut stopping = false;
+        for u in updates {
+            if !fresh.contains(&i64::from(u.id.0)) {
+                tracing::debug!(update_id = u.id.0, "duplicate update ignored");
+                continue;
+            }
+            let permit = tokio::select! {
+                () = &mut shutdown => None,
+                p = Arc::clone(&in_hand).acquire_owned() => p.ok(),
+            };
+            let Some(permit) = permit else {
+                stopping = true;
+                break;
+            };
+            lanes.hand_out(&deps, u, permit);
+        }
+        if stopping {
+            break;
+        }
+        lanes.close_idle();
+    }
+    // Let the lanes finish what they hold; what is left after the drain
+    // time is lost like an update in a crash (recorded, not handled).
+    drop(lanes);
+    let drained = tokio::time::timeout(
+        DRAIN,
+        in_hand.acquire_many(u32::try_from(IN_HAND).unwrap_or(u32::MAX)),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!("stopping with updates still being handled");
+    }
+    // A broadcast cut short here is taken over when its lease lapses.
+    broadcasts.abort();
+    tracing::info!("polling stopped");
+}
+
+/// Sleeps for `d`; `true` if `shutdown` came first.
+async fn pause(shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>, d: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.as_mut() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
+
+/// One chat's queue of updates and the task that handles them in order.
+struct Lane {
+    tx: mpsc::UnboundedSender<(Update, OwnedSemaphorePermit)>,
+    /// Updates sent to the lane and not yet handled.
+    pending: Arc<AtomicUsize>,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Lanes {
+    by_chat: HashMap<i64, Lane>,
+}
+
+impl Lanes {
+    /// Hands `u` to its chat's lane (opening one if needed); an update with
+    /// no chat or sender has no order to keep and runs on its own.
+    fn hand_out(&mut self, deps: &Arc<BotDeps>, u: Update, permit: OwnedSemaphorePermit) {
+        let key = u
+            .chat()
+            .map(|c| c.id.0)
+            .or_else(|| u.from().map(|f| f.id.0 as i64));
+        let Some(key) = key else {
+            let deps = Arc::clone(deps);
+            tokio::spawn(async move {
+                dispatch(&deps, u).await;
+                drop(permit);
+            });
+            return;
+        };
+        let lane = self
+            .by_chat
+            .entry(key)
+            .or_insert_with(|| open_lane(Arc::clone(deps)));
+        lane.pending.fetch_add(1, Ordering::AcqRel);
+        lane.last_used = Instant::now();
+        if let Err(mpsc::error::SendError((u, permit))) = lane.tx.send((u, permit)) {
+            // The lane's task is gone (it panicked): a fresh lane takes over.
+            tracing::error!(chat = key, "update lane ended unexpectedly; reopening");
+            let lane = open_lane(Arc::clone(deps));
+            lane.pending.fetch_add(1, Ordering::AcqRel);
+            let _ = lane.tx.send((u, permit));
+            self.by_chat.insert(key, lane);
+        }
+    }
+
+    /// Closes lanes that hold nothing and have been idle a while. A lane
+    /// with work is never closed, so a chat's next update can never overtake
+    /// its previous one on a second lane.
+    fn close_idle(&mut self) {
+        self.by_chat.retain(|_, l| {
+            l.pending.load(Ordering::Acquire) > 0 || l.last_used.elapsed() < LANE_IDLE
+        });
+    }
+}
+
+fn open_lane(deps: Arc<BotDeps>) -> Lane {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Update, OwnedSemaphorePermit)>();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let left = Arc::clone(&pending);
+    tokio::spawn(async move {
+        while let Some((u, permit)) = rx.recv().await {
+            dispatch(&deps, u).await;
+            left.fetch_sub(1, Ordering::AcqRel);
+            drop(permit);
+        }
+    });
+    Lane {
+        tx,
+        pending,
+        last_used: Instant::now(),
+    }
+}
