@@ -285,13 +285,17 @@ async fn in_flight(n: usize) {
             started.elapsed().as_secs_f64(),
             h.kie.calls(Endpoint::RecordInfo)
         );
-        if delivered as usize >= n {
+        // Done when every generation is terminal and its user told: a task
+        // whose polls fell behind its deadline ends expired (released).
+        let gens = h.ctx.store.generations();
+        if gens.count_unfinished().await.unwrap() == 0 && gens.count_untold().await.unwrap() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
+    let counts = h.ctx.store.generations().count_by_status().await.unwrap();
     println!(
-        "in-flight: peak {peak_submitted} generations in flight at once; all {n} delivered in {:.1}s",
+        "in-flight: peak {peak_submitted} generations in flight at once; all {n} finished and told in {:.1}s: {counts:?}",
         started.elapsed().as_secs_f64()
     );
     h.assert_money_consistent().await;

@@ -785,6 +785,7 @@ async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyho
         chat_id: ctx.chat.0,
         deadline_secs: model.deadline_secs,
         max_active: ctx.deps.max_active,
+        traceparent: kiebot_telemetry::current_traceparent(),
     };
     let name = model.name.get(lang.code());
     match ctx

@@ -47,6 +47,9 @@ pub struct NewGeneration {
     pub deadline_secs: u32,
     /// The most active (pending or submitted) generations a user may have.
     pub max_active: u32,
+    /// The confirmation's W3C traceparent, so the jobs that carry the
+    /// generation on link their spans to it (`None` when traces are off).
+    pub traceparent: Option<String>,
 }
 
 /// Who pays for a generation, besides a wallet hold of its `price`. The bot
@@ -161,6 +164,8 @@ pub struct Generation {
     pub budget_spent: Option<Money>,
     /// When the free use or the budget was given back (it did not succeed).
     pub funding_returned_at: Option<i64>,
+    /// The W3C traceparent of the confirmation that created it.
+    pub traceparent: Option<String>,
 }
 
 #[macro_export]
@@ -171,7 +176,8 @@ macro_rules! generation_columns {
          submit_attempts, poll_attempts, next_poll_at, deadline_at, result, fail_code, \
          fail_reason, chat_id, progress_message_id, created_at, updated_at, submitted_at, \
          finished_at, delivered_at, delivery_attempts, next_delivery_at, claimed_until, \
-         file_ids, delivery_error, free_day, budget_spent, funding_returned_at"
+         file_ids, delivery_error, free_day, budget_spent, funding_returned_at, \
+         traceparent"
     };
 }
 
@@ -604,8 +610,8 @@ async fn create_in(
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
              chat_id, deadline_at, created_at, updated_at, \
-             submit_attempts, poll_attempts, delivery_attempts, free_day, budget_spent) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, 0, 0, 0, $10, $11) \
+             submit_attempts, poll_attempts, delivery_attempts, free_day, budget_spent, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, 0, 0, 0, $10, $11, $12) \
          ON CONFLICT (draft_key) DO NOTHING RETURNING id",
     )
     .bind(new.user.0)
@@ -619,6 +625,7 @@ async fn create_in(
     .bind(now)
     .bind(free_day)
     .bind(budget_spent)
+    .bind(new.traceparent.as_deref())
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| match &e {
@@ -861,5 +868,6 @@ pub(crate) fn generation_from_row(r: &AnyRow) -> Result<Generation> {
             .try_get::<Option<i64>, _>("budget_spent")?
             .map(Money::from_minor),
         funding_returned_at: r.try_get("funding_returned_at")?,
+        traceparent: r.try_get("traceparent")?,
     })
 }

@@ -23,7 +23,28 @@ on_both_engines!(
     a_free_generation_places_no_hold,
     transitions_refuse_illegal_steps_and_carry_their_money_step,
     the_lifecycle_queries_find_due_work,
+    the_confirmations_traceparent_is_kept_with_the_generation,
 );
+
+async fn the_confirmations_traceparent_is_kept_with_the_generation(store: Store) {
+    let user = funded_user(&store, 1, 1000).await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut new = confirmation(user, "traced", 100);
+    new.traceparent = Some(tp.to_owned());
+    let id = store.generations().create_pending(&new).await.unwrap().id();
+    let untraced = store
+        .generations()
+        .create_pending(&confirmation(user, "untraced", 100))
+        .await
+        .unwrap()
+        .id();
+    let gens = store.generations();
+    assert_eq!(
+        gens.get(id).await.unwrap().unwrap().traceparent.as_deref(),
+        Some(tp)
+    );
+    assert_eq!(gens.get(untraced).await.unwrap().unwrap().traceparent, None);
+}
 
 async fn submitted(
     store: &Store,

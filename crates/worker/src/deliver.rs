@@ -38,6 +38,7 @@ pub async fn run(ctx: &Ctx, job: Deliver) -> Result<(), JobError> {
         // Delivered already, not finished yet, or another worker is on it.
         return Ok(());
     };
+    kiebot_telemetry::link_current_span(g.traceparent.as_deref());
     let lang = ctx
         .store
         .users()

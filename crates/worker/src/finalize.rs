@@ -37,6 +37,7 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
         warn!("generation is gone; nothing to finalize");
         return Ok(());
     };
+    kiebot_telemetry::link_current_span(g.traceparent.as_deref());
     match (g.status, g.outcome()) {
         (GenerationStatus::Submitted, Some(Outcome::Success { result })) => {
             if gens.finish_success(id, &result).await? {
@@ -76,5 +77,8 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
 
 /// Delivers the finished generation now, in this job.
 async fn tell(ctx: &Ctx, id: kiebot_domain::GenerationId) -> Result<(), JobError> {
-    crate::deliver::run(ctx, Deliver { generation: id }).await
+    use tracing::Instrument as _;
+    crate::deliver::run(ctx, Deliver { generation: id })
+        .instrument(tracing::info_span!("deliver"))
+        .await
 }

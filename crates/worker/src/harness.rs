@@ -277,6 +277,7 @@ impl Harness {
             chat_id: user.0,
             deadline_secs: m.deadline_secs,
             max_active: 1_000_000,
+            traceparent: None,
         };
         match self
             .ctx

@@ -34,6 +34,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         warn!("generation is gone; nothing to poll");
         return Ok(());
     };
+    kiebot_telemetry::link_current_span(g.traceparent.as_deref());
     if g.status != GenerationStatus::Submitted || g.outcome_recorded() {
         // Already finalized, or waiting for Finalize: make sure it is queued.
         if g.status == GenerationStatus::Submitted {
@@ -142,7 +143,10 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
 /// acknowledgement per generation and, when the queue is at its bound, leave
 /// the outcome waiting a whole lease.
 async fn finalize_now(ctx: &Ctx, id: kiebot_domain::GenerationId) -> Result<(), JobError> {
-    crate::finalize::run(ctx, Finalize { generation: id }).await
+    use tracing::Instrument as _;
+    crate::finalize::run(ctx, Finalize { generation: id })
+        .instrument(tracing::info_span!("finalize"))
+        .await
 }
 
 /// When the reconciler re-enqueues Finalize if the job we push is lost.

@@ -38,6 +38,7 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
         // Not pending any more, or another worker holds the claim: done.
         return Ok(());
     };
+    kiebot_telemetry::link_current_span(generation.traceparent.as_deref());
     if i64::from(generation.submit_attempts) > ctx.config.max_submit_attempts {
         warn!(
             attempts = generation.submit_attempts,

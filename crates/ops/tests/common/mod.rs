@@ -281,6 +281,7 @@ pub async fn pending_generation(store: &Store, user: UserId, price: i64) -> Gene
             chat_id: user.0,
             deadline_secs: 600,
             max_active: 5,
+            traceparent: None,
         })
         .await
         .unwrap()

@@ -81,6 +81,7 @@ pub fn confirmation(user: UserId, draft: &str, price: i64) -> NewGeneration {
         chat_id: 1000 + user.0,
         deadline_secs: 600,
         max_active: 5,
+        traceparent: None,
     }
 }
 
