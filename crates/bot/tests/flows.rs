@@ -947,7 +947,20 @@ async fn polling_answers_updates_until_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_keeps_each_chats_order_while_chats_run_concurrently() {
-    let mut app = App::start().await;
+    polling_keeps_order(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_keeps_each_chats_order_on_postgres() {
+    polling_keeps_order(true).await;
+}
+
+async fn polling_keeps_order(postgres: bool) {
+    let mut app = App::with(Options {
+        postgres,
+        ..Options::default()
+    })
+    .await;
     let users = [230_i64, 231, 232];
     for u in users {
         app.onboard(u).await;

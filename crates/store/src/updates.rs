@@ -36,15 +36,22 @@ impl<'a> Updates<'a> {
         if update_ids.is_empty() {
             return Ok(vec![]);
         }
-        let now = now_ms();
-        let mut q = sqlx::QueryBuilder::<sqlx::Any>::new(
-            "INSERT INTO processed_updates (update_id, processed_at) ",
+        // Placeholders written out: the Any driver's query builder numbers
+        // them in SQLite's style, which PostgreSQL refuses.
+        let rows: Vec<String> = (0..update_ids.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO processed_updates (update_id, processed_at) VALUES {} \
+             ON CONFLICT (update_id) DO NOTHING RETURNING update_id",
+            rows.join(", ")
         );
-        q.push_values(update_ids, |mut row, id| {
-            row.push_bind(*id).push_bind(now);
-        });
-        q.push(" ON CONFLICT (update_id) DO NOTHING RETURNING update_id");
-        let fresh: Vec<i64> = q.build_query_scalar().fetch_all(self.store.pool()).await?;
+        let now = now_ms();
+        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+        for id in update_ids {
+            q = q.bind(*id).bind(now);
+        }
+        let fresh: Vec<i64> = q.fetch_all(self.store.pool()).await?;
         Ok(fresh)
     }
 

@@ -18,6 +18,7 @@ on_both_engines!(
     migrations_apply_cleanly_twice,
     a_user_is_created_once_with_an_empty_wallet,
     an_update_is_handled_the_first_time_only,
+    a_batch_of_updates_is_recorded_in_one_write,
     a_dialogue_is_forgotten_when_it_expires,
     the_free_quota_is_never_exceeded_even_concurrently,
     settings_and_the_audit_log_keep_what_they_are_given,
@@ -230,4 +231,24 @@ async fn a_sqlite_url_without_a_mode_creates_the_file() {
     assert_eq!(fk, 1);
     store.close().await;
     assert!(path.exists());
+}
+
+async fn a_batch_of_updates_is_recorded_in_one_write(store: Store) {
+    let updates = store.updates();
+    assert!(updates.first_time(7).await.unwrap());
+    let mut fresh = updates.first_time_many(&[5, 6, 7, 8]).await.unwrap();
+    fresh.sort_unstable();
+    assert_eq!(fresh, vec![5, 6, 8], "7 was seen before");
+    assert!(
+        updates
+            .first_time_many(&[5, 6, 7, 8])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!updates.first_time(8).await.unwrap());
+    assert!(updates.first_time_many(&[]).await.unwrap().is_empty());
+    // A full getUpdates batch (100 updates) fits in one statement.
+    let batch: Vec<i64> = (1_000..1_100).collect();
+    assert_eq!(updates.first_time_many(&batch).await.unwrap().len(), 100);
 }
