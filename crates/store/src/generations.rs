@@ -395,19 +395,34 @@ impl<'a> Generations<'a> {
         .await
     }
 
-    /// Active generations past their deadline at `now`, earliest first. A
-    /// generation whose outcome a poll already recorded is not overdue: it is
-    /// waiting for finalization, and KIE did finish in time.
-    pub async fn overdue(&self, now: i64, limit: u32) -> Result<Vec<GenerationId>> {
-        self.ids(
+    /// Active generations past their deadline at `now`, earliest first: a
+    /// pending one (KIE never took it) at its deadline, a submitted one only
+    /// `submitted_grace_ms` later. Until then a submitted task's last poll,
+    /// due at the deadline, decides: polls that run late under load must not
+    /// expire a task KIE finished (and the operator paid for). A generation
+    /// whose outcome a poll already recorded is not overdue: it is waiting
+    /// for finalization, and KIE did finish in time.
+    pub async fn overdue(
+        &self,
+        now: i64,
+        submitted_grace_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<GenerationId>> {
+        let rows = sqlx::query(
             "SELECT id FROM generations \
-             WHERE status IN ('pending', 'submitted') AND deadline_at <= $1 \
+             WHERE ((status = 'pending' AND deadline_at <= $1) \
+                     OR (status = 'submitted' AND deadline_at <= $2)) \
                  AND result IS NULL AND fail_code IS NULL \
-             ORDER BY deadline_at, id LIMIT $2",
-            now,
-            limit,
+             ORDER BY deadline_at, id LIMIT $3",
         )
-        .await
+        .bind(now)
+        .bind(now.saturating_sub(submitted_grace_ms))
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok(GenerationId(r.try_get("id")?)))
+            .collect()
     }
 
     /// `submitted -> succeeded` with the result, capturing the hold in the

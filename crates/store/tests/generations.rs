@@ -480,7 +480,10 @@ async fn the_lifecycle_queries_find_due_work(store: Store) {
     assert_eq!(gens.by_task_id("task-b").await.unwrap().unwrap().id, b);
     assert!(gens.by_task_id("task-z").await.unwrap().is_none());
 
-    assert_eq!(gens.overdue(55_000, 10).await.unwrap(), vec![a]);
+    assert_eq!(gens.overdue(55_000, 0, 10).await.unwrap(), vec![a]);
+    // A submitted task gets its grace after the deadline for a last poll.
+    assert!(gens.overdue(55_000, 10_000, 10).await.unwrap().is_empty());
+    assert_eq!(gens.overdue(60_000, 10_000, 10).await.unwrap(), vec![a]);
     let c_row = gens.get(c).await.unwrap().unwrap();
     assert_eq!(
         gens.pending_older_than(c_row.updated_at + 1, 10)

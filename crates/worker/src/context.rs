@@ -61,6 +61,11 @@ pub struct PipelineConfig {
     /// (the queue never holds an unbounded backlog; the database does). Keep
     /// it below `kiebot_jobs::REDIS_BACKLOG`.
     pub queue_high_water: u64,
+    /// How long after its deadline a submitted task is expired without a
+    /// last word from KIE. The poll due at the deadline normally decides
+    /// first (and expires a task KIE still runs); this bound ends tasks whose
+    /// polls keep failing, or run late under load.
+    pub expiry_grace: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -77,6 +82,7 @@ impl Default for PipelineConfig {
             reconcile_batch: 1000,
             reconcile_interval: Duration::from_secs(1),
             queue_high_water: 1_500,
+            expiry_grace: Duration::from_secs(300),
         }
     }
 }

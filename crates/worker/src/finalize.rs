@@ -49,11 +49,13 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
             tell(ctx, id).await?;
         }
         (GenerationStatus::Submitted, Some(Outcome::Failure { code, reason })) => {
-            if gens
-                .finish_failure(id, GenerationStatus::Failed, &code, &reason)
-                .await?
-            {
-                metrics_names::generation_state(GenerationStatus::Failed.as_str());
+            let status = if code == crate::poll::DEADLINE_CODE {
+                GenerationStatus::Expired
+            } else {
+                GenerationStatus::Failed
+            };
+            if gens.finish_failure(id, status, &code, &reason).await? {
+                metrics_names::generation_state(status.as_str());
                 metrics::counter!(metrics_names::MONEY_RELEASED)
                     .increment(g.price.minor().max(0) as u64);
                 info!(code, "failed; hold released");

@@ -85,6 +85,10 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
     let started = Instant::now();
     let reply = client.record_info(&task).await;
     let seconds = started.elapsed().as_secs_f64();
+    let still_running = matches!(
+        &reply,
+        Ok(r) if matches!(r.state, TaskState::Waiting | TaskState::Queuing | TaskState::Generating)
+    );
     let outcome = match reply {
         Ok(record) => {
             metrics_names::kie_call("recordInfo", "ok", seconds);
@@ -121,9 +125,26 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
             }
         }
     };
+    let now = now_ms();
+    let deadline = g.deadline_at.unwrap_or(i64::MAX);
+    let outcome = match outcome {
+        // KIE answered and the task is still running at its deadline.
+        None if still_running && now >= deadline => Some(Outcome::Failure {
+            code: DEADLINE_CODE.into(),
+            reason: "no result before the model's deadline".into(),
+        }),
+        other => other,
+    };
     match outcome {
         None => {
-            let at = now_ms() + Ctx::ms(ctx.config.poll_delay(i64::from(g.poll_attempts) + 1));
+            let next = now + Ctx::ms(ctx.config.poll_delay(i64::from(g.poll_attempts) + 1));
+            // The last poll falls on the deadline itself, so a task that
+            // finishes just in time is delivered, not expired.
+            let at = if now < deadline {
+                next.min(deadline)
+            } else {
+                next
+            };
             gens.schedule_poll(id, at).await?;
         }
         Some(o) => {
@@ -148,6 +169,10 @@ async fn finalize_now(ctx: &Ctx, id: kiebot_domain::GenerationId) -> Result<(), 
         .instrument(tracing::info_span!("finalize"))
         .await
 }
+
+/// The failure code of a task KIE was still running at its deadline; the
+/// finalizer ends such a generation as `expired`.
+pub const DEADLINE_CODE: &str = "deadline";
 
 /// When the reconciler re-enqueues Finalize if the job we push is lost.
 fn requeue_at(ctx: &Ctx) -> i64 {

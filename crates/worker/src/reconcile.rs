@@ -2,7 +2,9 @@
 //! interrupt is resumed from the database.
 //!
 //! Each tick, in bounded batches:
-//! 1. expires generations past their deadline (the hold is released);
+//! 1. expires generations past their deadline (the hold is released): a
+//!    pending one at once, a submitted one after `expiry_grace` (its last
+//!    poll, due at the deadline, normally settles it first);
 //! 2. claims rows whose next check is due and enqueues the job their state
 //!    needs: `Submit` for pending rows nobody submitted, `Poll` for running
 //!    tasks, `Finalize` for recorded outcomes, `Deliver` for undelivered
@@ -85,7 +87,14 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
     let mut report = Report::default();
     let mut jobs: Vec<Job> = Vec::new();
 
-    for id in gens.overdue(now, batch_u32(cfg.reconcile_batch)).await? {
+    for id in gens
+        .overdue(
+            now,
+            Ctx::ms(cfg.expiry_grace),
+            batch_u32(cfg.reconcile_batch),
+        )
+        .await?
+    {
         let reason = "no result before the model's deadline";
         if gens
             .finish_failure(id, GenerationStatus::Expired, "deadline", reason)

@@ -140,6 +140,55 @@ on_both!(
     a_task_that_never_finishes_expires_at_its_deadline
 );
 
+async fn a_task_finished_in_time_but_polled_late_is_delivered_not_expired(flavor: Flavor) {
+    // No poll for a long while after submission: the poll is set by hand.
+    let cfg = kiebot_worker::PipelineConfig {
+        poll_first: Duration::from_secs(30),
+        ..kiebot_worker::harness::quick_pipeline()
+    };
+    let mut h = Harness::with_config(flavor, cfg).await;
+    let user = h.funded_user(Money::from_minor(5_000)).await;
+    h.kie
+        .set_default_outcome(Outcome::succeed_after(Duration::from_millis(800), 1));
+    h.start_workers(2);
+    let id = h.confirm(user, "google/nano-banana", price()).await;
+    let gens = h.ctx.store.generations();
+    let submitted = async {
+        loop {
+            if h.statuses(&[id]).await == vec![GenerationStatus::Submitted] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), submitted)
+        .await
+        .expect("submitted");
+    // KIE finishes at 0.8 s, the deadline is at 1 s, but the poll (as under
+    // load) only runs at 2.5 s: the task made it, so it must be delivered.
+    let now = kiebot_worker::now_ms();
+    sqlx::query("UPDATE generations SET deadline_at = $1, next_poll_at = $2 WHERE id = $3")
+        .bind(now + 1_000)
+        .bind(now + 2_500)
+        .bind(id.0)
+        .execute(h.ctx.store.pool())
+        .await
+        .unwrap();
+    h.wait_settled(SETTLE).await.unwrap();
+    assert_eq!(h.statuses(&[id]).await, vec![GenerationStatus::Delivered]);
+    let g = gens.get(id).await.unwrap().unwrap();
+    assert!(g.fail_code.is_none(), "{:?}", g.fail_code);
+    assert_eq!(
+        h.ctx.store.ledger().wallet(user).await.unwrap().balance,
+        Money::from_minor(5_000 - price().minor())
+    );
+    finish(h).await;
+}
+on_both!(
+    polled_late,
+    a_task_finished_in_time_but_polled_late_is_delivered_not_expired
+);
+
 async fn a_lost_create_reply_is_retried_and_charged_once(flavor: Flavor) {
     let mut cfg = kiebot_worker::harness::quick_pipeline();
     cfg.lease = Duration::from_secs(2);
