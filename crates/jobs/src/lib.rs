@@ -318,12 +318,16 @@ impl Queues {
     /// Enqueues one job.
     #[tracing::instrument(name = "queue.push", skip(self), fields(job = %job))]
     pub async fn push(&self, job: Job) -> Result<(), QueueError> {
-        self.push_many(&[job]).await
+        // A job left out (the queue is at its bound) is found again by the
+        // reconciler from the row's due time.
+        self.push_many(&[job]).await.map(drop)
     }
 
     /// Enqueues many jobs, grouped by kind and pushed in chunks of
-    /// [`PUSH_CHUNK`].
-    pub async fn push_many(&self, jobs: &[Job]) -> Result<(), QueueError> {
+    /// [`PUSH_CHUNK`]. Returns the jobs left out because their Redis queue
+    /// is at [`REDIS_BACKLOG`] (never any on SQLite), so that a caller that
+    /// claimed their rows can make them due again.
+    pub async fn push_many(&self, jobs: &[Job]) -> Result<Vec<Job>, QueueError> {
         let mut submit = vec![];
         let mut poll = vec![];
         let mut finalize = vec![];
@@ -362,20 +366,26 @@ impl Queues {
                         d
                     }
                 };
-                let deferred = cap(&mut submit, depths[0])
-                    + cap(&mut poll, depths[1])
-                    + cap(&mut finalize, depths[2])
-                    + cap(&mut deliver, depths[3]);
+                let mut left_out = vec![];
+                left_out.extend(cap(&mut submit, depths[0]).map(|j| Job::Submit(j.generation)));
+                left_out.extend(cap(&mut poll, depths[1]).map(|j| Job::Poll(j.generation)));
+                left_out.extend(cap(&mut finalize, depths[2]).map(|j| Job::Finalize(j.generation)));
+                left_out.extend(cap(&mut deliver, depths[3]).map(|j| Job::Deliver(j.generation)));
                 cache.add([submit.len(), poll.len(), finalize.len(), deliver.len()]);
-                if deferred > 0 {
-                    tracing::debug!(deferred, "queue backlog full; jobs left to the reconciler");
+                if !left_out.is_empty() {
+                    tracing::debug!(
+                        left_out = left_out.len(),
+                        "queue backlog full; jobs left to the reconciler"
+                    );
                 }
-                push_storages!(storages, names, submit, poll, finalize, deliver)
+                push_storages!(storages, names, submit, poll, finalize, deliver)?;
+                Ok(left_out)
             }
             Queues::Sqlite {
                 storages, names, ..
             } => {
-                push_storages!(storages, names, submit, poll, finalize, deliver)
+                push_storages!(storages, names, submit, poll, finalize, deliver)?;
+                Ok(vec![])
             }
         }
     }
@@ -512,14 +522,12 @@ impl DepthCache {
     }
 }
 
-/// Trims `jobs` to the room left under [`REDIS_BACKLOG`]; returns how many
-/// were left out.
-fn cap<T>(jobs: &mut Vec<T>, depth: u64) -> usize {
+/// Trims `jobs` to the room left under [`REDIS_BACKLOG`]; returns those
+/// left out.
+fn cap<T>(jobs: &mut Vec<T>, depth: u64) -> std::vec::IntoIter<T> {
     let room = usize::try_from(REDIS_BACKLOG.saturating_sub(depth)).unwrap_or(0);
     let keep = room.min(jobs.len());
-    let left_out = jobs.len() - keep;
-    jobs.truncate(keep);
-    left_out
+    jobs.split_off(keep).into_iter()
 }
 
 /// Waiting jobs of each named Redis queue (active list plus scheduled set:

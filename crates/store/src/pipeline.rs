@@ -175,6 +175,29 @@ impl Generations<'_> {
         row.as_ref().map(|r| get_parsed(r, "status")).transpose()
     }
 
+    /// Undoes reconciler claims whose jobs the queue had no room for: each
+    /// row's next check becomes `at` again. Handler leases are left alone.
+    pub async fn due_again(&self, ids: &[GenerationId], at: i64) -> Result<u64> {
+        let mut changed = 0;
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = chunk.iter().map(|id| id.0.to_string()).collect();
+            changed += sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE generations SET \
+                     next_poll_at = CASE WHEN status IN ('pending', 'submitted') THEN $1 \
+                         ELSE next_poll_at END, \
+                     next_delivery_at = CASE WHEN delivered_at IS NULL AND status IN {FINISHED} \
+                         AND next_delivery_at IS NOT NULL THEN $1 ELSE next_delivery_at END \
+                 WHERE id IN ({})",
+                list.join(", ")
+            )))
+            .bind(at)
+            .execute(self.store().pool())
+            .await?
+            .rows_affected();
+        }
+        Ok(changed)
+    }
+
     /// Claims a finished, untold generation for a delivery attempt and counts
     /// the attempt. `None`: told already, not finished, given up, or another
     /// worker holds the claim.

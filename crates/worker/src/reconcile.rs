@@ -41,6 +41,8 @@ pub struct Report {
     pub finalizes: usize,
     /// Deliver jobs enqueued.
     pub deliveries: usize,
+    /// Jobs the queue had no room for (their rows are due again at once).
+    pub left_out: usize,
 }
 
 impl Report {
@@ -154,7 +156,14 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
     }
 
     if !jobs.is_empty() {
-        ctx.queues.push_many(&jobs).await?;
+        let left_out = ctx.queues.push_many(&jobs).await?;
+        if !left_out.is_empty() {
+            // Another reconciler filled the queue between our measure and
+            // our push: these rows are due again now, not a lease from now.
+            let ids: Vec<_> = left_out.iter().map(|j| j.generation()).collect();
+            gens.due_again(&ids, now).await?;
+            report.left_out = left_out.len();
+        }
         for j in &jobs {
             metrics::counter!(metrics_names::RECONCILED, "queue" => j.kind()).increment(1);
         }
