@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use kiebot_app::{Parts, run};
+use kiebot_app::Parts;
 use kiebot_config::{Mode, Settings};
 
 fn main() -> ExitCode {
@@ -32,39 +32,12 @@ fn main() -> ExitCode {
         eprintln!("kiebot-bot: configuration error: {e}");
         return ExitCode::from(2);
     }
-    let _telemetry = match kiebot_telemetry::init(
+    kiebot_app::run_process(
         "kiebot-bot",
-        settings.log_format,
-        settings.otel_endpoint.as_deref(),
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("kiebot-bot: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("kiebot-bot: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(
         settings,
         Parts {
             bot: true,
             workers: false,
         },
-    )) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "kiebot-bot stopped");
-            eprintln!("kiebot-bot: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    )
 }

@@ -14,6 +14,7 @@
 
 pub mod demo;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -57,6 +58,42 @@ pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
         bot: ctx.bot.clone(),
         stars_rate: settings.stars_rate,
         limiter: ctx.limiter.clone(),
+    }
+}
+
+/// The `main` of a long-running process (`kiebot-bot`, `kiebot-worker`):
+/// installs logging and tracing as `service`, runs `parts` until SIGTERM or
+/// ctrl-c, and turns the outcome into the exit code (2: telemetry could not
+/// be set up; 1: the process failed).
+pub fn run_process(service: &'static str, settings: Settings, parts: Parts) -> ExitCode {
+    let _telemetry = match kiebot_telemetry::init(
+        service,
+        settings.log_format,
+        settings.otel_endpoint.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{service}: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings, parts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{service} stopped");
+            eprintln!("{service}: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

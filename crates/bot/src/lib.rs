@@ -236,13 +236,12 @@ pub async fn handle_update(deps: &BotDeps, update: Update) {
             return;
         }
     }
-    dispatch(deps, update).await;
+    dispatch(Arc::new(deps.clone()), update).await;
 }
 
 /// Routes an update already recorded as seen through the handler tree.
-pub(crate) async fn dispatch(deps: &BotDeps, update: Update) {
+pub(crate) async fn dispatch(deps: Arc<BotDeps>, update: Update) {
     let update_id = i64::from(update.id.0);
-    let deps = Arc::new(deps.clone());
     let kind = update_kind(&update);
     let span = tracing::info_span!("bot.update", update_id, kind);
     let routed =

@@ -156,7 +156,7 @@ impl Lanes {
         let Some(key) = key else {
             let deps = Arc::clone(deps);
             tokio::spawn(async move {
-                dispatch(&deps, u).await;
+                dispatch(Arc::clone(&deps), u).await;
                 drop(permit);
             });
             return;
@@ -193,7 +193,7 @@ fn open_lane(deps: Arc<BotDeps>) -> Lane {
     let left = Arc::clone(&pending);
     tokio::spawn(async move {
         while let Some((u, permit)) = rx.recv().await {
-            dispatch(&deps, u).await;
+            dispatch(Arc::clone(&deps), u).await;
             left.fetch_sub(1, Ordering::AcqRel);
             drop(permit);
         }

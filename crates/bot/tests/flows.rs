@@ -13,26 +13,6 @@ use kiebot_testkit::telegram::{FakeUser, FileContent};
 use kiebot_tg::callback::{Cb, DraftId, MAX_LEN};
 use teloxide::prelude::*;
 
-async fn open_wizard(app: &mut App, user: i64, model: &str) {
-    app.send(user, "/menu").await;
-    let msg = app.last(user);
-    let data = Cb::Start(kiebot_domain::ModelId::parse(model).unwrap()).encode();
-    app.press_data(user, msg.message_id, &data).await;
-}
-
-/// Opens flux-2 pro text-to-image and walks to its confirm screen.
-async fn to_confirm(app: &mut App, user: i64) {
-    open_wizard(app, user, "flux-2/pro-text-to-image").await;
-    app.send(user, "a lighthouse at dusk").await;
-    for _ in 0..5 {
-        if app.last_text(user).contains("Check the parameters") {
-            return;
-        }
-        app.press(user, "Keep the default").await;
-    }
-    panic!("no confirm screen: {}", app.last_text(user));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_contact_offers_the_languages_and_a_referral_link_records_the_inviter() {
     let mut app = App::start().await;
@@ -146,7 +126,7 @@ async fn insufficient_balance_shows_a_top_up_button_and_holds_nothing() {
     let mut app = App::start().await;
     let user = 30;
     app.onboard(user).await;
-    to_confirm(&mut app, user).await;
+    app.flux_confirm(user).await;
     app.press(user, "Confirm").await;
     assert!(
         app.last_text(user).contains("Not enough balance"),
@@ -187,7 +167,7 @@ async fn double_tap(app: &mut App) {
     let user = 40;
     app.onboard(user).await;
     app.top_up(user, 100_000).await;
-    to_confirm(app, user).await;
+    app.flux_confirm(user).await;
     let msg = app.last(user);
     let data = buttons_of(&msg)
         .into_iter()
@@ -250,11 +230,11 @@ async fn a_sixth_concurrent_generation_is_refused() {
     app.onboard(user).await;
     app.top_up(user, 1_000_000).await;
     for _ in 0..5 {
-        to_confirm(&mut app, user).await;
+        app.flux_confirm(user).await;
         app.press(user, "Confirm").await;
         assert!(app.last_text(user).contains("has started"));
     }
-    to_confirm(&mut app, user).await;
+    app.flux_confirm(user).await;
     app.press(user, "Confirm").await;
     assert!(
         app.last_text(user)
@@ -357,7 +337,7 @@ async fn a_restart_mid_wizard_lets_the_user_continue_where_they_were() {
     let user = 90;
     app.onboard(user).await;
     app.top_up(user, 100_000).await;
-    open_wizard(&mut app, user, "flux-2/pro-text-to-image").await;
+    app.open_wizard(user, "flux-2/pro-text-to-image").await;
     app.send(user, "a quiet harbour").await;
     let step = app.last_text(user);
     assert!(step.contains("Step 2"), "{step}");
@@ -438,7 +418,7 @@ async fn bad_inputs_each_get_a_clear_message_and_change_nothing() {
     app.top_up(user, 100_000).await;
 
     // Uploads: seedream 4.5 edit asks for a prompt, then images.
-    open_wizard(&mut app, user, "seedream/4.5-edit").await;
+    app.open_wizard(user, "seedream/4.5-edit").await;
     app.send(user, "make it blue").await;
     assert!(
         app.last_text(user).contains("Send an image"),
@@ -502,7 +482,7 @@ async fn bad_inputs_each_get_a_clear_message_and_change_nothing() {
     );
 
     // A prompt over the limit (z-image takes 1000 characters).
-    open_wizard(&mut app, user, "z-image").await;
+    app.open_wizard(user, "z-image").await;
     let before = dialogue(&app).await;
     app.send(user, &"x".repeat(1001)).await;
     assert!(
@@ -536,7 +516,8 @@ async fn bad_inputs_each_get_a_clear_message_and_change_nothing() {
     assert_eq!(dialogue(&app).await, before);
 
     // A number out of range (cfg_scale is 0..1, an advanced option).
-    open_wizard(&mut app, user, "kling/v2-5-turbo-text-to-video-pro").await;
+    app.open_wizard(user, "kling/v2-5-turbo-text-to-video-pro")
+        .await;
     app.send(user, "a storm").await;
     while !app.last_text(user).contains("Check the parameters") {
         app.press(user, "Keep the default").await;
@@ -572,7 +553,7 @@ async fn dry_run_creates_the_generation_at_price_zero_and_says_so() {
     .await;
     let user = 130;
     app.onboard(user).await;
-    to_confirm(&mut app, user).await;
+    app.flux_confirm(user).await;
     assert!(app.last_text(user).contains("test mode"));
     app.press(user, "Confirm").await;
     assert!(app.last_text(user).contains("Test mode: price 0"));
@@ -585,7 +566,7 @@ async fn dry_run_creates_the_generation_at_price_zero_and_says_so() {
 async fn the_owner_is_not_charged_and_z_image_is_free_five_times_a_day() {
     let mut app = App::start().await;
     app.onboard(1).await;
-    to_confirm(&mut app, 1).await;
+    app.flux_confirm(1).await;
     app.press(1, "Confirm").await;
     assert_eq!(app.generations(1).await[0].price, Money::ZERO);
 
@@ -593,7 +574,7 @@ async fn the_owner_is_not_charged_and_z_image_is_free_five_times_a_day() {
     app.onboard(user).await;
     app.top_up(user, 100_000).await;
     for i in 0..6 {
-        open_wizard(&mut app, user, "z-image").await;
+        app.open_wizard(user, "z-image").await;
         app.send(user, "a cat").await;
         app.press(user, "Keep the default").await;
         let confirm = app.last_text(user);
@@ -629,7 +610,7 @@ async fn history_lists_generations_and_repeat_prefills_the_wizard() {
     let user = 150;
     app.onboard(user).await;
     app.top_up(user, 100_000).await;
-    open_wizard(&mut app, user, "flux-2/pro-text-to-image").await;
+    app.open_wizard(user, "flux-2/pro-text-to-image").await;
     app.send(user, "an owl").await;
     app.press(user, "3:4").await;
     app.press(user, "2K").await;
@@ -869,7 +850,7 @@ async fn a_delivered_result_is_sent_again_from_the_history_by_its_file_id() {
     let user = 210;
     app.onboard(user).await;
     app.top_up(user, 100_000).await;
-    to_confirm(&mut app, user).await;
+    app.flux_confirm(user).await;
     app.press(user, "Confirm").await;
     let g = app.generations(user).await[0].id;
     // What the worker would have done: submit, succeed, deliver.

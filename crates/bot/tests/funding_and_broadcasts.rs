@@ -12,38 +12,6 @@ use std::time::Duration;
 use common::{App, Options};
 use kiebot_domain::{GenerationId, GenerationStatus, ModelId, Money, UserId};
 use kiebot_store::NewBroadcast;
-use kiebot_tg::callback::Cb;
-
-async fn open_wizard(app: &mut App, user: i64, model: &str) {
-    app.send(user, "/menu").await;
-    let msg = app.last(user);
-    let data = Cb::Start(ModelId::parse(model).unwrap()).encode();
-    app.press_data(user, msg.message_id, &data).await;
-}
-
-/// z-image (five free uses a day) up to its confirm screen.
-async fn z_image_confirm(app: &mut App, user: i64) -> String {
-    open_wizard(app, user, "z-image").await;
-    app.send(user, "a cat").await;
-    app.press(user, "Keep the default").await;
-    let text = app.last_text(user);
-    assert!(text.contains("Check the parameters"), "{text}");
-    text
-}
-
-/// flux-2 pro (no free uses) up to its confirm screen.
-async fn flux_confirm(app: &mut App, user: i64) -> String {
-    open_wizard(app, user, "flux-2/pro-text-to-image").await;
-    app.send(user, "a lighthouse at dusk").await;
-    for _ in 0..5 {
-        let text = app.last_text(user);
-        if text.contains("Check the parameters") {
-            return text;
-        }
-        app.press(user, "Keep the default").await;
-    }
-    panic!("no confirm screen: {}", app.last_text(user));
-}
 
 fn z_image() -> ModelId {
     ModelId::parse("z-image").unwrap()
@@ -92,7 +60,7 @@ async fn a_free_use_counts_only_for_a_generation_that_did_not_fail() {
     let user = 300;
     app.onboard(user).await;
 
-    let confirm = z_image_confirm(&mut app, user).await;
+    let confirm = app.z_image_confirm(user).await.text.unwrap_or_default();
     assert!(confirm.contains("free use of the day"), "{confirm}");
     app.press(user, "Confirm").await;
     assert!(app.last_text(user).contains("has started"));
@@ -108,7 +76,7 @@ async fn a_free_use_counts_only_for_a_generation_that_did_not_fail() {
     assert_eq!(free_used(&app, user).await, 0);
 
     // One that succeeds keeps its use.
-    z_image_confirm(&mut app, user).await;
+    app.z_image_confirm(user).await;
     app.press(user, "Confirm").await;
     let ok = app.generations(user).await[0].id;
     succeed(&app, ok).await;
@@ -175,7 +143,7 @@ async fn a_limited_admin_spends_the_budget_the_owner_sets() {
     );
 
     // The admin has no money of their own; the budget pays.
-    let confirm = flux_confirm(&mut app, admin).await;
+    let confirm = app.flux_confirm(admin).await.text.unwrap_or_default();
     assert!(
         confirm.contains("from the admin budget, 100.00"),
         "{confirm}"
@@ -203,7 +171,7 @@ async fn a_limited_admin_spends_the_budget_the_owner_sets() {
     );
 
     // A success keeps it spent.
-    flux_confirm(&mut app, admin).await;
+    app.flux_confirm(admin).await;
     app.press(admin, "Confirm").await;
     let ok = app.generations(admin).await[0].id;
     succeed(&app, ok).await;
@@ -215,7 +183,7 @@ async fn a_limited_admin_spends_the_budget_the_owner_sets() {
     app.send(owner, &format!("/budget 2 {short} almost out"))
         .await;
     app.top_up(admin, 100_000).await;
-    flux_confirm(&mut app, admin).await;
+    app.flux_confirm(admin).await;
     app.press(admin, "Confirm").await;
     let text = app.last_text(admin);
     assert!(text.contains("admin budget does not cover"), "{text}");
@@ -229,7 +197,7 @@ async fn a_limited_admin_spends_the_budget_the_owner_sets() {
     assert_eq!(budget_of(&app, admin).await, Some(short));
 
     // The owner is not charged and has no budget to spend.
-    flux_confirm(&mut app, owner).await;
+    app.flux_confirm(owner).await;
     app.press(owner, "Confirm").await;
     let g = app.generations(owner).await[0].clone();
     assert_eq!((g.price, g.budget_spent), (Money::ZERO, None));

@@ -9,42 +9,7 @@ mod common;
 use common::{App, Options, buttons_of};
 use kiebot_domain::{ModelId, Money, Rate, UserId};
 use kiebot_testkit::telegram::BotMessage;
-use kiebot_tg::callback::{Cb, MAX_LEN};
-
-async fn open_wizard(app: &mut App, user: i64, model: &str) {
-    app.send(user, "/menu").await;
-    let msg = app.last(user);
-    let data = Cb::Start(ModelId::parse(model).unwrap()).encode();
-    app.press_data(user, msg.message_id, &data).await;
-}
-
-/// z-image (five free uses a day) up to its confirm screen.
-async fn z_image_confirm(app: &mut App, user: i64) -> BotMessage {
-    open_wizard(app, user, "z-image").await;
-    app.send(user, "a cat").await;
-    app.press(user, "Keep the default").await;
-    let msg = app.last(user);
-    assert!(
-        text(&msg).contains("Check the parameters"),
-        "{}",
-        text(&msg)
-    );
-    msg
-}
-
-/// flux-2 pro (no free uses) up to its confirm screen.
-async fn flux_confirm(app: &mut App, user: i64) -> BotMessage {
-    open_wizard(app, user, "flux-2/pro-text-to-image").await;
-    app.send(user, "a lighthouse at dusk").await;
-    for _ in 0..5 {
-        let msg = app.last(user);
-        if text(&msg).contains("Check the parameters") {
-            return msg;
-        }
-        app.press(user, "Keep the default").await;
-    }
-    panic!("no confirm screen: {}", app.last_text(user));
-}
+use kiebot_tg::callback::MAX_LEN;
 
 fn text(msg: &BotMessage) -> String {
     msg.text.clone().unwrap_or_default()
@@ -131,7 +96,7 @@ async fn free_uses_spent_elsewhere_are_not_charged_unseen() {
     let user = 400;
     app.onboard(user).await;
     app.top_up(user, 100_000).await;
-    let screen = z_image_confirm(&mut app, user).await;
+    let screen = app.z_image_confirm(user).await;
     assert!(text(&screen).contains("free use of the day"));
 
     // Another chat or device takes every free use of the day meanwhile.
@@ -173,7 +138,7 @@ async fn an_admin_budget_removed_meanwhile_does_not_fall_back_to_the_balance_uns
         .set_admin_budget(UserId(admin), Some(Money::from_minor(10_000)))
         .await
         .unwrap();
-    let screen = flux_confirm(&mut app, admin).await;
+    let screen = app.flux_confirm(admin).await;
     assert!(text(&screen).contains("from the admin budget"));
     let budget_price = shown_price(&text(&screen));
 
@@ -200,7 +165,7 @@ async fn prices_raised_by_a_restart_are_shown_before_they_are_charged() {
     let user = 410;
     app.onboard(user).await;
     app.top_up(user, 1_000_000).await;
-    let screen = flux_confirm(&mut app, user).await;
+    let screen = app.flux_confirm(user).await;
     let old_price = shown_price(&text(&screen));
 
     app.restart().await;
@@ -218,7 +183,7 @@ async fn an_unchanged_price_goes_straight_through_after_a_restart() {
     let user = 420;
     app.onboard(user).await;
     app.top_up(user, 1_000_000).await;
-    let screen = flux_confirm(&mut app, user).await;
+    let screen = app.flux_confirm(user).await;
     let price = shown_price(&text(&screen));
 
     app.restart().await;

@@ -45,6 +45,39 @@ fn budget(minor: i64) -> Funding {
     }
 }
 
+/// Confirms `n` free-priced drafts of `user` at once with `funding`;
+/// returns how many were created and how many refused with the error
+/// `refusal` expects (anything else fails the test).
+async fn confirm_at_once(
+    store: &Store,
+    user: UserId,
+    n: usize,
+    funding: Funding,
+    refusal: fn(&StoreError) -> bool,
+) -> (usize, usize) {
+    let confirms: Vec<_> = (0..n)
+        .map(|i| {
+            let store = store.clone();
+            let funding = funding.clone();
+            tokio::spawn(async move {
+                store
+                    .generations()
+                    .create_pending_funded(&confirmation(user, &format!("d{i}"), 0), &funding)
+                    .await
+            })
+        })
+        .collect();
+    let (mut created, mut refused) = (0, 0);
+    for c in confirms {
+        match c.await.unwrap() {
+            Ok(Creation::Created(_)) => created += 1,
+            Err(e) if refusal(&e) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    (created, refused)
+}
+
 async fn used(store: &Store, user: UserId) -> u32 {
     store
         .free_usage()
@@ -209,25 +242,10 @@ async fn the_free_quota_is_taken_in_the_confirm_transaction(store: Store) {
     let user = funded_user(&store, 1, 0).await;
     // Two drafts priced free on two screens, confirmed at once, with one use
     // left: one is created, the other refused, and nothing of it remains.
-    let confirms: Vec<_> = (0..2)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .generations()
-                    .create_pending_funded(&confirmation(user, &format!("d{i}"), 0), &free(1))
-                    .await
-            })
-        })
-        .collect();
-    let (mut created, mut refused) = (0, 0);
-    for c in confirms {
-        match c.await.unwrap() {
-            Ok(Creation::Created(_)) => created += 1,
-            Err(StoreError::FreeQuotaUsedUp { .. }) => refused += 1,
-            other => panic!("{other:?}"),
-        }
-    }
+    let (created, refused) = confirm_at_once(&store, user, 2, free(1), |e| {
+        matches!(e, StoreError::FreeQuotaUsedUp { .. })
+    })
+    .await;
     assert_eq!((created, refused), (1, 1));
     assert_eq!(used(&store, user).await, 1);
     let gens = store
@@ -359,25 +377,10 @@ async fn concurrent_confirmations_never_overspend_a_budget(store: Store) {
         .set_admin_budget(admin, Some(Money::from_minor(1_000)))
         .await
         .unwrap();
-    let confirms: Vec<_> = (0..5)
-        .map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .generations()
-                    .create_pending_funded(&confirmation(admin, &format!("d{i}"), 0), &budget(300))
-                    .await
-            })
-        })
-        .collect();
-    let (mut created, mut refused) = (0, 0);
-    for c in confirms {
-        match c.await.unwrap() {
-            Ok(Creation::Created(_)) => created += 1,
-            Err(StoreError::BudgetExhausted { .. }) => refused += 1,
-            other => panic!("{other:?}"),
-        }
-    }
+    let (created, refused) = confirm_at_once(&store, admin, 5, budget(300), |e| {
+        matches!(e, StoreError::BudgetExhausted { .. })
+    })
+    .await;
     assert_eq!((created, refused), (3, 2));
     assert_eq!(budget_of(&store, admin).await, Some(Money::from_minor(100)));
 }

@@ -246,6 +246,44 @@ impl App {
             .unwrap();
     }
 
+    /// Opens `model`'s wizard from the main menu.
+    pub async fn open_wizard(&mut self, user: i64, model: &str) {
+        self.send(user, "/menu").await;
+        let msg = self.last(user);
+        let data =
+            kiebot_tg::callback::Cb::Start(kiebot_domain::ModelId::parse(model).unwrap()).encode();
+        self.press_data(user, msg.message_id, &data).await;
+    }
+
+    /// z-image (five free uses a day) up to its confirm screen.
+    pub async fn z_image_confirm(&mut self, user: i64) -> BotMessage {
+        self.open_wizard(user, "z-image").await;
+        self.send(user, "a cat").await;
+        self.press(user, "Keep the default").await;
+        let msg = self.last(user);
+        let text = msg.text.clone().unwrap_or_default();
+        assert!(text.contains("Check the parameters"), "{text}");
+        msg
+    }
+
+    /// flux-2 pro text-to-image (no free uses) up to its confirm screen.
+    pub async fn flux_confirm(&mut self, user: i64) -> BotMessage {
+        self.open_wizard(user, "flux-2/pro-text-to-image").await;
+        self.send(user, "a lighthouse at dusk").await;
+        for _ in 0..5 {
+            let msg = self.last(user);
+            if msg
+                .text
+                .as_deref()
+                .is_some_and(|t| t.contains("Check the parameters"))
+            {
+                return msg;
+            }
+            self.press(user, "Keep the default").await;
+        }
+        panic!("no confirm screen: {}", self.last_text(user));
+    }
+
     /// A user who picked English and sits at the main menu.
     pub async fn onboard(&mut self, user: i64) {
         self.send(user, "/start").await;
