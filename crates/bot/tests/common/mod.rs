@@ -100,22 +100,7 @@ impl App {
 
     /// A restart: new store, queue and bot handles on the same database.
     pub async fn restart(&mut self) {
-        let o = Options {
-            postgres: self.queue_db.is_some(),
-            dry_run: self.dry_run,
-            admin_ids: self.admin_ids.clone(),
-            max_active: self.deps.max_active,
-        };
-        self.deps = build_deps(
-            &self.tg,
-            &self.kie,
-            &self.db,
-            self.queue_db.as_ref(),
-            &self.catalog,
-            &self.ns,
-            &o,
-        )
-        .await;
+        self.deps = self.another_process().await;
     }
 
     /// Another front process on the same database, queue and Bot API: its
