@@ -68,6 +68,11 @@ enum AdminCommand {
     },
 }
 
+// Handlers allocate many short-lived buffers (JSON, keyboards, HTTP bodies)
+// across threads; mimalloc keeps that off glibc malloc's arena locks.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::from_env() {

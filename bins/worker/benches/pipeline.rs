@@ -26,6 +26,10 @@ use kiebot_testkit::kie::{Endpoint, Outcome};
 use kiebot_worker::PipelineConfig;
 use kiebot_worker::harness::{Flavor, Harness, test_redis_url};
 
+// The allocator the shipped binaries use (the embedded run is in-process).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

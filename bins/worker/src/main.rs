@@ -10,6 +10,11 @@ use std::process::ExitCode;
 use kiebot_app::Parts;
 use kiebot_config::{Mode, Settings};
 
+// Handlers allocate many short-lived buffers (JSON, keyboards, HTTP bodies)
+// across threads; mimalloc keeps that off glibc malloc's arena locks.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let settings = match Settings::from_env() {
         Ok(s) => s,

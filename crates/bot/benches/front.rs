@@ -58,6 +58,10 @@ use serde_json::Value;
 use teloxide::prelude::*;
 use tokio::sync::oneshot;
 
+// The allocator the shipped binaries use.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The model whose card and wizard the users go through (no free quota, so
 /// every confirm holds money).
 const MODEL: &str = "flux-2/pro-text-to-image";

@@ -79,9 +79,18 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, q: CallbackQuery, update: Update) -
     Some(ctx)
 }
 
+/// Whether maintenance mode is on. Read on every update, so a value read
+/// up to [`MAINTENANCE_RECHECK`] ago is good enough: this process sees its
+/// own admin's switch at once, other front processes within that time.
 pub(crate) async fn maintenance(deps: &BotDeps) -> bool {
-    matches!(deps.store.settings().get(MAINTENANCE_KEY).await, Ok(Some(v)) if v == "1")
+    matches!(
+        deps.store.settings().get_recent(MAINTENANCE_KEY, MAINTENANCE_RECHECK).await,
+        Ok(Some(v)) if v == "1"
+    )
 }
+
+/// How stale the maintenance flag may be when an update is gated.
+const MAINTENANCE_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Routes a press and answers it: silently when it did something, with a
 /// friendly note when the button is stale, unknown or forged.

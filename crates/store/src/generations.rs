@@ -190,9 +190,13 @@ pub struct Generations<'a> {
 /// Optional columns a status change also sets.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Outcome<'s> {
-    result_json: Option<&'s str>,
-    fail_code: Option<&'s str>,
-    fail_reason: Option<&'s str>,
+    pub(crate) result_json: Option<&'s str>,
+    pub(crate) fail_code: Option<&'s str>,
+    pub(crate) fail_reason: Option<&'s str>,
+    /// Claim the delivery of the finished row until this time (counted as
+    /// a delivery attempt), so the caller can tell the user without a
+    /// second write.
+    pub(crate) delivery_lease: Option<i64>,
 }
 
 impl<'a> Generations<'a> {
@@ -785,8 +789,23 @@ pub(crate) async fn move_in(
     outcome: Outcome<'_>,
     now: i64,
 ) -> Result<bool> {
+    Ok(move_row(conn, id, sources, to, outcome, now)
+        .await?
+        .is_some())
+}
+
+/// [`move_in`] returning the moved row and its user's language (what a
+/// delivery needs), `None` when the row was not in any of `sources`.
+pub(crate) async fn move_row(
+    conn: &mut AnyConnection,
+    id: GenerationId,
+    sources: &[GenerationStatus],
+    to: GenerationStatus,
+    outcome: Outcome<'_>,
+    now: i64,
+) -> Result<Option<crate::pipeline::DeliveryClaim>> {
     if sources.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     let stamps = match to {
         GenerationStatus::Pending => "",
@@ -799,13 +818,28 @@ pub(crate) async fn move_in(
             ", finished_at = $3, next_poll_at = NULL, next_delivery_at = $3"
         }
     };
+    // A delivery claim only makes sense on a row that is now waiting to be
+    // told; otherwise every status change clears handler leases.
+    let lease = outcome.delivery_lease.filter(|_| {
+        matches!(
+            to,
+            GenerationStatus::Succeeded
+                | GenerationStatus::Failed
+                | GenerationStatus::Expired
+                | GenerationStatus::Canceled
+        )
+    });
     // Only numbered placeholders are formatted in; every value is bound.
     let sql = format!(
-        "UPDATE generations SET status = $2, updated_at = $3, claimed_until = NULL{stamps}, \
+        "UPDATE generations SET status = $2, updated_at = $3, claimed_until = $7, \
+             delivery_attempts = delivery_attempts + $8{stamps}, \
              result = COALESCE($4, result), fail_code = COALESCE($5, fail_code), \
              fail_reason = COALESCE($6, fail_reason) \
-         WHERE id = $1 AND status IN ({}) RETURNING price",
-        placeholders(7, sources.len())
+         WHERE id = $1 AND status IN ({}) \
+         RETURNING {}, (SELECT u.language FROM users u WHERE u.id = generations.user_id) \
+             AS user_language",
+        placeholders(9, sources.len()),
+        generation_columns!()
     );
     let mut query = sqlx::query(AssertSqlSafe(sql))
         .bind(id.0)
@@ -813,14 +847,20 @@ pub(crate) async fn move_in(
         .bind(now)
         .bind(outcome.result_json)
         .bind(outcome.fail_code)
-        .bind(outcome.fail_reason);
+        .bind(outcome.fail_reason)
+        .bind(lease)
+        .bind(i64::from(lease.is_some()));
     for s in sources {
         query = query.bind(s.as_str());
     }
-    let Some(price) = query.fetch_optional(&mut *conn).await? else {
-        return Ok(false);
+    let Some(row) = query.fetch_optional(&mut *conn).await? else {
+        return Ok(None);
     };
-    let price = Money::from_minor(price.try_get("price")?);
+    let moved = crate::pipeline::DeliveryClaim {
+        generation: generation_from_row(&row)?,
+        language: row.try_get("user_language")?,
+    };
+    let price = moved.generation.price;
 
     if price.is_positive() {
         if to == GenerationStatus::Succeeded {
@@ -832,11 +872,14 @@ pub(crate) async fn move_in(
     if to.releases_hold() {
         return_funding_in(conn, id, now).await?;
     }
-    Ok(true)
+    Ok(Some(moved))
 }
 
 /// The generation's status, or `NotFound`.
-async fn status_in(conn: &mut AnyConnection, id: GenerationId) -> Result<GenerationStatus> {
+pub(crate) async fn status_in(
+    conn: &mut AnyConnection,
+    id: GenerationId,
+) -> Result<GenerationStatus> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM generations WHERE id = $1")
         .bind(id.0)
         .fetch_optional(&mut *conn)

@@ -145,6 +145,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// Settings read through [`Settings::get_recent`], shared by clones.
+    recent_settings: std::sync::Arc<settings::RecentSettings>,
 }
 
 impl Store {
@@ -195,7 +197,11 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        Ok(Store { pool, engine })
+        Ok(Store {
+            pool,
+            engine,
+            recent_settings: Default::default(),
+        })
     }
 
     /// Applies the migrations of this engine that have not run yet (recorded

@@ -42,6 +42,16 @@ pub enum Outcome {
     },
 }
 
+/// A finished generation whose delivery the caller has claimed, with the
+/// user's language for the message.
+#[derive(Debug, Clone)]
+pub struct DeliveryClaim {
+    /// The row as the claim left it.
+    pub generation: Generation,
+    /// The user's chosen language, if any.
+    pub language: Option<String>,
+}
+
 impl Generation {
     /// The outcome recorded by a poll, if any (meaningful while `submitted`;
     /// after finalization the same columns hold the final result).
@@ -143,6 +153,62 @@ impl Generations<'_> {
         Ok(n > 0)
     }
 
+    /// Ends an active generation with KIE's outcome, as
+    /// [`finish_success`](Self::finish_success) or
+    /// [`finish_failure`](Self::finish_failure) do (capture or release in the
+    /// same transaction), and claims its delivery until `lease_until` in the
+    /// same write, so the finalizer tells the user without another claim.
+    /// `to` is `succeeded` for a success, else `failed` or `expired`.
+    /// `None`: it had ended already (nothing moved; the usual delivery claim
+    /// decides who tells the user).
+    pub async fn finish_and_claim(
+        &self,
+        id: GenerationId,
+        to: GenerationStatus,
+        outcome: &Outcome,
+        lease_until: i64,
+    ) -> Result<Option<DeliveryClaim>> {
+        let (ok, bad) = match outcome {
+            Outcome::Success { result } => (Some(result.as_str()), None),
+            Outcome::Failure { code, reason } => (None, Some((code.as_str(), reason.as_str()))),
+        };
+        let columns = crate::generations::Outcome {
+            result_json: ok,
+            fail_code: bad.map(|b| b.0),
+            fail_reason: bad.map(|b| b.1),
+            delivery_lease: Some(lease_until),
+        };
+        let legal = match outcome {
+            Outcome::Success { .. } => to == GenerationStatus::Succeeded,
+            Outcome::Failure { .. } => to.releases_hold(),
+        };
+        write_tx!(self.store(), |conn| {
+            if !legal {
+                let from = crate::generations::status_in(conn, id).await?;
+                return Err(crate::StoreError::IllegalTransition(
+                    kiebot_domain::TransitionError { from, to },
+                ));
+            }
+            let sources = GenerationStatus::sources_of(to);
+            let moved =
+                crate::generations::move_row(conn, id, &sources, to, columns, now_ms()).await?;
+            if moved.is_some() {
+                return Ok(moved);
+            }
+            match crate::generations::status_in(conn, id).await? {
+                GenerationStatus::Succeeded | GenerationStatus::Delivered
+                    if to == GenerationStatus::Succeeded =>
+                {
+                    Ok(None)
+                }
+                from if from.releases_hold() && to.releases_hold() => Ok(None),
+                from => Err(crate::StoreError::IllegalTransition(
+                    kiebot_domain::TransitionError { from, to },
+                )),
+            }
+        })
+    }
+
     /// Moves a submitted generation's next poll to `now` (a KIE callback's
     /// hint). `false`: not submitted.
     pub async fn poll_now(&self, id: GenerationId, now: i64) -> Result<bool> {
@@ -206,13 +272,14 @@ impl Generations<'_> {
         id: GenerationId,
         now: i64,
         lease_until: i64,
-    ) -> Result<Option<Generation>> {
+    ) -> Result<Option<DeliveryClaim>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE generations SET delivery_attempts = delivery_attempts + 1, claimed_until = $3, updated_at = $2 \
              WHERE id = $1 AND delivered_at IS NULL AND status IN {FINISHED} \
                  AND next_delivery_at IS NOT NULL \
                  AND (claimed_until IS NULL OR claimed_until <= $2) \
-             RETURNING {}",
+             RETURNING {}, (SELECT u.language FROM users u WHERE u.id = generations.user_id) \
+                 AS user_language",
             crate::generation_columns!()
         )))
         .bind(id.0)
@@ -220,7 +287,13 @@ impl Generations<'_> {
         .bind(lease_until)
         .fetch_optional(self.store().pool())
         .await?;
-        row.as_ref().map(generation_from_row).transpose()
+        row.map(|r| {
+            Ok(DeliveryClaim {
+                generation: generation_from_row(&r)?,
+                language: r.try_get("user_language")?,
+            })
+        })
+        .transpose()
     }
 
     /// The user has been told: a success becomes `delivered` (with the

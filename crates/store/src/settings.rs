@@ -1,5 +1,9 @@
 //! Operator settings changed at run time (from the admin menu), as text.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use crate::{Result, Store};
 
 /// Key of the maintenance switch (`"on"` / `"off"`).
@@ -27,6 +31,19 @@ impl<'a> Settings<'a> {
         Ok(value)
     }
 
+    /// The value as read at most `max_age` ago by this store (or its
+    /// clones). For switches read on every update (maintenance mode): a
+    /// change made through this store is seen at once, one made by another
+    /// process within `max_age`.
+    pub async fn get_recent(&self, key: &str, max_age: Duration) -> Result<Option<String>> {
+        if let Some(value) = self.store.recent_settings.fresh(key, max_age) {
+            return Ok(value);
+        }
+        let value = self.get(key).await?;
+        self.store.recent_settings.keep(key, value.clone());
+        Ok(value)
+    }
+
     /// Sets the value (insert or replace).
     pub async fn set(&self, key: &str, value: &str) -> Result<()> {
         sqlx::query(
@@ -37,6 +54,7 @@ impl<'a> Settings<'a> {
         .bind(value)
         .execute(self.store.pool())
         .await?;
+        self.store.recent_settings.forget(key);
         Ok(())
     }
 
@@ -46,6 +64,34 @@ impl<'a> Settings<'a> {
             .bind(key)
             .execute(self.store.pool())
             .await?;
+        self.store.recent_settings.forget(key);
         Ok(())
+    }
+}
+
+/// Recently read settings (see [`Settings::get_recent`]).
+#[derive(Debug, Default)]
+pub(crate) struct RecentSettings {
+    values: Mutex<HashMap<String, (Instant, Option<String>)>>,
+}
+
+impl RecentSettings {
+    /// `Some(value)` when it was read less than `max_age` ago.
+    fn fresh(&self, key: &str, max_age: Duration) -> Option<Option<String>> {
+        let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        values
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn keep(&self, key: &str, value: Option<String>) {
+        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        values.insert(key.to_owned(), (Instant::now(), value));
+    }
+
+    fn forget(&self, key: &str) {
+        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        values.remove(key);
     }
 }

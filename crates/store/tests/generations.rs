@@ -24,7 +24,117 @@ on_both_engines!(
     transitions_refuse_illegal_steps_and_carry_their_money_step,
     the_lifecycle_queries_find_due_work,
     the_confirmations_traceparent_is_kept_with_the_generation,
+    finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim,
+    a_recent_setting_is_reread_after_a_change,
 );
+
+async fn finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim(store: Store) {
+    use kiebot_store::pipeline::Outcome;
+    let user = funded_user(&store, 1, 1000).await;
+    store.users().set_language(user, "ru").await.unwrap();
+    let gens = store.generations();
+    let now = kiebot_store::now_ms();
+    let lease = now + 60_000;
+
+    let ok = submitted(&store, user, "ok", 300).await;
+    let result = Outcome::Success {
+        result: r#"{"resultUrls":["https://example.com/a.png"]}"#.into(),
+    };
+    let claim = gens
+        .finish_and_claim(ok, S::Succeeded, &result, lease)
+        .await
+        .unwrap()
+        .expect("the first finish moves the row");
+    assert_eq!(claim.generation.status, S::Succeeded);
+    assert_eq!(claim.generation.claimed_until, Some(lease));
+    assert_eq!(claim.generation.delivery_attempts, 1);
+    assert_eq!(claim.language.as_deref(), Some("ru"));
+    assert_eq!(wallet(&store, user).await, (700, 0));
+    // Repeated: nothing moves, and the claim keeps others from delivering.
+    assert!(
+        gens.finish_and_claim(ok, S::Succeeded, &result, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(gens.claim_delivery(ok, now, lease).await.unwrap().is_none());
+    // A failure cannot follow a success, nor a success be recorded as failed.
+    let late = Outcome::Failure {
+        code: "500".into(),
+        reason: "late".into(),
+    };
+    assert!(matches!(
+        gens.finish_and_claim(ok, S::Failed, &late, lease).await,
+        Err(StoreError::IllegalTransition(_))
+    ));
+    assert!(matches!(
+        gens.finish_and_claim(ok, S::Failed, &result, lease).await,
+        Err(StoreError::IllegalTransition(_))
+    ));
+    assert_eq!(entries_with_prefix(&store, "capture:").await, 1);
+
+    let bad = submitted(&store, user, "bad", 200).await;
+    let claim = gens
+        .finish_and_claim(bad, S::Expired, &late, lease)
+        .await
+        .unwrap()
+        .expect("the first finish moves the row");
+    assert_eq!(claim.generation.status, S::Expired);
+    assert_eq!(claim.generation.fail_code.as_deref(), Some("500"));
+    assert!(
+        gens.finish_and_claim(bad, S::Failed, &late, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(entries_with_prefix(&store, "release:").await, 1);
+    assert_eq!(wallet(&store, user).await, (700, 0));
+    // Once the lease has run out, the ordinary claim takes over.
+    let retaken = gens.claim_delivery(bad, lease, lease + 1).await.unwrap();
+    assert_eq!(retaken.map(|c| c.generation.delivery_attempts), Some(2));
+    assert_books_balance(&store).await;
+}
+
+async fn a_recent_setting_is_reread_after_a_change(store: Store) {
+    use std::time::Duration;
+    let settings = store.settings();
+    let hour = Duration::from_secs(3600);
+    assert_eq!(settings.get_recent("switch", hour).await.unwrap(), None);
+    // Changed through this store: seen at once.
+    settings.set("switch", "1").await.unwrap();
+    assert_eq!(
+        settings
+            .get_recent("switch", hour)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1")
+    );
+    // Changed by another process: the kept value stands for its max age...
+    sqlx::query("UPDATE settings SET value = '0' WHERE key = 'switch'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        settings
+            .get_recent("switch", hour)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("1")
+    );
+    // ...and no longer.
+    assert_eq!(
+        settings
+            .get_recent("switch", Duration::ZERO)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("0")
+    );
+    settings.delete("switch").await.unwrap();
+    assert_eq!(settings.get_recent("switch", hour).await.unwrap(), None);
+}
 
 async fn the_confirmations_traceparent_is_kept_with_the_generation(store: Store) {
     let user = funded_user(&store, 1, 1000).await;

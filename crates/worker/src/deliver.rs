@@ -13,6 +13,7 @@ use apalis::prelude::Data;
 use kiebot_domain::{GenerationStatus, OutputKind};
 use kiebot_jobs::Deliver;
 use kiebot_store::generations::Generation;
+use kiebot_store::pipeline::DeliveryClaim;
 use kiebot_tg::delivery::{DeliveryError, DeliveryKind, DeliveryRequest, deliver};
 use kiebot_tg::texts::{self, Lang};
 use tracing::{info, warn};
@@ -29,23 +30,28 @@ pub async fn handle(job: Deliver, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
 /// The handler's body.
 pub async fn run(ctx: &Ctx, job: Deliver) -> Result<(), JobError> {
     let id = job.generation;
-    let gens = ctx.store.generations();
     let now = now_ms();
-    let Some(g) = gens
+    let Some(claim) = ctx
+        .store
+        .generations()
         .claim_delivery(id, now, now + Ctx::ms(ctx.config.lease))
         .await?
     else {
         // Delivered already, not finished yet, or another worker is on it.
         return Ok(());
     };
-    kiebot_telemetry::link_current_span(g.traceparent.as_deref());
-    let lang = ctx
-        .store
-        .users()
-        .get(g.user)
-        .await?
-        .and_then(|u| u.language)
-        .map_or(Lang::En, |l| Lang::parse(&l));
+    kiebot_telemetry::link_current_span(claim.generation.traceparent.as_deref());
+    send_claimed(ctx, claim).await
+}
+
+/// Sends a generation whose delivery this worker has claimed, and records
+/// the outcome: told, retry later (the claim released with a due time for
+/// the reconciler), or given up.
+pub(crate) async fn send_claimed(ctx: &Ctx, claim: DeliveryClaim) -> Result<(), JobError> {
+    let gens = ctx.store.generations();
+    let g = claim.generation;
+    let id = g.id;
+    let lang = claim.language.map_or(Lang::En, |l| Lang::parse(&l));
     let request = build_request(ctx, &g, lang);
     match deliver(
         &ctx.bot,

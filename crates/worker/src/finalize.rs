@@ -5,22 +5,27 @@
 //! (the ledger keys are unique per generation and kind), so apalis's
 //! at-least-once delivery cannot charge twice.
 //!
-//! The finalizer then tells the user itself (see [`crate::deliver`]) rather
-//! than handing over to a `Deliver` job: the delivery claims the row with a
-//! lease first, so a crash part-way leaves a row the reconciler re-enqueues as
-//! `Deliver` once the lease lapses, and a temporary Telegram failure
-//! reschedules it the same way. Only retries and recoveries go through the
-//! queue; the common path saves a queue round trip per generation.
+//! The same transaction claims the delivery (a lease on the row), and the
+//! finalizer then tells the user itself (see [`crate::deliver`]) rather than
+//! handing over to a `Deliver` job: a crash part-way leaves a finished row
+//! the reconciler enqueues as `Deliver` once the lease lapses, and a
+//! temporary Telegram failure reschedules it the same way. Only retries and
+//! recoveries go through the queue.
+//!
+//! Polls run [`conclude`] inline as soon as KIE reports an outcome; the
+//! `Finalize` job is the reconciler's way to finish an outcome a poll
+//! recorded when its own finalize failed.
 
 use std::sync::Arc;
 
 use apalis::prelude::Data;
 use kiebot_domain::GenerationStatus;
 use kiebot_jobs::{Deliver, Finalize};
+use kiebot_store::StoreError;
 use kiebot_store::pipeline::Outcome;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
-use crate::context::Ctx;
+use crate::context::{Ctx, now_ms};
 use crate::{JobError, metrics_names};
 
 /// Handles one `Finalize` job.
@@ -39,29 +44,7 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
     };
     kiebot_telemetry::link_current_span(g.traceparent.as_deref());
     match (g.status, g.outcome()) {
-        (GenerationStatus::Submitted, Some(Outcome::Success { result })) => {
-            if gens.finish_success(id, &result).await? {
-                metrics_names::generation_state(GenerationStatus::Succeeded.as_str());
-                metrics::counter!(metrics_names::MONEY_CAPTURED)
-                    .increment(g.price.minor().max(0) as u64);
-                info!(price = %g.price, "succeeded");
-            }
-            tell(ctx, id).await?;
-        }
-        (GenerationStatus::Submitted, Some(Outcome::Failure { code, reason })) => {
-            let status = if code == crate::poll::DEADLINE_CODE {
-                GenerationStatus::Expired
-            } else {
-                GenerationStatus::Failed
-            };
-            if gens.finish_failure(id, status, &code, &reason).await? {
-                metrics_names::generation_state(status.as_str());
-                metrics::counter!(metrics_names::MONEY_RELEASED)
-                    .increment(g.price.minor().max(0) as u64);
-                info!(code, "failed; hold released");
-            }
-            tell(ctx, id).await?;
-        }
+        (GenerationStatus::Submitted, Some(outcome)) => conclude(ctx, id, outcome).await?,
         (GenerationStatus::Submitted, None) => {
             // Nothing observed yet: a stray job. The poll schedule goes on.
         }
@@ -77,9 +60,58 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Delivers the finished generation now, in this job.
+/// Ends an active generation with its outcome: capture on success,
+/// release otherwise, in one transaction that also claims the delivery; then
+/// tells the user. A task KIE was still running at its deadline
+/// ([`crate::poll::DEADLINE_CODE`]) ends as `expired`.
+///
+/// Repeatable: when the row has ended already (a repeated job, or an
+/// operator's cancel racing the poll), nothing moves and the delivery claim
+/// decides who tells the user.
+pub(crate) async fn conclude(
+    ctx: &Ctx,
+    id: kiebot_domain::GenerationId,
+    outcome: Outcome,
+) -> Result<(), JobError> {
+    let to = match &outcome {
+        Outcome::Success { .. } => GenerationStatus::Succeeded,
+        Outcome::Failure { code, .. } if code == crate::poll::DEADLINE_CODE => {
+            GenerationStatus::Expired
+        }
+        Outcome::Failure { .. } => GenerationStatus::Failed,
+    };
+    let lease_until = now_ms() + Ctx::ms(ctx.config.lease);
+    let gens = ctx.store.generations();
+    match gens.finish_and_claim(id, to, &outcome, lease_until).await {
+        Ok(Some(claim)) => {
+            metrics_names::generation_state(to.as_str());
+            let price = claim.generation.price.minor().max(0) as u64;
+            if to == GenerationStatus::Succeeded {
+                metrics::counter!(metrics_names::MONEY_CAPTURED).increment(price);
+                info!(price = %claim.generation.price, "succeeded");
+            } else {
+                metrics::counter!(metrics_names::MONEY_RELEASED).increment(price);
+                if let Outcome::Failure { code, .. } = &outcome {
+                    info!(code, status = to.as_str(), "ended; hold released");
+                }
+            }
+            crate::deliver::send_claimed(ctx, claim)
+                .instrument(tracing::info_span!("deliver"))
+                .await
+        }
+        Ok(None) => tell(ctx, id).await,
+        Err(StoreError::IllegalTransition(e)) => {
+            // Ended the other way meanwhile (a cancel while KIE finished):
+            // that end stands; the user hears about it.
+            warn!(error = %e, "outcome arrived after the generation ended");
+            tell(ctx, id).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Delivers the finished generation now, in this job, if nobody else has.
 async fn tell(ctx: &Ctx, id: kiebot_domain::GenerationId) -> Result<(), JobError> {
-    use tracing::Instrument as _;
     crate::deliver::run(ctx, Deliver { generation: id })
         .instrument(tracing::info_span!("deliver"))
         .await

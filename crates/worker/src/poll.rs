@@ -4,16 +4,17 @@
 //! queue entries: the reconciler enqueues the due ones in bounded batches, so
 //! 100,000 generations in flight cost 100,000 rows, not 100,000 timers in
 //! Redis. A poll that finds the task still running only moves the row's next
-//! poll time; one that finds an outcome records it and runs the finalizer
-//! (see [`finalize_now`] for why in the same job).
+//! poll time; one that finds an outcome runs the finalizer in the same job
+//! (see [`finish`] for why, and for what happens when that fails).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use apalis::prelude::Data;
 use kiebot_domain::GenerationStatus;
-use kiebot_jobs::{Finalize, Job, Poll};
+use kiebot_jobs::{Job, Poll};
 use kiebot_kie::{KieError, TaskId, TaskState};
+use kiebot_store::generations::Generation;
 use kiebot_store::pipeline::Outcome;
 use tracing::{info, warn};
 
@@ -65,10 +66,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
                         .to_string(),
                 }
             };
-            if gens.record_outcome(id, &outcome, requeue_at(ctx)).await? {
-                finalize_now(ctx, id).await?;
-            }
-            return Ok(());
+            return finish(ctx, &g, outcome).await;
         }
         KieMode::Live(c) => c,
     };
@@ -77,10 +75,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
             code: "bad_task_id".into(),
             reason: "stored task id is invalid".into(),
         };
-        if gens.record_outcome(id, &o, requeue_at(ctx)).await? {
-            finalize_now(ctx, id).await?;
-        }
-        return Ok(());
+        return finish(ctx, &g, o).await;
     };
     let started = Instant::now();
     let reply = client.record_info(&task).await;
@@ -147,34 +142,46 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
             };
             gens.schedule_poll(id, at).await?;
         }
-        Some(o) => {
-            if gens.record_outcome(id, &o, requeue_at(ctx)).await? {
-                finalize_now(ctx, id).await?;
-            }
-        }
+        Some(o) => finish(ctx, &g, o).await?,
     }
     Ok(())
 }
 
-/// Runs the finalizer for an outcome this poll has just recorded, in this
-/// job. The recorded outcome is the durable hand-over: should this process
-/// die (or the database fail) before the money moves, the row falls due at
-/// `requeue_at` and the reconciler enqueues a `Finalize` job for it. Going
-/// through the queue on the common path would add a push, a fetch and an
-/// acknowledgement per generation and, when the queue is at its bound, leave
-/// the outcome waiting a whole lease.
-async fn finalize_now(ctx: &Ctx, id: kiebot_domain::GenerationId) -> Result<(), JobError> {
+/// Runs the finalizer for the outcome this poll has just seen, in this job:
+/// going through the queue would add a push, a fetch and an acknowledgement
+/// per generation. Nothing is lost if it fails: the outcome is then recorded
+/// for the reconciler's `Finalize` job (so KIE is not asked again), and if
+/// even that write fails, the row's poll falls due again when the
+/// reconciler's lease on it runs out, and KIE gives the same answer.
+async fn finish(ctx: &Ctx, g: &Generation, outcome: Outcome) -> Result<(), JobError> {
     use tracing::Instrument as _;
-    crate::finalize::run(ctx, Finalize { generation: id })
+    let concluded = crate::finalize::conclude(ctx, g.id, outcome.clone())
         .instrument(tracing::info_span!("finalize"))
-        .await
+        .await;
+    if let Err(e) = &concluded {
+        // A no-op once the row has ended (the failure came after the money
+        // moved, from the delivery): the delivery retry covers that part.
+        match ctx
+            .store
+            .generations()
+            .record_outcome(g.id, &outcome, requeue_at(ctx))
+            .await
+        {
+            Ok(_) => warn!(error = %e, "finalize failed; outcome kept for the Finalize job"),
+            Err(e2) => {
+                warn!(error = %e, record_error = %e2, "finalize failed; the poll will repeat")
+            }
+        }
+    }
+    concluded
 }
 
 /// The failure code of a task KIE was still running at its deadline; the
 /// finalizer ends such a generation as `expired`.
 pub const DEADLINE_CODE: &str = "deadline";
 
-/// When the reconciler re-enqueues Finalize if the job we push is lost.
+/// When the reconciler enqueues `Finalize` for an outcome kept after a
+/// failed finalize.
 fn requeue_at(ctx: &Ctx) -> i64 {
     now_ms() + Ctx::ms(ctx.config.lease)
 }

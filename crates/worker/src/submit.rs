@@ -15,6 +15,7 @@ use apalis::prelude::Data;
 use kiebot_domain::GenerationStatus;
 use kiebot_jobs::{Job, Submit};
 use kiebot_kie::{KieError, TaskId, retrying_if};
+use kiebot_store::pipeline::Outcome;
 use tracing::{info, warn};
 
 use crate::context::{Ctx, KieMode, now_ms};
@@ -149,26 +150,18 @@ async fn accepted(
 }
 
 /// Ends the generation as failed (the hold is released in the same
-/// transaction) and enqueues the notice to the user.
+/// transaction) and tells the user.
 pub(crate) async fn fail(
     ctx: &Ctx,
     id: kiebot_domain::GenerationId,
     code: &str,
     reason: &str,
 ) -> Result<(), JobError> {
-    let gens = ctx.store.generations();
-    if gens
-        .finish_failure(id, GenerationStatus::Failed, code, reason)
-        .await?
-    {
-        metrics_names::generation_state(GenerationStatus::Failed.as_str());
-        if let Some(g) = gens.get(id).await? {
-            metrics::counter!(metrics_names::MONEY_RELEASED)
-                .increment(g.price.minor().max(0) as u64);
-        }
-    }
-    ctx.queues.push(Job::Deliver(id)).await?;
-    Ok(())
+    let outcome = Outcome::Failure {
+        code: code.to_owned(),
+        reason: reason.to_owned(),
+    };
+    crate::finalize::conclude(ctx, id, outcome).await
 }
 
 /// A timeout or a broken connection on createTask: the task may exist.
