@@ -438,25 +438,10 @@ impl<'a> Generations<'a> {
             result_json: Some(result_json),
             ..Outcome::default()
         };
-        write_tx!(self.store, |conn| {
-            let to = GenerationStatus::Succeeded;
-            if move_in(
-                conn,
-                id,
-                &[GenerationStatus::Submitted],
-                to,
-                outcome,
-                now_ms(),
-            )
+        let to = GenerationStatus::Succeeded;
+        write_tx!(self.store, |conn| Ok(finish_in(conn, id, to, outcome)
             .await?
-            {
-                return Ok(true);
-            }
-            match status_in(conn, id).await? {
-                GenerationStatus::Succeeded | GenerationStatus::Delivered => Ok(false),
-                from => Err(StoreError::IllegalTransition(TransitionError { from, to })),
-            }
-        })
+            .is_some()))
     }
 
     /// Ends an active generation as `to` (failed, expired or canceled) with
@@ -481,14 +466,7 @@ impl<'a> Generations<'a> {
                 let from = status_in(conn, id).await?;
                 return Err(StoreError::IllegalTransition(TransitionError { from, to }));
             }
-            let sources = GenerationStatus::sources_of(to);
-            if move_in(conn, id, &sources, to, outcome, now_ms()).await? {
-                return Ok(true);
-            }
-            match status_in(conn, id).await? {
-                from if from.releases_hold() => Ok(false),
-                from => Err(StoreError::IllegalTransition(TransitionError { from, to })),
-            }
+            Ok(finish_in(conn, id, to, outcome).await?.is_some())
         })
     }
 
@@ -779,6 +757,29 @@ async fn return_funding_in(conn: &mut AnyConnection, id: GenerationId, now: i64)
     Ok(())
 }
 
+/// Ends an active generation as `to` (`succeeded`, or a state that releases
+/// the hold) with its money step. `None`: it had already ended that way
+/// (nothing moves twice); ended the other way: [`StoreError::IllegalTransition`].
+pub(crate) async fn finish_in(
+    conn: &mut AnyConnection,
+    id: GenerationId,
+    to: GenerationStatus,
+    outcome: Outcome<'_>,
+) -> Result<Option<crate::pipeline::DeliveryClaim>> {
+    let sources = GenerationStatus::sources_of(to);
+    if let Some(moved) = move_row(conn, id, &sources, to, outcome, now_ms()).await? {
+        return Ok(Some(moved));
+    }
+    let succeeded = |s: GenerationStatus| {
+        matches!(s, GenerationStatus::Succeeded | GenerationStatus::Delivered)
+    };
+    match status_in(conn, id).await? {
+        from if succeeded(from) && to == GenerationStatus::Succeeded => Ok(None),
+        from if from.releases_hold() && to.releases_hold() => Ok(None),
+        from => Err(StoreError::IllegalTransition(TransitionError { from, to })),
+    }
+}
+
 /// The conditional status change and its money step. `false`: the row was
 /// not in any of `sources` (or does not exist).
 pub(crate) async fn move_in(
@@ -820,26 +821,18 @@ pub(crate) async fn move_row(
     };
     // A delivery claim only makes sense on a row that is now waiting to be
     // told; otherwise every status change clears handler leases.
-    let lease = outcome.delivery_lease.filter(|_| {
-        matches!(
-            to,
-            GenerationStatus::Succeeded
-                | GenerationStatus::Failed
-                | GenerationStatus::Expired
-                | GenerationStatus::Canceled
-        )
-    });
+    let lease = outcome
+        .delivery_lease
+        .filter(|_| to == GenerationStatus::Succeeded || to.releases_hold());
     // Only numbered placeholders are formatted in; every value is bound.
     let sql = format!(
         "UPDATE generations SET status = $2, updated_at = $3, claimed_until = $7, \
              delivery_attempts = delivery_attempts + $8{stamps}, \
              result = COALESCE($4, result), fail_code = COALESCE($5, fail_code), \
              fail_reason = COALESCE($6, fail_reason) \
-         WHERE id = $1 AND status IN ({}) \
-         RETURNING {}, (SELECT u.language FROM users u WHERE u.id = generations.user_id) \
-             AS user_language",
+         WHERE id = $1 AND status IN ({}) RETURNING {}",
         placeholders(9, sources.len()),
-        generation_columns!()
+        crate::pipeline::CLAIM_COLUMNS
     );
     let mut query = sqlx::query(AssertSqlSafe(sql))
         .bind(id.0)
@@ -856,10 +849,7 @@ pub(crate) async fn move_row(
     let Some(row) = query.fetch_optional(&mut *conn).await? else {
         return Ok(None);
     };
-    let moved = crate::pipeline::DeliveryClaim {
-        generation: generation_from_row(&row)?,
-        language: row.try_get("user_language")?,
-    };
+    let moved = crate::pipeline::DeliveryClaim::from_row(&row)?;
     let price = moved.generation.price;
 
     if price.is_positive() {

@@ -52,6 +52,22 @@ pub struct DeliveryClaim {
     pub language: Option<String>,
 }
 
+/// What a statement returns for a [`DeliveryClaim`]: the row and its user's
+/// language.
+pub(crate) const CLAIM_COLUMNS: &str = concat!(
+    crate::generation_columns!(),
+    ", (SELECT u.language FROM users u WHERE u.id = generations.user_id) AS user_language"
+);
+
+impl DeliveryClaim {
+    pub(crate) fn from_row(row: &sqlx::any::AnyRow) -> Result<DeliveryClaim> {
+        Ok(DeliveryClaim {
+            generation: generation_from_row(row)?,
+            language: row.try_get("user_language")?,
+        })
+    }
+}
+
 impl Generation {
     /// The outcome recorded by a poll, if any (meaningful while `submitted`;
     /// after finalization the same columns hold the final result).
@@ -189,23 +205,7 @@ impl Generations<'_> {
                     kiebot_domain::TransitionError { from, to },
                 ));
             }
-            let sources = GenerationStatus::sources_of(to);
-            let moved =
-                crate::generations::move_row(conn, id, &sources, to, columns, now_ms()).await?;
-            if moved.is_some() {
-                return Ok(moved);
-            }
-            match crate::generations::status_in(conn, id).await? {
-                GenerationStatus::Succeeded | GenerationStatus::Delivered
-                    if to == GenerationStatus::Succeeded =>
-                {
-                    Ok(None)
-                }
-                from if from.releases_hold() && to.releases_hold() => Ok(None),
-                from => Err(crate::StoreError::IllegalTransition(
-                    kiebot_domain::TransitionError { from, to },
-                )),
-            }
+            crate::generations::finish_in(conn, id, to, columns).await
         })
     }
 
@@ -278,22 +278,14 @@ impl Generations<'_> {
              WHERE id = $1 AND delivered_at IS NULL AND status IN {FINISHED} \
                  AND next_delivery_at IS NOT NULL \
                  AND (claimed_until IS NULL OR claimed_until <= $2) \
-             RETURNING {}, (SELECT u.language FROM users u WHERE u.id = generations.user_id) \
-                 AS user_language",
-            crate::generation_columns!()
+             RETURNING {CLAIM_COLUMNS}"
         )))
         .bind(id.0)
         .bind(now)
         .bind(lease_until)
         .fetch_optional(self.store().pool())
         .await?;
-        row.map(|r| {
-            Ok(DeliveryClaim {
-                generation: generation_from_row(&r)?,
-                language: r.try_get("user_language")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(DeliveryClaim::from_row).transpose()
     }
 
     /// The user has been told: a success becomes `delivered` (with the
