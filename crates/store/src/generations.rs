@@ -297,7 +297,9 @@ impl<'a> Generations<'a> {
             from.to_vec()
         };
         write_tx!(self.store, |conn| {
-            let moved = move_in(conn, id, &sources, to, Outcome::default(), now_ms()).await?;
+            let moved = move_row(conn, id, &sources, to, Outcome::default(), now_ms())
+                .await?
+                .is_some();
             if !moved {
                 status_in(conn, id).await?;
             }
@@ -475,7 +477,10 @@ impl<'a> Generations<'a> {
         write_tx!(self.store, |conn| {
             let to = GenerationStatus::Delivered;
             let sources = [GenerationStatus::Succeeded];
-            if move_in(conn, id, &sources, to, Outcome::default(), now_ms()).await? {
+            if move_row(conn, id, &sources, to, Outcome::default(), now_ms())
+                .await?
+                .is_some()
+            {
                 return Ok(true);
             }
             match status_in(conn, id).await? {
@@ -780,23 +785,9 @@ pub(crate) async fn finish_in(
     }
 }
 
-/// The conditional status change and its money step. `false`: the row was
+/// The conditional status change and its money step. Returns the moved row
+/// and its user's language (what a delivery needs); `None` when the row was
 /// not in any of `sources` (or does not exist).
-pub(crate) async fn move_in(
-    conn: &mut AnyConnection,
-    id: GenerationId,
-    sources: &[GenerationStatus],
-    to: GenerationStatus,
-    outcome: Outcome<'_>,
-    now: i64,
-) -> Result<bool> {
-    Ok(move_row(conn, id, sources, to, outcome, now)
-        .await?
-        .is_some())
-}
-
-/// [`move_in`] returning the moved row and its user's language (what a
-/// delivery needs), `None` when the row was not in any of `sources`.
 pub(crate) async fn move_row(
     conn: &mut AnyConnection,
     id: GenerationId,
