@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use kiebot_domain::UserId;
+use kiebot_store::now_ms;
 use kiebot_tg::callback::Cb;
 use kiebot_tg::texts::{self, Lang};
 use teloxide::prelude::*;
 use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, Update};
 
-use crate::state::Dialogue;
+use crate::state::{Dialogue, parse_dialogue};
 use crate::wizard::{self, ChoiceValue};
 use crate::{BotDeps, Ctx, MAINTENANCE_KEY, admin, menu, payments};
 
@@ -44,12 +45,17 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, q: CallbackQuery, update: Update) -
     // A read first: every press comes from a user the bot has almost always
     // seen, and `ensure` is a write transaction (on SQLite, the one write
     // lock) that would serialise all presses.
-    let loaded = match deps.store.users().get(uid).await {
-        Ok(Some(u)) => Ok(u),
-        Ok(None) => deps.store.users().ensure(uid).await,
+    let loaded = match deps.store.users().get_with_dialogue(uid, now_ms()).await {
+        Ok(Some((u, raw))) => Ok((u, parse_dialogue(uid, raw.as_deref()))),
+        Ok(None) => deps
+            .store
+            .users()
+            .ensure(uid)
+            .await
+            .map(|u| (u, Dialogue::Idle)),
         Err(e) => Err(e),
     };
-    let user = match loaded {
+    let (user, dialogue) = match loaded {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(user = %uid, error = %e, "cannot load user");
@@ -67,6 +73,7 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, q: CallbackQuery, update: Update) -
         origin,
         first_contact: false,
         user,
+        known_dialogue: Arc::new(std::sync::Mutex::new(Some(dialogue))),
     };
     if ctx.user.blocked && !ctx.is_admin() {
         answer(texts::blocked(lang)).await;

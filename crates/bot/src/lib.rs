@@ -138,6 +138,9 @@ pub(crate) struct Ctx {
     pub origin: Option<MessageId>,
     /// Whether this update created the user (first contact).
     pub first_contact: bool,
+    /// The dialogue as last read or written while handling this update
+    /// (`None`: not read yet), so that one update reads it at most once.
+    pub known_dialogue: Arc<std::sync::Mutex<Option<state::Dialogue>>>,
 }
 
 impl Ctx {

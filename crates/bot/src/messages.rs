@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use kiebot_domain::UserId;
+use kiebot_store::now_ms;
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang, Refusal};
 use teloxide::prelude::*;
 use teloxide::types::Update;
 
-use crate::state::Dialogue;
+use crate::state::{Dialogue, parse_dialogue};
 use crate::wizard::{self, IncomingFile};
 use crate::{BotDeps, Ctx, admin, callbacks, menu, payments};
 
@@ -22,16 +23,15 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, msg: Message, update: Update) -> Op
     let uid = UserId(i64::try_from(from.id.0).ok()?);
     let client_lang = from.language_code.as_deref().map_or(Lang::En, Lang::parse);
     let loaded = async {
-        let existing = deps.store.users().get(uid).await?;
-        let first_contact = existing.is_none();
-        let user = match existing {
-            Some(u) => u,
-            None => deps.store.users().ensure(uid).await?,
-        };
-        Ok::<_, kiebot_store::StoreError>((user, first_contact))
+        Ok::<_, kiebot_store::StoreError>(
+            match deps.store.users().get_with_dialogue(uid, now_ms()).await? {
+                Some((user, raw)) => (user, parse_dialogue(uid, raw.as_deref()), false),
+                None => (deps.store.users().ensure(uid).await?, Dialogue::Idle, true),
+            },
+        )
     }
     .await;
-    let (user, first_contact) = match loaded {
+    let (user, dialogue, first_contact) = match loaded {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(user = %uid, error = %e, "cannot load user");
@@ -52,6 +52,7 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, msg: Message, update: Update) -> Op
         origin: None,
         first_contact,
         user,
+        known_dialogue: Arc::new(std::sync::Mutex::new(Some(dialogue))),
     };
     let refuse = |text: String| async {
         if let Err(e) = ctx.send(text, None).await {

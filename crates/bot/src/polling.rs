@@ -26,6 +26,9 @@ const IN_HAND: usize = 2_000;
 /// A lane with nothing to do for this long is closed (its task ends).
 const LANE_IDLE: Duration = Duration::from_secs(60);
 
+/// How often idle lanes are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a stopping bot waits for lanes to finish what they hold.
 const DRAIN: Duration = Duration::from_secs(20);
 
@@ -143,6 +146,8 @@ struct Lane {
 #[derive(Default)]
 struct Lanes {
     by_chat: HashMap<i64, Lane>,
+    /// When idle lanes were last looked for (`None`: never).
+    swept: Option<Instant>,
 }
 
 impl Lanes {
@@ -181,6 +186,12 @@ impl Lanes {
     /// with work is never closed, so a chat's next update can never overtake
     /// its previous one on a second lane.
     fn close_idle(&mut self) {
+        // A sweep walks every lane: under a flood of new chats, once per
+        // batch would cost more than the batches themselves.
+        if self.swept.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        self.swept = Some(Instant::now());
         self.by_chat.retain(|_, l| {
             l.pending.load(Ordering::Acquire) > 0 || l.last_used.elapsed() < LANE_IDLE
         });

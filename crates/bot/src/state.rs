@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kiebot_domain::{GenerationId, Money, ParamValue};
+use kiebot_domain::{GenerationId, Money, ParamValue, UserId};
 use kiebot_store::{Funding, now_ms};
 use kiebot_tg::callback::DraftId;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,12 @@ pub(crate) enum Dialogue {
         /// The generation it created.
         generation: GenerationId,
     },
+}
+
+impl Dialogue {
+    /// The field of a serialized [`Dialogue::Confirmed`] that holds the
+    /// generation id (filled in by the confirm transaction).
+    pub const CONFIRMED_GENERATION_FIELD: &'static str = "generation";
 }
 
 /// A generation being put together.
@@ -79,16 +85,13 @@ impl Quote {
 impl Ctx {
     /// The user's dialogue (idle when none, expired or unreadable).
     pub async fn dialogue(&self) -> anyhow::Result<Dialogue> {
+        if let Some(d) = self.known_dialogue() {
+            return Ok(d);
+        }
         let raw = self.deps.store.dialogues().load(self.uid, now_ms()).await?;
-        Ok(raw
-            .and_then(|s| match serde_json::from_str(&s) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::warn!(user = %self.uid, error = %e, "unreadable dialogue dropped");
-                    None
-                }
-            })
-            .unwrap_or_default())
+        let d = parse_dialogue(self.uid, raw.as_deref());
+        self.remember_dialogue(d.clone());
+        Ok(d)
     }
 
     /// Saves the dialogue (idle clears it).
@@ -103,6 +106,35 @@ impl Ctx {
                 .save(self.uid, &json, now_ms(), DIALOGUE_TTL)
                 .await?;
         }
+        self.remember_dialogue(d.clone());
         Ok(())
     }
+
+    /// Records what the database now holds as the dialogue (written by a
+    /// store call that also did something else).
+    pub fn remember_dialogue(&self, d: Dialogue) {
+        *self
+            .known_dialogue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(d);
+    }
+
+    fn known_dialogue(&self) -> Option<Dialogue> {
+        self.known_dialogue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The dialogue stored as `raw` (idle when none or unreadable).
+pub(crate) fn parse_dialogue(user: UserId, raw: Option<&str>) -> Dialogue {
+    raw.and_then(|s| match serde_json::from_str(s) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(user = %user, error = %e, "unreadable dialogue dropped");
+            None
+        }
+    })
+    .unwrap_or_default()
 }

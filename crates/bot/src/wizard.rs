@@ -20,7 +20,7 @@ use kiebot_domain::{
     Field, FieldKind, GenerationId, Model, Money, ParamError, ParamValue, Params, PromptError,
 };
 use kiebot_jobs::Job;
-use kiebot_store::{Creation, Funding, NewGeneration, StoreError};
+use kiebot_store::{Creation, DialogueAfter, Funding, NewGeneration, StoreError};
 use kiebot_tg::callback::{Cb, DraftId};
 use kiebot_tg::keyboards::{self, StepNav};
 use kiebot_tg::texts::{self, Ask, Button, Lang, PriceNote, Refusal};
@@ -28,8 +28,8 @@ use teloxide::net::Download;
 use teloxide::prelude::*;
 use teloxide::types::{FileId, InlineKeyboardMarkup};
 
-use crate::Ctx;
 use crate::state::{Dialogue, Draft, Quote};
+use crate::{Ctx, DIALOGUE_TTL};
 
 /// Telegram lets bots download files up to this size through `getFile`.
 pub const TELEGRAM_GET_FILE_LIMIT: u64 = 20 * 1024 * 1024;
@@ -788,19 +788,32 @@ async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyho
         traceparent: kiebot_telemetry::current_traceparent(),
     };
     let name = model.name.get(lang.code());
-    match ctx
+    // The "confirmed" dialogue is written by the same transaction, with the
+    // new generation's id filled in there.
+    let then = serde_json::to_string(&Dialogue::Confirmed {
+        draft: draft.id,
+        generation: GenerationId(0),
+    })?;
+    let created = ctx
         .deps
         .store
         .generations()
-        .create_pending_funded(&new, &funding)
-        .await
-    {
+        .confirm(
+            &new,
+            &funding,
+            &DialogueAfter {
+                state_json: &then,
+                id_field: Dialogue::CONFIRMED_GENERATION_FIELD,
+                ttl: DIALOGUE_TTL,
+            },
+        )
+        .await;
+    match created {
         Ok(Creation::Created(id)) => {
-            ctx.set_dialogue(&Dialogue::Confirmed {
+            ctx.remember_dialogue(Dialogue::Confirmed {
                 draft: draft.id,
                 generation: id,
-            })
-            .await?;
+            });
             if let Err(e) = ctx.deps.queues.push(Job::Submit(id)).await {
                 // The row is pending: the reconciler enqueues it again.
                 tracing::error!(generation = %id, error = %e, "submit not queued; the reconciler will retry");

@@ -38,19 +38,8 @@ impl<'a> Dialogues<'a> {
         now: i64,
         ttl: Duration,
     ) -> Result<()> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        sqlx::query(
-            "INSERT INTO dialogues (user_id, state, updated_at, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, \
-                 updated_at = excluded.updated_at, expires_at = excluded.expires_at",
-        )
-        .bind(user.0)
-        .bind(state_json)
-        .bind(now)
-        .bind(now.saturating_add(ttl_ms))
-        .execute(self.store.pool())
-        .await?;
-        Ok(())
+        let mut conn = self.store.pool().acquire().await?;
+        save_in(&mut conn, user, state_json, now, ttl).await
     }
 
     /// Forgets the user's state.
@@ -71,4 +60,26 @@ impl<'a> Dialogues<'a> {
             .rows_affected();
         Ok(n)
     }
+}
+
+/// Saves the user's state on `conn` (inside the caller's transaction).
+pub(crate) async fn save_in(
+    conn: &mut sqlx::AnyConnection,
+    user: UserId,
+    state_json: &str,
+    now: i64,
+    ttl: Duration,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dialogues (user_id, state, updated_at, expires_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, \
+             updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+    )
+    .bind(user.0)
+    .bind(state_json)
+    .bind(now)
+    .bind(now.saturating_add(crate::sql::millis(ttl)))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -24,7 +24,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use crate::ledger::{self, HoldState};
 use crate::sql::{get_count, get_parsed, placeholders};
-use crate::{Result, Store, StoreError, now_ms};
+use crate::{Engine, Result, Store, StoreError, now_ms};
 
 /// What the bot knows when the user confirms a generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,17 @@ pub enum Funding {
         /// What the generation costs.
         amount: Money,
     },
+}
+
+/// The dialogue a confirmation leaves the user in ([`Generations::confirm`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DialogueAfter<'a> {
+    /// The state, a JSON object.
+    pub state_json: &'a str,
+    /// The field of `state_json` that receives the new generation's id.
+    pub id_field: &'a str,
+    /// How long the state is valid.
+    pub ttl: std::time::Duration,
 }
 
 /// The outcome of [`Generations::create_pending`].
@@ -225,6 +236,29 @@ impl<'a> Generations<'a> {
         new: &NewGeneration,
         funding: &Funding,
     ) -> Result<Creation> {
+        self.create(new, funding, None).await
+    }
+
+    /// [`create_pending_funded`](Self::create_pending_funded) that also
+    /// stores the user's dialogue `then` in the same transaction when the
+    /// generation is created (a repeated draft key leaves the dialogue as it
+    /// is): the bot's "confirmed" state never exists without its generation,
+    /// nor the generation without it.
+    pub async fn confirm(
+        &self,
+        new: &NewGeneration,
+        funding: &Funding,
+        then: &DialogueAfter<'_>,
+    ) -> Result<Creation> {
+        self.create(new, funding, Some(then)).await
+    }
+
+    async fn create(
+        &self,
+        new: &NewGeneration,
+        funding: &Funding,
+        then: Option<&DialogueAfter<'_>>,
+    ) -> Result<Creation> {
         if new.price < Money::ZERO {
             return Err(StoreError::InvalidAmount {
                 amount: new.price,
@@ -248,8 +282,19 @@ impl<'a> Generations<'a> {
             }
             Funding::FreeQuota { .. } | Funding::AdminBudget { .. } => {}
         }
-        write_tx!(self.store, |conn| create_in(conn, new, funding, now_ms())
-            .await)
+        match self.store.engine() {
+            Engine::Postgres => create_pg(self.store, new, funding, then).await,
+            Engine::Sqlite => {
+                write_tx!(self.store, |conn| create_in(
+                    conn,
+                    new,
+                    funding,
+                    then,
+                    now_ms()
+                )
+                .await)
+            }
+        }
     }
 
     /// The generation.
@@ -596,10 +641,125 @@ impl<'a> Generations<'a> {
     }
 }
 
+/// The confirmation on PostgreSQL: `create_in` as one call of the
+/// `kiebot_create_generation` function (see its migration), one round trip
+/// instead of eight, retried like a transaction when the server reports a
+/// deadlock or serialization failure.
+async fn create_pg(
+    store: &Store,
+    new: &NewGeneration,
+    funding: &Funding,
+    then: Option<&DialogueAfter<'_>>,
+) -> Result<Creation> {
+    let (free_day, free_limit, budget) = match funding {
+        Funding::Wallet => (None, None, None),
+        Funding::FreeQuota { day, limit } => (Some(day.as_str()), Some(i64::from(*limit)), None),
+        Funding::AdminBudget { amount } => (None, None, Some(amount.minor())),
+    };
+    let mut attempt = 1;
+    loop {
+        let now = now_ms();
+        let expires = then.map(|t| now.saturating_add(crate::sql::millis(t.ttl)));
+        let called = sqlx::query(
+            "SELECT out_created, out_id FROM kiebot_create_generation(\
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(new.user.0)
+        .bind(new.draft_key.as_str())
+        .bind(new.model.as_str())
+        .bind(new.params_json.as_str())
+        .bind(new.request_json.as_str())
+        .bind(new.price.minor())
+        .bind(new.chat_id)
+        .bind(now.saturating_add(i64::from(new.deadline_secs) * 1000))
+        .bind(now)
+        .bind(i64::from(new.max_active))
+        .bind(free_day)
+        .bind(free_limit)
+        .bind(budget)
+        .bind(new.traceparent.as_deref())
+        .bind(then.map(|t| t.state_json))
+        .bind(then.map(|t| t.id_field))
+        .bind(expires)
+        .fetch_one(store.pool())
+        .await;
+        let outcome = match called {
+            Ok(row) => {
+                let id = GenerationId(row.try_get("out_id")?);
+                Ok(if crate::sql::get_bool(&row, "out_created")? {
+                    Creation::Created(id)
+                } else {
+                    Creation::AlreadyExists(id)
+                })
+            }
+            Err(e) => Err(refusal_of_pg(e, new, funding)),
+        };
+        match outcome {
+            Err(e) if attempt < crate::tx::MAX_ATTEMPTS && e.is_retryable(Engine::Postgres) => {
+                tracing::debug!(attempt, error = %e, "database busy; retrying the confirmation");
+                tokio::time::sleep(crate::tx::backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The typed error behind a `kiebot_create_generation` refusal (SQLSTATE
+/// KB001, message `<kind>[ <number>]`); any other error as it is.
+fn refusal_of_pg(e: sqlx::Error, new: &NewGeneration, funding: &Funding) -> StoreError {
+    let sqlx::Error::Database(d) = &e else {
+        return StoreError::Db(e);
+    };
+    if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation {
+        return StoreError::not_found("user", new.user);
+    }
+    if d.code().as_deref() != Some(REFUSAL_SQLSTATE) {
+        return StoreError::Db(e);
+    }
+    let (kind, number) = d.message().split_once(' ').unwrap_or((d.message(), ""));
+    let number = number.parse::<i64>().ok();
+    match kind {
+        "key_conflict" => StoreError::KeyConflict {
+            key: new.draft_key.clone(),
+        },
+        "no_user" => StoreError::not_found("user", new.user),
+        "blocked" => StoreError::Blocked { user: new.user },
+        "too_many_active" => StoreError::TooManyActive {
+            limit: new.max_active,
+        },
+        "free_quota_used_up" => StoreError::FreeQuotaUsedUp {
+            limit: match funding {
+                Funding::FreeQuota { limit, .. } => *limit,
+                Funding::Wallet | Funding::AdminBudget { .. } => 0,
+            },
+        },
+        "budget_exhausted" => StoreError::BudgetExhausted {
+            available: number.map(Money::from_minor),
+            requested: match funding {
+                Funding::AdminBudget { amount } => *amount,
+                Funding::Wallet | Funding::FreeQuota { .. } => Money::ZERO,
+            },
+        },
+        "no_wallet" => StoreError::not_found("wallet", new.user),
+        "insufficient_funds" => StoreError::InsufficientFunds {
+            available: Money::from_minor(number.unwrap_or(0)),
+            requested: new.price,
+        },
+        _ => StoreError::Db(e),
+    }
+}
+
+/// The SQLSTATE of the store's own refusals raised inside PostgreSQL.
+const REFUSAL_SQLSTATE: &str = "KB001";
+
+/// The confirmation statement by statement (SQLite, where statements cost no
+/// round trip). `kiebot_create_generation` mirrors it on PostgreSQL.
 async fn create_in(
     conn: &mut AnyConnection,
     new: &NewGeneration,
     funding: &Funding,
+    then: Option<&DialogueAfter<'_>>,
     now: i64,
 ) -> Result<Creation> {
     let (free_day, budget_spent) = match funding {
@@ -711,6 +871,15 @@ async fn create_in(
 
     if new.price.is_positive() {
         ledger::hold_in(conn, new.user, id, new.price, now).await?;
+    }
+    if let Some(then) = then {
+        let mut state: serde_json::Value = serde_json::from_str(then.state_json)
+            .map_err(|e| StoreError::Corrupt(format!("dialogue is not JSON: {e}")))?;
+        let Some(fields) = state.as_object_mut() else {
+            return Err(StoreError::Corrupt("dialogue is not a JSON object".into()));
+        };
+        fields.insert(then.id_field.to_owned(), serde_json::Value::from(id.0));
+        crate::dialogues::save_in(conn, new.user, &state.to_string(), now, then.ttl).await?;
     }
     Ok(Creation::Created(id))
 }

@@ -41,3 +41,8 @@ pub(crate) fn placeholders(first: usize, n: usize) -> String {
 pub(crate) fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
+
+/// A duration in milliseconds, as the store keeps times (saturating).
+pub(crate) fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

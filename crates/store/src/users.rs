@@ -117,6 +117,29 @@ impl<'a> Users<'a> {
         get_in(&mut conn, user).await
     }
 
+    /// The user with their dialogue state (JSON, `None` when there is none
+    /// or it expired at `now`), in one read: what every update needs first.
+    pub async fn get_with_dialogue(
+        &self,
+        user: UserId,
+        now: i64,
+    ) -> Result<Option<(User, Option<String>)>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", d.state AS dialogue FROM users \
+             LEFT JOIN dialogues d ON d.user_id = users.id AND d.expires_at > $2 \
+             WHERE users.id = $1"
+        ))
+        .bind(user.0)
+        .bind(now)
+        .fetch_optional(self.store.pool())
+        .await?;
+        row.as_ref()
+            .map(|r| Ok((user_from_row(r)?, r.try_get("dialogue")?)))
+            .transpose()
+    }
+
     /// Sets the interface language.
     pub async fn set_language(&self, user: UserId, language: &str) -> Result<()> {
         self.update(

@@ -35,9 +35,14 @@ async fn migrations_apply_cleanly_twice(store: Store) {
     .fetch_one(store.pool())
     .await
     .unwrap();
-    let shipped = std::fs::read_dir(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../migrations/postgres"
+    // PostgreSQL has migrations of its own (server-side functions).
+    let dir = match store.engine() {
+        kiebot_store::Engine::Sqlite => "sqlite",
+        kiebot_store::Engine::Postgres => "postgres",
+    };
+    let shipped = std::fs::read_dir(format!(
+        "{}/../../migrations/{dir}",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
     .count();

@@ -10,7 +10,9 @@ mod common;
 
 use common::{assert_books_balance, confirmation, entries_with_prefix, funded_user, wallet};
 use kiebot_domain::{GenerationId, GenerationStatus as S, Money};
-use kiebot_store::{Creation, Store, StoreError};
+use std::time::Duration;
+
+use kiebot_store::{Creation, Funding, Store, StoreError};
 
 on_both_engines!(
     confirming_a_draft_twice_creates_one_generation_and_one_hold,
@@ -26,7 +28,71 @@ on_both_engines!(
     the_confirmations_traceparent_is_kept_with_the_generation,
     finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim,
     a_recent_setting_is_reread_after_a_change,
+    a_confirmation_leaves_its_dialogue_only_with_a_new_generation,
 );
+
+async fn a_confirmation_leaves_its_dialogue_only_with_a_new_generation(store: Store) {
+    use kiebot_store::DialogueAfter;
+    let user = funded_user(&store, 1, 150).await;
+    let dialogues = store.dialogues();
+    let now = kiebot_store::now_ms();
+    dialogues
+        .save(user, r#"{"s":"wizard"}"#, now, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let then = DialogueAfter {
+        state_json: r#"{"s":"confirmed","draft":7,"generation":0}"#,
+        id_field: "generation",
+        ttl: Duration::from_secs(60),
+    };
+    let state = || async {
+        let raw = dialogues.load(user, kiebot_store::now_ms()).await.unwrap();
+        serde_json::from_str::<serde_json::Value>(&raw.expect("a dialogue")).unwrap()
+    };
+
+    // Refused (not enough money): neither the generation nor the dialogue.
+    let costly = confirmation(user, "costly", 200);
+    let refused = store
+        .generations()
+        .confirm(&costly, &Funding::Wallet, &then)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InsufficientFunds { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(state().await["s"], "wizard");
+
+    // Created: the dialogue carries the new id, the rest as given.
+    let new = confirmation(user, "d", 100);
+    let Creation::Created(id) = store
+        .generations()
+        .confirm(&new, &Funding::Wallet, &then)
+        .await
+        .unwrap()
+    else {
+        panic!("created");
+    };
+    let after = state().await;
+    assert_eq!(after["s"], "confirmed");
+    assert_eq!(after["draft"], 7);
+    assert_eq!(after["generation"], id.0);
+    assert_eq!(wallet(&store, user).await, (150, 100));
+
+    // A second tap finds the generation and leaves the dialogue alone.
+    dialogues
+        .save(user, r#"{"s":"idle_again"}"#, now, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let again = store
+        .generations()
+        .confirm(&new, &Funding::Wallet, &then)
+        .await
+        .unwrap();
+    assert_eq!(again, Creation::AlreadyExists(id));
+    assert_eq!(state().await["s"], "idle_again");
+    assert_eq!(wallet(&store, user).await, (150, 100));
+    assert_books_balance(&store).await;
+}
 
 async fn finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim(store: Store) {
     use kiebot_store::pipeline::Outcome;
@@ -320,7 +386,11 @@ async fn confirming_without_enough_money_changes_nothing(store: Store) {
     let new = confirmation(user, "d", 100);
     let outcome = store.generations().create_pending(&new).await;
     assert!(
-        matches!(outcome, Err(StoreError::InsufficientFunds { .. })),
+        matches!(
+            outcome,
+            Err(StoreError::InsufficientFunds { available, requested })
+                if available == Money::from_minor(50) && requested == Money::from_minor(100)
+        ),
         "{outcome:?}"
     );
     assert!(
