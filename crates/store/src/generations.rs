@@ -561,7 +561,7 @@ impl<'a> Generations<'a> {
     pub async fn due_deliveries(&self, now: i64, limit: u32) -> Result<Vec<GenerationId>> {
         self.ids(
             "SELECT id FROM generations \
-             WHERE status = 'succeeded' AND next_delivery_at <= $1 \
+             WHERE status = 'succeeded' AND delivered_at IS NULL AND next_delivery_at <= $1 \
              ORDER BY next_delivery_at, id LIMIT $2",
             now,
             limit,
