@@ -460,8 +460,11 @@ impl<'a> Generations<'a> {
         limit: u32,
     ) -> Result<Vec<GenerationId>> {
         let rows = sqlx::query(
+            // The first condition is implied by the second; written out, it
+            // lets SQLite pick the partial index of active deadlines.
             "SELECT id FROM generations \
-             WHERE ((status = 'pending' AND deadline_at <= $1) \
+             WHERE status IN ('pending', 'submitted') \
+                 AND ((status = 'pending' AND deadline_at <= $1) \
                      OR (status = 'submitted' AND deadline_at <= $2)) \
                  AND result IS NULL AND fail_code IS NULL \
              ORDER BY deadline_at, id LIMIT $3",
