@@ -663,19 +663,14 @@ async fn create_pg(
     loop {
         let now = now_ms();
         let expires = then.map(|t| now.saturating_add(crate::sql::millis(t.ttl)));
-        let called = sqlx::query(
-            "SELECT out_created, out_id FROM kiebot_create_generation(\
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        let called = bind_new_row(
+            sqlx::query(
+                "SELECT out_created, out_id FROM kiebot_create_generation(\
+                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            ),
+            new,
+            now,
         )
-        .bind(new.user.0)
-        .bind(new.draft_key.as_str())
-        .bind(new.model.as_str())
-        .bind(new.params_json.as_str())
-        .bind(new.request_json.as_str())
-        .bind(new.price.minor())
-        .bind(new.chat_id)
-        .bind(now.saturating_add(i64::from(new.deadline_secs) * 1000))
-        .bind(now)
         .bind(i64::from(new.max_active))
         .bind(free_day)
         .bind(free_limit)
@@ -706,6 +701,25 @@ async fn create_pg(
             other => return other,
         }
     }
+}
+
+/// Binds `$1`..`$9` of both confirmation paths: the new row's user, draft
+/// key, model, params, request, price, chat, deadline and `now`.
+fn bind_new_row<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    new: &'q NewGeneration,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(new.user.0)
+        .bind(new.draft_key.as_str())
+        .bind(new.model.as_str())
+        .bind(new.params_json.as_str())
+        .bind(new.request_json.as_str())
+        .bind(new.price.minor())
+        .bind(new.chat_id)
+        .bind(now.saturating_add(i64::from(new.deadline_secs) * 1000))
+        .bind(now)
 }
 
 /// The typed error behind a `kiebot_create_generation` refusal (SQLSTATE
@@ -772,22 +786,17 @@ async fn create_in(
     };
     // The deciding write: the draft key is unique, so a second tap (even a
     // concurrent one, which waits for the first to commit) inserts nothing.
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
-             chat_id, deadline_at, created_at, updated_at, \
-             submit_attempts, poll_attempts, delivery_attempts, free_day, budget_spent, traceparent) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, 0, 0, 0, $10, $11, $12) \
-         ON CONFLICT (draft_key) DO NOTHING RETURNING id",
+    let inserted = bind_new_row(
+        sqlx::query(
+            "INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
+                 chat_id, deadline_at, created_at, updated_at, \
+                 submit_attempts, poll_attempts, delivery_attempts, free_day, budget_spent, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, 0, 0, 0, $10, $11, $12) \
+             ON CONFLICT (draft_key) DO NOTHING RETURNING id",
+        ),
+        new,
+        now,
     )
-    .bind(new.user.0)
-    .bind(new.draft_key.as_str())
-    .bind(new.model.as_str())
-    .bind(new.params_json.as_str())
-    .bind(new.request_json.as_str())
-    .bind(new.price.minor())
-    .bind(new.chat_id)
-    .bind(now.saturating_add(i64::from(new.deadline_secs) * 1000))
-    .bind(now)
     .bind(free_day)
     .bind(budget_spent)
     .bind(new.traceparent.as_deref())
@@ -800,6 +809,7 @@ async fn create_in(
         _ => StoreError::Db(e),
     })?;
 
+    let inserted: Option<i64> = inserted.map(|r| r.try_get("id")).transpose()?;
     let Some(id) = inserted.map(GenerationId) else {
         let row = sqlx::query("SELECT id, user_id FROM generations WHERE draft_key = $1")
             .bind(new.draft_key.as_str())
