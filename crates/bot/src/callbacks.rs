@@ -73,7 +73,7 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, q: CallbackQuery, update: Update) -
         origin,
         first_contact: false,
         user,
-        known_dialogue: Arc::new(std::sync::Mutex::new(Some(dialogue))),
+        dialogue: Arc::new(std::sync::Mutex::new(dialogue)),
     };
     if ctx.user.blocked && !ctx.is_admin() {
         answer(texts::blocked(lang)).await;
@@ -196,7 +196,7 @@ async fn route(ctx: &Ctx, cb: Cb) -> anyhow::Result<bool> {
             };
             return wizard::on_advanced(ctx, d, &m).await;
         }
-        Cb::Confirm(draft) => match ctx.dialogue().await? {
+        Cb::Confirm(draft) => match ctx.dialogue() {
             Dialogue::Wizard(d) if d.id == draft => {
                 let Some(m) = catalog.get(&d.model).filter(|m| m.is_sold()).cloned() else {
                     return Ok(false);

@@ -138,9 +138,10 @@ pub(crate) struct Ctx {
     pub origin: Option<MessageId>,
     /// Whether this update created the user (first contact).
     pub first_contact: bool,
-    /// The dialogue as last read or written while handling this update
-    /// (`None`: not read yet), so that one update reads it at most once.
-    pub known_dialogue: Arc<std::sync::Mutex<Option<state::Dialogue>>>,
+    /// The dialogue: read by the gate with the user, then kept in step with
+    /// every write while the update is handled (updates of one chat are
+    /// handled one at a time, so nobody else changes it meanwhile).
+    pub dialogue: Arc<std::sync::Mutex<state::Dialogue>>,
 }
 
 impl Ctx {

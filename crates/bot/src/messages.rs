@@ -52,7 +52,7 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, msg: Message, update: Update) -> Op
         origin: None,
         first_contact,
         user,
-        known_dialogue: Arc::new(std::sync::Mutex::new(Some(dialogue))),
+        dialogue: Arc::new(std::sync::Mutex::new(dialogue)),
     };
     let refuse = |text: String| async {
         if let Err(e) = ctx.send(text, None).await {
@@ -76,7 +76,7 @@ pub(crate) async fn handle(ctx: Ctx, msg: Message) -> anyhow::Result<()> {
         if let Some(cmd) = text.strip_prefix('/') {
             return command(&ctx, cmd).await;
         }
-        return match ctx.dialogue().await? {
+        return match ctx.dialogue() {
             Dialogue::Wizard(d) => match ctx
                 .deps
                 .catalog
@@ -92,7 +92,7 @@ pub(crate) async fn handle(ctx: Ctx, msg: Message) -> anyhow::Result<()> {
         };
     }
     if let Some(file) = incoming_file(&msg) {
-        return match ctx.dialogue().await? {
+        return match ctx.dialogue() {
             Dialogue::Wizard(d) => match ctx
                 .deps
                 .catalog
@@ -107,7 +107,7 @@ pub(crate) async fn handle(ctx: Ctx, msg: Message) -> anyhow::Result<()> {
         };
     }
     // Stickers, locations...: in a wizard, say what is expected.
-    match ctx.dialogue().await? {
+    match ctx.dialogue() {
         Dialogue::Wizard(_) => {
             ctx.send(texts::refusal(ctx.lang, &Refusal::UseButtons), None)
                 .await

@@ -84,14 +84,11 @@ impl Quote {
 
 impl Ctx {
     /// The user's dialogue (idle when none, expired or unreadable).
-    pub async fn dialogue(&self) -> anyhow::Result<Dialogue> {
-        if let Some(d) = self.known_dialogue() {
-            return Ok(d);
-        }
-        let raw = self.deps.store.dialogues().load(self.uid, now_ms()).await?;
-        let d = parse_dialogue(self.uid, raw.as_deref());
-        self.remember_dialogue(d.clone());
-        Ok(d)
+    pub fn dialogue(&self) -> Dialogue {
+        self.dialogue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Saves the dialogue (idle clears it).
@@ -113,17 +110,7 @@ impl Ctx {
     /// Records what the database now holds as the dialogue (written by a
     /// store call that also did something else).
     pub fn remember_dialogue(&self, d: Dialogue) {
-        *self
-            .known_dialogue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(d);
-    }
-
-    fn known_dialogue(&self) -> Option<Dialogue> {
-        self.known_dialogue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        *self.dialogue.lock().unwrap_or_else(|e| e.into_inner()) = d;
     }
 }
 

@@ -487,7 +487,7 @@ async fn refuse(ctx: &Ctx, model: &Model, draft: &Draft, r: Refusal) -> anyhow::
 /// The draft and model behind a button, or `None` (stale: another draft, no
 /// wizard, a model no longer sold).
 pub(crate) async fn draft_for(ctx: &Ctx, id: DraftId) -> anyhow::Result<Option<(Draft, Model)>> {
-    if let Dialogue::Wizard(d) = ctx.dialogue().await?
+    if let Dialogue::Wizard(d) = ctx.dialogue()
         && d.id == id
         && let Some(m) = ctx.deps.catalog.get(&d.model).filter(|m| m.is_sold())
     {
