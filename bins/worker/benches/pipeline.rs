@@ -80,6 +80,7 @@ impl std::ops::Deref for Workers {
 }
 
 fn spawn_workers(h: &Harness, n: usize, concurrency: usize) -> Workers {
+    let worker_log = std::env::var("BENCH_WORKER_LOG").ok();
     Workers(
         (0..n)
             .map(|_| {
@@ -90,8 +91,14 @@ fn spawn_workers(h: &Harness, n: usize, concurrency: usize) -> Workers {
                     .env("POLL_INITIAL_MS", "0")
                     .env("JOB_LEASE_SECS", "30")
                     .env("WORKER_CONCURRENCY", concurrency.to_string())
-                    .env("RUST_LOG", "error")
-                    .stdout(Stdio::null())
+                    // BENCH_WORKER_LOG=info (a RUST_LOG filter) shows the
+                    // workers' logs on the bench's stdout.
+                    .env("RUST_LOG", worker_log.as_deref().unwrap_or("error"))
+                    .stdout(if worker_log.is_some() {
+                        Stdio::inherit()
+                    } else {
+                        Stdio::null()
+                    })
                     .stderr(Stdio::inherit())
                     .spawn()
                     .expect("kiebot-worker starts")

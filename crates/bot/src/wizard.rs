@@ -814,9 +814,14 @@ async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyho
                 draft: draft.id,
                 generation: id,
             });
-            if let Err(e) = ctx.deps.queues.push(Job::Submit(id)).await {
-                // The row is pending: the reconciler enqueues it again.
-                tracing::error!(generation = %id, error = %e, "submit not queued; the reconciler will retry");
+            match ctx.deps.queues.push(Job::Submit(id)).await {
+                Ok(true) => {}
+                // The queue is at its bound: the reconciler enqueues the
+                // pending row once there is room.
+                Ok(false) => tracing::debug!(generation = %id, "submit left to the reconciler"),
+                Err(e) => {
+                    tracing::error!(generation = %id, error = %e, "submit not queued; the reconciler will retry");
+                }
             }
             tracing::info!(user = %ctx.uid, generation = %id, model = %model.id, price_minor = price.minor(), "generation confirmed");
             ctx.show(

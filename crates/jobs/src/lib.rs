@@ -315,12 +315,12 @@ impl Queues {
         }
     }
 
-    /// Enqueues one job.
+    /// Enqueues one job. `Ok(false)`: left out because its Redis queue is at
+    /// [`REDIS_BACKLOG`]; the reconciler finds the row again from its due
+    /// time, so a caller whose row is not due yet should make it due.
     #[tracing::instrument(name = "queue.push", skip(self), fields(job = %job))]
-    pub async fn push(&self, job: Job) -> Result<(), QueueError> {
-        // A job left out (the queue is at its bound) is found again by the
-        // reconciler from the row's due time.
-        self.push_many(&[job]).await.map(drop)
+    pub async fn push(&self, job: Job) -> Result<bool, QueueError> {
+        Ok(self.push_many(&[job]).await?.is_empty())
     }
 
     /// Enqueues many jobs, grouped by kind and pushed in chunks of

@@ -88,10 +88,12 @@ pub async fn kie_callback(
         Err(e) => return failed(&e),
     }
     match state.queues.push(Job::Poll(id)).await {
-        Ok(()) => {
+        Ok(true) => {
             tracing::info!(task_id, generation = %id, kie_state, "KIE callback: poll queued");
             answer(StatusCode::OK, "poll_queued", json!({"ok": true}))
         }
+        // The queue is at its bound; the poll is due in the database.
+        Ok(false) => answer(StatusCode::OK, "poll_scheduled", json!({"ok": true})),
         Err(e) => {
             // The poll is due in the database; the reconciler enqueues it.
             tracing::warn!(

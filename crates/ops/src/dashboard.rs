@@ -304,10 +304,11 @@ async fn cancel(State(state): State<OpsState>, Path(id): Path<i64>) -> Response 
     }
 }
 
-/// Pushes `job`; `false` (and a warning) when the queue refused.
+/// Pushes `job`; `false` when the queue is full (the row is due, so the
+/// reconciler enqueues it) or refused (with a warning).
 async fn push(state: &OpsState, job: Job, action: &'static str) -> bool {
     match state.queues.push(job).await {
-        Ok(()) => true,
+        Ok(queued) => queued,
         Err(e) => {
             tracing::warn!(%job, action, error = %e, "job not queued; the reconciler will pick it up");
             false

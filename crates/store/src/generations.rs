@@ -384,7 +384,7 @@ impl<'a> Generations<'a> {
     ) -> Result<bool> {
         let changed = sqlx::query(
             "UPDATE generations SET status = 'submitted', kie_task_id = $2, next_poll_at = $3, \
-                 deadline_at = $4, submitted_at = $5, updated_at = $5 \
+                 deadline_at = $4, submitted_at = $5, updated_at = $5, claimed_until = NULL \
              WHERE id = $1 AND status = 'pending'",
         )
         .bind(id.0)
@@ -489,9 +489,7 @@ impl<'a> Generations<'a> {
             ..Outcome::default()
         };
         let to = GenerationStatus::Succeeded;
-        write_tx!(self.store, |conn| Ok(finish_in(conn, id, to, outcome)
-            .await?
-            .is_some()))
+        Ok(finish(self.store, id, to, outcome).await?.is_some())
     }
 
     /// Ends an active generation as `to` (failed, expired or canceled) with
@@ -511,13 +509,11 @@ impl<'a> Generations<'a> {
             fail_reason: Some(reason),
             ..Outcome::default()
         };
-        write_tx!(self.store, |conn| {
-            if !to.releases_hold() {
-                let from = status_in(conn, id).await?;
-                return Err(StoreError::IllegalTransition(TransitionError { from, to }));
-            }
-            Ok(finish_in(conn, id, to, outcome).await?.is_some())
-        })
+        if !to.releases_hold() {
+            let from = status_of(self.store, id).await?;
+            return Err(StoreError::IllegalTransition(TransitionError { from, to }));
+        }
+        Ok(finish(self.store, id, to, outcome).await?.is_some())
     }
 
     /// `succeeded -> delivered`. `Ok(false)`: already delivered.
@@ -639,8 +635,7 @@ impl<'a> Generations<'a> {
 
     /// `NotFound` unless the generation exists.
     async fn require(&self, id: GenerationId) -> Result<()> {
-        let mut conn = self.store.pool().acquire().await?;
-        status_in(&mut conn, id).await.map(|_| ())
+        status_of(self.store, id).await.map(|_| ())
     }
 }
 
@@ -659,11 +654,10 @@ async fn create_pg(
         Funding::FreeQuota { day, limit } => (Some(day.as_str()), Some(i64::from(*limit)), None),
         Funding::AdminBudget { amount } => (None, None, Some(amount.minor())),
     };
-    let mut attempt = 1;
-    loop {
+    crate::tx::retrying_pg("confirmation", || async {
         let now = now_ms();
         let expires = then.map(|t| now.saturating_add(crate::sql::millis(t.ttl)));
-        let called = bind_new_row(
+        let row = bind_new_row(
             sqlx::query(
                 "SELECT out_created, out_id FROM kiebot_create_generation(\
                      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
@@ -680,27 +674,16 @@ async fn create_pg(
         .bind(then.map(|t| t.id_field))
         .bind(expires)
         .fetch_one(store.pool())
-        .await;
-        let outcome = match called {
-            Ok(row) => {
-                let id = GenerationId(row.try_get("out_id")?);
-                Ok(if crate::sql::get_bool(&row, "out_created")? {
-                    Creation::Created(id)
-                } else {
-                    Creation::AlreadyExists(id)
-                })
-            }
-            Err(e) => Err(refusal_of_pg(e, new, funding)),
-        };
-        match outcome {
-            Err(e) if attempt < crate::tx::MAX_ATTEMPTS && e.is_retryable(Engine::Postgres) => {
-                tracing::debug!(attempt, error = %e, "database busy; retrying the confirmation");
-                tokio::time::sleep(crate::tx::backoff(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+        .await
+        .map_err(|e| refusal_of_pg(e, new, funding))?;
+        let id = GenerationId(row.try_get("out_id")?);
+        Ok(if crate::sql::get_bool(&row, "out_created")? {
+            Creation::Created(id)
+        } else {
+            Creation::AlreadyExists(id)
+        })
+    })
+    .await
 }
 
 /// Binds `$1`..`$9` of both confirmation paths: the new row's user, draft
@@ -945,8 +928,30 @@ async fn return_funding_in(conn: &mut AnyConnection, id: GenerationId, now: i64)
 }
 
 /// Ends an active generation as `to` (`succeeded`, or a state that releases
-/// the hold) with its money step. `None`: it had already ended that way
+/// the hold) with its money step, in one transaction: statement by statement
+/// on SQLite ([`finish_in`]), one call of `kiebot_finish_generation` on
+/// PostgreSQL (see its migration). `None`: it had already ended that way
 /// (nothing moves twice); ended the other way: [`StoreError::IllegalTransition`].
+pub(crate) async fn finish(
+    store: &Store,
+    id: GenerationId,
+    to: GenerationStatus,
+    outcome: Outcome<'_>,
+) -> Result<Option<crate::pipeline::DeliveryClaim>> {
+    match store.engine() {
+        Engine::Sqlite => write_tx!(store, |conn| finish_in(conn, id, to, outcome).await),
+        Engine::Postgres => {
+            let moved =
+                crate::tx::retrying_pg("finish", || finish_pg(store, id, to, outcome)).await?;
+            if moved.is_some() {
+                return Ok(moved);
+            }
+            not_moved(status_of(store, id).await?, to)
+        }
+    }
+}
+
+/// [`finish`] statement by statement, inside the caller's transaction.
 pub(crate) async fn finish_in(
     conn: &mut AnyConnection,
     id: GenerationId,
@@ -957,13 +962,74 @@ pub(crate) async fn finish_in(
     if let Some(moved) = move_row(conn, id, &sources, to, outcome, now_ms()).await? {
         return Ok(Some(moved));
     }
+    not_moved(status_in(conn, id).await?, to)
+}
+
+/// What a finish that moved nothing means, given the row's status `from`.
+fn not_moved(
+    from: GenerationStatus,
+    to: GenerationStatus,
+) -> Result<Option<crate::pipeline::DeliveryClaim>> {
     let succeeded = |s: GenerationStatus| {
         matches!(s, GenerationStatus::Succeeded | GenerationStatus::Delivered)
     };
-    match status_in(conn, id).await? {
+    match from {
         from if succeeded(from) && to == GenerationStatus::Succeeded => Ok(None),
         from if from.releases_hold() && to.releases_hold() => Ok(None),
         from => Err(StoreError::IllegalTransition(TransitionError { from, to })),
+    }
+}
+
+/// One attempt of [`finish`] on PostgreSQL.
+async fn finish_pg(
+    store: &Store,
+    id: GenerationId,
+    to: GenerationStatus,
+    outcome: Outcome<'_>,
+) -> Result<Option<crate::pipeline::DeliveryClaim>> {
+    // The function's row is named like the table, so the claim's columns
+    // (and their subquery on the user's language) read from it unchanged.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM kiebot_finish_generation($1, $2, $3, $4, $5, $6, $7, $8) AS generations",
+            crate::pipeline::CLAIM_COLUMNS
+        )
+    });
+    let sources: Vec<&str> = GenerationStatus::sources_of(to)
+        .into_iter()
+        .map(GenerationStatus::as_str)
+        .collect();
+    let row = sqlx::query(AssertSqlSafe(SQL.as_str()))
+        .bind(id.0)
+        .bind(to.as_str())
+        .bind(sources.join(","))
+        .bind(now_ms())
+        .bind(outcome.result_json)
+        .bind(outcome.fail_code)
+        .bind(outcome.fail_reason)
+        .bind(outcome.delivery_lease)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(|e| finish_refusal_of_pg(e, id))?;
+    row.as_ref()
+        .map(crate::pipeline::DeliveryClaim::from_row)
+        .transpose()
+}
+
+/// The typed error behind a `kiebot_finish_generation` refusal; any other
+/// error as it is.
+fn finish_refusal_of_pg(e: sqlx::Error, generation: GenerationId) -> StoreError {
+    let sqlx::Error::Database(d) = &e else {
+        return StoreError::Db(e);
+    };
+    if d.code().as_deref() != Some(REFUSAL_SQLSTATE) {
+        return StoreError::Db(e);
+    }
+    let (kind, detail) = d.message().split_once(' ').unwrap_or((d.message(), ""));
+    match (kind, detail.parse::<HoldState>()) {
+        ("no_hold", _) => StoreError::NoHold(generation),
+        ("hold_settled", Ok(state)) => StoreError::HoldAlreadySettled { generation, state },
+        _ => StoreError::Corrupt(d.message().to_owned()),
     }
 }
 
@@ -1036,6 +1102,12 @@ pub(crate) async fn move_row(
         return_funding_in(conn, id, now).await?;
     }
     Ok(Some(moved))
+}
+
+/// The generation's status now, or `NotFound`.
+pub(crate) async fn status_of(store: &Store, id: GenerationId) -> Result<GenerationStatus> {
+    let mut conn = store.pool().acquire().await?;
+    status_in(&mut conn, id).await
 }
 
 /// The generation's status, or `NotFound`.

@@ -198,15 +198,13 @@ impl Generations<'_> {
             Outcome::Success { .. } => to == GenerationStatus::Succeeded,
             Outcome::Failure { .. } => to.releases_hold(),
         };
-        write_tx!(self.store(), |conn| {
-            if !legal {
-                let from = crate::generations::status_in(conn, id).await?;
-                return Err(crate::StoreError::IllegalTransition(
-                    kiebot_domain::TransitionError { from, to },
-                ));
-            }
-            crate::generations::finish_in(conn, id, to, columns).await
-        })
+        if !legal {
+            let from = crate::generations::status_of(self.store(), id).await?;
+            return Err(crate::StoreError::IllegalTransition(
+                kiebot_domain::TransitionError { from, to },
+            ));
+        }
+        crate::generations::finish(self.store(), id, to, columns).await
     }
 
     /// Moves a submitted generation's next poll to `now` (a KIE callback's

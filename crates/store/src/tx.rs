@@ -57,3 +57,25 @@ macro_rules! write_tx {
         }
     }};
 }
+
+/// Runs a single-statement PostgreSQL call again (at most [`MAX_ATTEMPTS`]
+/// times, with [`backoff`]) while the server reports a deadlock or
+/// serialization failure: the statement is its own transaction, so a retry
+/// is a transaction's retry. `call` makes a fresh attempt each time.
+pub(crate) async fn retrying_pg<T, F, Fut>(what: &'static str, mut call: F) -> crate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < MAX_ATTEMPTS && e.is_retryable(crate::Engine::Postgres) => {
+                tracing::debug!(attempt, error = %e, what, "database busy; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

@@ -146,6 +146,23 @@ impl Ctx {
         }
     }
 
+    /// Enqueues the next job of a row whose due time the caller has moved a
+    /// lease ahead (so the reconciler would not enqueue it a second time).
+    /// When the queue is at its bound or unreachable, the row is made due at
+    /// once instead, and the reconciler's next tick enqueues it.
+    pub async fn enqueue(&self, job: kiebot_jobs::Job) -> Result<(), crate::JobError> {
+        match self.queues.push(job).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => tracing::debug!(%job, "queue at its bound; left to the reconciler"),
+            Err(e) => tracing::warn!(%job, error = %e, "not queued; left to the reconciler"),
+        }
+        self.store
+            .generations()
+            .due_again(&[job.generation()], now_ms())
+            .await?;
+        Ok(())
+    }
+
     /// Milliseconds of a duration, for timestamp arithmetic.
     pub fn ms(d: Duration) -> i64 {
         i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

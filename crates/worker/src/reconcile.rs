@@ -52,6 +52,12 @@ impl Report {
     }
 }
 
+/// How long a fresh pending row waits for its Submit job when the queue
+/// is empty: long enough for a push that follows its commit to land, and
+/// for a fetched job to claim its row. A row enqueued twice in that race
+/// costs a no-op job.
+const EMPTY_QUEUE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long finished jobs' bookkeeping stays in the queue backend.
 pub const QUEUE_RETENTION: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
@@ -112,10 +118,19 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
     // enqueued would wait a whole lease for its next chance.
     let room = QueueRoom::measure(ctx).await;
 
+    // A fresh pending row is left alone for a grace period, as its Submit
+    // job may still be waiting in the queue. With the queue empty, a row
+    // older than a moment has no job waiting (it was left out of a full
+    // queue, or its push failed), so it need not wait out the grace.
+    let grace = if room.is_empty(&ctx.queues.names().submit) {
+        cfg.pending_grace.min(EMPTY_QUEUE_GRACE)
+    } else {
+        cfg.pending_grace
+    };
     for id in gens
         .claim_due_submits(
             now,
-            Ctx::ms(cfg.pending_grace),
+            Ctx::ms(grace),
             requeue_at,
             room.limit(&ctx.queues.names().submit, cfg),
         )
@@ -187,6 +202,11 @@ impl QueueRoom {
             metrics::gauge!(metrics_names::QUEUE_DEPTH, "queue" => name.clone()).set(*n as f64);
         }
         QueueRoom(depths)
+    }
+
+    /// Whether the queue was measured and holds no waiting job.
+    fn is_empty(&self, queue: &str) -> bool {
+        self.0.iter().any(|(n, d)| n == queue && *d == 0)
     }
 
     /// Rows of this queue's kind to claim now: the batch, bounded by the room

@@ -67,6 +67,11 @@ pub struct WorkerRuntime {
 /// How often an embedded worker looks for new jobs in SQLite.
 const SQLITE_POLL: Duration = Duration::from_millis(100);
 
+/// How soon a Redis worker whose last fetch found nothing looks again: the
+/// longest a job pushed just after an empty fetch waits, at the cost of at
+/// most 20 fetches per second per idle queue.
+const REDIS_REPOLL: Duration = Duration::from_millis(50);
+
 /// Per-job time limit: longer than any KIE or Telegram call with its
 /// retries, shorter than the claim lease.
 const JOB_TIMEOUT: Duration = Duration::from_secs(50);
@@ -78,10 +83,13 @@ macro_rules! register {
         let name = worker_name($role);
         let concurrency = $conc;
         $monitor.register(move |_restarts| {
+            // Outermost first, as apalis checks at start-up: a concurrency
+            // slot covers every attempt of a job, each attempt has its own
+            // time limit, a panic counts as a failed attempt, and the trace
+            // span sees one attempt.
             WorkerBuilder::new(name.clone())
                 .backend(backend.clone())
-                .enable_tracing()
-                .catch_panic()
+                .concurrency(concurrency)
                 .retry(
                     RetryPolicy::retries(5).with_backoff(
                         ExponentialBackoffMaker::new(
@@ -94,12 +102,29 @@ macro_rules! register {
                         .make_backoff(),
                     ),
                 )
+                .catch_panic()
                 .timeout(JOB_TIMEOUT)
-                .concurrency(concurrency)
+                .enable_tracing()
                 .parallelize(tokio::spawn)
                 .data(ctx.clone())
                 .build($handler)
         })
+    }};
+}
+
+/// Registers the four job workers over `$storages`, each looking for work
+/// at least every `$every`.
+macro_rules! register_all {
+    ($monitor:expr, $storages:expr, $every:expr, $ctx:expr, $conc:expr) => {{
+        let every = $every;
+        let submit = $storages.submit.clone().poll_with_interval(every);
+        let poll = $storages.poll.clone().poll_with_interval(every);
+        let finalize = $storages.finalize.clone().poll_with_interval(every);
+        let deliver = $storages.deliver.clone().poll_with_interval(every);
+        let monitor = register!($monitor, "submit", submit, submit::handle, $ctx, $conc);
+        let monitor = register!(monitor, "poll", poll, poll::handle, $ctx, $conc);
+        let monitor = register!(monitor, "finalize", finalize, finalize::handle, $ctx, $conc);
+        register!(monitor, "deliver", deliver, deliver::handle, $ctx, $conc)
     }};
 }
 
@@ -147,38 +172,17 @@ impl WorkerRuntime {
         if self.roles.jobs {
             match &ctx.queues {
                 Queues::Redis { storages, .. } => {
-                    monitor = register!(monitor, "submit", storages.submit, submit::handle, ctx, n);
-                    monitor = register!(monitor, "poll", storages.poll, poll::handle, ctx, n);
-                    monitor = register!(
-                        monitor,
-                        "finalize",
-                        storages.finalize,
-                        finalize::handle,
-                        ctx,
-                        n
-                    );
-                    monitor = register!(
-                        monitor,
-                        "deliver",
-                        storages.deliver,
-                        deliver::handle,
-                        ctx,
-                        n
-                    );
+                    // apalis parks a worker whose fetch came back empty until
+                    // its last in-flight job ends (or the next heartbeat), so
+                    // a queue that refills meanwhile would wait seconds; the
+                    // timer makes it look again soon.
+                    monitor = register_all!(monitor, storages, REDIS_REPOLL, ctx, n);
                 }
                 Queues::Sqlite { storages, .. } => {
                     // SQLite has no push notification across processes; a short
                     // fixed interval keeps a generation's four hops quick at a
                     // cost of a few indexed queries per second.
-                    let every = SQLITE_POLL;
-                    let submit = storages.submit.clone().poll_with_interval(every);
-                    let poll = storages.poll.clone().poll_with_interval(every);
-                    let finalize = storages.finalize.clone().poll_with_interval(every);
-                    let deliver = storages.deliver.clone().poll_with_interval(every);
-                    monitor = register!(monitor, "submit", submit, submit::handle, ctx, n);
-                    monitor = register!(monitor, "poll", poll, poll::handle, ctx, n);
-                    monitor = register!(monitor, "finalize", finalize, finalize::handle, ctx, n);
-                    monitor = register!(monitor, "deliver", deliver, deliver::handle, ctx, n);
+                    monitor = register_all!(monitor, storages, SQLITE_POLL, ctx, n);
                 }
             }
         }

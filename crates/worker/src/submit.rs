@@ -61,12 +61,13 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
         KieMode::DryRun => {
             // No KIE call: the task id says so, and the poll answers itself.
             let task = format!("dry-run-{id}");
+            let next = now + Ctx::ms(ctx.config.lease);
             if gens
-                .mark_submitted(id, &task, now, now + deadline_ms)
+                .mark_submitted(id, &task, next, now + deadline_ms)
                 .await?
             {
                 metrics_names::generation_state(GenerationStatus::Submitted.as_str());
-                ctx.queues.push(Job::Poll(id)).await?;
+                ctx.enqueue(Job::Poll(id)).await?;
             }
             return Ok(());
         }
@@ -131,7 +132,15 @@ async fn accepted(
     deadline_ms: i64,
 ) -> Result<(), JobError> {
     let now = now_ms();
-    let first_poll = now + Ctx::ms(ctx.config.poll_first);
+    // With no wait configured (benchmarks, fast fakes) the first poll goes
+    // straight to the queue instead of waiting for a reconciler tick; the
+    // row is then due only when that job has had a lease to run.
+    let poll_now = ctx.config.poll_first.is_zero();
+    let first_poll = if poll_now {
+        now + Ctx::ms(ctx.config.lease)
+    } else {
+        now + Ctx::ms(ctx.config.poll_first)
+    };
     let moved = ctx
         .store
         .generations()
@@ -140,10 +149,8 @@ async fn accepted(
     if moved {
         metrics_names::generation_state(GenerationStatus::Submitted.as_str());
         info!(task_id = %task, "submitted");
-        // With no wait configured (benchmarks, fast fakes) the first poll goes
-        // straight to the queue instead of waiting for a reconciler tick.
-        if ctx.config.poll_first.is_zero() {
-            ctx.queues.push(Job::Poll(id)).await?;
+        if poll_now {
+            ctx.enqueue(Job::Poll(id)).await?;
         }
     }
     Ok(())

@@ -400,3 +400,35 @@ async fn finished_jobs_are_vacuumed_from_the_queue(flavor: Flavor) {
     finish(h).await;
 }
 on_both!(vacuum, finished_jobs_are_vacuumed_from_the_queue);
+
+/// Redis only (the SQLite queue has no bound): a Submit the full queue
+/// leaves out is enqueued by the reconciler as soon as the queue has
+/// drained, not after the grace a fresh row gives its own job (here far
+/// longer than the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_left_out_of_a_full_queue_runs_once_the_queue_drains() {
+    use kiebot_domain::GenerationId;
+    use kiebot_jobs::{Job, REDIS_BACKLOG};
+    let config = kiebot_worker::PipelineConfig {
+        pending_grace: Duration::from_secs(600),
+        ..kiebot_worker::harness::quick_pipeline()
+    };
+    let mut h = Harness::with_config(Flavor::Fleet, config).await;
+    let user = h.funded_user(Money::from_minor(5_000)).await;
+    // Jobs of generations that do not exist: no-ops for the workers.
+    let filler: Vec<Job> = (0..REDIS_BACKLOG)
+        .map(|i| Job::Submit(GenerationId(1_000_000_000 + i as i64)))
+        .collect();
+    assert!(h.ctx.queues.push_many(&filler).await.unwrap().is_empty());
+    let id = h
+        .create(user, "google/nano-banana", price(), "left-out")
+        .await;
+    assert!(
+        !h.ctx.queues.push(Job::Submit(id)).await.unwrap(),
+        "the full queue leaves the job out"
+    );
+    h.start_workers(4);
+    h.wait_settled(SETTLE).await.unwrap();
+    assert_eq!(h.statuses(&[id]).await, vec![GenerationStatus::Delivered]);
+    finish(h).await;
+}
