@@ -83,7 +83,7 @@ pub use polling::run_polling;
 pub const DIALOGUE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Settings key of maintenance mode (`"1"` = on).
-pub const MAINTENANCE_KEY: &str = "maintenance";
+pub const MAINTENANCE_KEY: &str = kiebot_store::settings::MAINTENANCE;
 
 /// Everything the handlers need, injected into the handler tree.
 #[derive(Clone)]

@@ -6,10 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::{Result, Store};
 
-/// Key of the maintenance switch (`"on"` / `"off"`).
-pub const MAINTENANCE_MODE: &str = "maintenance_mode";
-/// Key of the FX rate used in prices (a decimal, see `kiebot_domain::Rate`).
-pub const FX_RATE: &str = "fx_rate";
+/// Key of maintenance mode: `"1"` while it is on, absent while it is off.
+pub const MAINTENANCE: &str = "maintenance";
 
 /// Settings. See [`Store::settings`].
 #[derive(Debug, Clone, Copy)]

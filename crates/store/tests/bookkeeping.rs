@@ -163,16 +163,16 @@ async fn the_free_quota_is_never_exceeded_even_concurrently(store: Store) {
 
 async fn settings_and_the_audit_log_keep_what_they_are_given(store: Store) {
     let s = store.settings();
-    assert_eq!(s.get(settings::MAINTENANCE_MODE).await.unwrap(), None);
-    s.set(settings::MAINTENANCE_MODE, "on").await.unwrap();
-    s.set(settings::MAINTENANCE_MODE, "off").await.unwrap();
-    s.set(settings::FX_RATE, "78.57").await.unwrap();
+    assert_eq!(s.get(settings::MAINTENANCE).await.unwrap(), None);
+    s.set(settings::MAINTENANCE, "1").await.unwrap();
+    s.set(settings::MAINTENANCE, "0").await.unwrap();
+    s.set("note", "78.57").await.unwrap();
     assert_eq!(
-        s.get(settings::MAINTENANCE_MODE).await.unwrap().as_deref(),
-        Some("off")
+        s.get(settings::MAINTENANCE).await.unwrap().as_deref(),
+        Some("0")
     );
-    s.delete(settings::FX_RATE).await.unwrap();
-    assert_eq!(s.get(settings::FX_RATE).await.unwrap(), None);
+    s.delete("note").await.unwrap();
+    assert_eq!(s.get("note").await.unwrap(), None);
 
     let admin = UserId(7);
     store
