@@ -25,6 +25,7 @@ use kiebot_domain::GenerationId;
 use serde::{Deserialize, Serialize};
 
 pub mod names;
+mod redis_vacuum;
 
 pub use apalis_redis::RedisStorage;
 pub use apalis_sqlite::SqliteStorage;
@@ -408,7 +409,22 @@ impl Queues {
                 names,
                 ..
             } => {
-                removed += vacuum_storages!(storages, names, older_than, err);
+                for storage in [
+                    storages.submit.get_config(),
+                    storages.poll.get_config(),
+                    storages.finalize.get_config(),
+                    storages.deliver.get_config(),
+                ] {
+                    let data = storage.job_data_hash();
+                    removed += redis_vacuum::remove_finished(
+                        conn,
+                        &data,
+                        &storage.job_meta_hash(),
+                        older_than,
+                    )
+                    .await
+                    .map_err(|e| err(&data, &e))?;
+                }
                 // The done set only feeds the board's counters and would
                 // otherwise hold the id of every job ever run.
                 let mut pipe = redis::pipe();
@@ -426,6 +442,28 @@ impl Queues {
             }
         }
         Ok(removed)
+    }
+
+    /// Takes this deployment's vacuum turn for `ttl`: `true` for the one
+    /// process (of a fleet) that should vacuum now; always `true` on SQLite,
+    /// which one process serves. Every worker's reconciler asks each
+    /// minute, and a fleet need not walk the queues more than once.
+    pub async fn take_vacuum_turn(&self, ttl: Duration) -> Result<bool, QueueError> {
+        match self {
+            Queues::Redis { conn, names, .. } => {
+                let taken: Option<String> = redis::cmd("SET")
+                    .arg(format!("{}:vacuum-turn", names.submit))
+                    .arg(std::process::id())
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1))
+                    .query_async(&mut conn.clone())
+                    .await
+                    .map_err(redis_error)?;
+                Ok(taken.is_some())
+            }
+            Queues::Sqlite { .. } => Ok(true),
+        }
     }
 
     /// Whether the backend answers.
@@ -547,11 +585,16 @@ async fn redis_depths(
     let counts: Vec<u64> = pipe
         .query_async(&mut conn.clone())
         .await
-        .map_err(|e| QueueError {
-            queue: "redis".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(redis_error)?;
     Ok(counts.chunks(2).map(|c| c.iter().sum()).collect())
+}
+
+/// A Redis error not tied to one queue.
+fn redis_error(e: redis::RedisError) -> QueueError {
+    QueueError {
+        queue: "redis".into(),
+        message: e.to_string(),
+    }
 }
 
 async fn push_all<S, A>(storage: &mut S, jobs: Vec<A>, queue: &str) -> Result<(), QueueError>

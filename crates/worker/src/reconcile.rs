@@ -58,6 +58,10 @@ impl Report {
 /// costs a no-op job.
 const EMPTY_QUEUE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long one process's turn to vacuum the queue lasts: under a minute,
+/// so that some process vacuums every minute or so.
+const VACUUM_TURN: std::time::Duration = std::time::Duration::from_secs(50);
+
 /// How long finished jobs' bookkeeping stays in the queue backend.
 pub const QUEUE_RETENTION: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
@@ -65,17 +69,22 @@ pub const QUEUE_RETENTION: std::time::Duration = std::time::Duration::from_secs(
 #[tracing::instrument(name = "job.reconcile", skip_all)]
 pub async fn handle(_tick: Tick, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
     let report = tick(&ctx).await?;
-    // Once a minute (per process; vacuuming twice is harmless).
+    // Once a minute per process, and in a fleet only by the process whose
+    // turn it is (vacuuming twice is harmless, but walks every job again).
     let minute = now_ms() / 60_000;
     if ctx
         .last_vacuum_minute
         .swap(minute, std::sync::atomic::Ordering::Relaxed)
         != minute
     {
-        match ctx.queues.vacuum(QUEUE_RETENTION).await {
-            Ok(n) if n > 0 => info!(removed = n, "vacuumed finished jobs from the queue"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "queue vacuum failed"),
+        match ctx.queues.take_vacuum_turn(VACUUM_TURN).await {
+            Ok(true) => match ctx.queues.vacuum(QUEUE_RETENTION).await {
+                Ok(n) if n > 0 => info!(removed = n, "vacuumed finished jobs from the queue"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "queue vacuum failed"),
+            },
+            Ok(false) => debug!("another process vacuums the queue this minute"),
+            Err(e) => tracing::warn!(error = %e, "queue vacuum skipped"),
         }
     }
     if report.enqueued() > 0 || report.expired > 0 {

@@ -432,3 +432,30 @@ async fn a_job_left_out_of_a_full_queue_runs_once_the_queue_drains() {
     assert_eq!(h.statuses(&[id]).await, vec![GenerationStatus::Delivered]);
     finish(h).await;
 }
+
+/// Redis only: the vacuum walks the job hash in chunks (several here) and
+/// removes every finished job, then finds nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_vacuum_removes_every_finished_job_chunk_by_chunk() {
+    use kiebot_domain::GenerationId;
+    use kiebot_jobs::Job;
+    let mut h = Harness::start(Flavor::Fleet).await;
+    // Jobs of generations that do not exist: each ends at once as done.
+    let jobs: Vec<Job> = (0..1_600)
+        .map(|i| Job::Submit(GenerationId(2_000_000_000 + i)))
+        .collect();
+    assert!(h.ctx.queues.push_many(&jobs).await.unwrap().is_empty());
+    h.start_workers(8);
+    let deadline = std::time::Instant::now() + SETTLE;
+    let mut removed = 0;
+    while removed < jobs.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        removed += h.ctx.queues.vacuum(Duration::ZERO).await.unwrap();
+    }
+    h.stop_workers().await;
+    assert_eq!(removed, jobs.len(), "every finished job removed once");
+    assert_eq!(h.ctx.queues.vacuum(Duration::ZERO).await.unwrap(), 0);
+    let depths = h.ctx.queues.depths().await.unwrap();
+    assert!(depths.iter().all(|(_, d)| *d == 0), "{depths:?}");
+    finish(h).await;
+}
