@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-/// Job ids looked at per script call: each call is a few milliseconds.
-const CHUNK: usize = 500;
+/// Job ids looked at per script call. With 100,000 jobs in flight a call
+/// of 500 took up to 22 ms; 200 should take about 9 ms.
+const CHUNK: usize = 200;
 
 /// KEYS[1]: the job data hash, KEYS[2]: the metadata key prefix;
 /// ARGV[1]: the cutoff (unix seconds), ARGV[2..]: job ids.
