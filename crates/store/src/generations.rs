@@ -283,7 +283,18 @@ impl<'a> Generations<'a> {
             Funding::FreeQuota { .. } | Funding::AdminBudget { .. } => {}
         }
         match self.store.engine() {
-            Engine::Postgres => create_pg(self.store, new, funding, then).await,
+            Engine::Postgres => {
+                let c = crate::confirm_batch::Confirmation {
+                    new: new.clone(),
+                    funding: funding.clone(),
+                    then: then.map(|t| crate::confirm_batch::OwnedDialogueAfter {
+                        state_json: t.state_json.to_owned(),
+                        id_field: t.id_field.to_owned(),
+                        ttl: t.ttl,
+                    }),
+                };
+                self.store.confirms.confirm(self.store.pool(), c).await
+            }
             Engine::Sqlite => {
                 write_tx!(self.store, |conn| create_in(
                     conn,
@@ -643,8 +654,8 @@ impl<'a> Generations<'a> {
 /// `kiebot_create_generation` function (see its migration), one round trip
 /// instead of eight, retried like a transaction when the server reports a
 /// deadlock or serialization failure.
-async fn create_pg(
-    store: &Store,
+pub(crate) async fn create_pg(
+    pool: &sqlx::AnyPool,
     new: &NewGeneration,
     funding: &Funding,
     then: Option<&DialogueAfter<'_>>,
@@ -673,7 +684,7 @@ async fn create_pg(
         .bind(then.map(|t| t.state_json))
         .bind(then.map(|t| t.id_field))
         .bind(expires)
-        .fetch_one(store.pool())
+        .fetch_one(pool)
         .await
         .map_err(|e| refusal_of_pg(e, new, funding))?;
         let id = GenerationId(row.try_get("out_id")?);
@@ -717,9 +728,19 @@ fn refusal_of_pg(e: sqlx::Error, new: &NewGeneration, funding: &Funding) -> Stor
     if d.code().as_deref() != Some(REFUSAL_SQLSTATE) {
         return StoreError::Db(e);
     }
-    let (kind, number) = d.message().split_once(' ').unwrap_or((d.message(), ""));
+    refusal_of_message(d.message(), new, funding).unwrap_or(StoreError::Db(e))
+}
+
+/// The typed error behind a refusal message of `kiebot_create_generation`
+/// (`<kind>[ <number>]`); `None` for a message it never gives.
+pub(crate) fn refusal_of_message(
+    message: &str,
+    new: &NewGeneration,
+    funding: &Funding,
+) -> Option<StoreError> {
+    let (kind, number) = message.split_once(' ').unwrap_or((message, ""));
     let number = number.parse::<i64>().ok();
-    match kind {
+    Some(match kind {
         "key_conflict" => StoreError::KeyConflict {
             key: new.draft_key.clone(),
         },
@@ -746,8 +767,8 @@ fn refusal_of_pg(e: sqlx::Error, new: &NewGeneration, funding: &Funding) -> Stor
             available: Money::from_minor(number.unwrap_or(0)),
             requested: new.price,
         },
-        _ => StoreError::Db(e),
-    }
+        _ => return None,
+    })
 }
 
 /// The SQLSTATE of the store's own refusals raised inside PostgreSQL.

@@ -74,6 +74,7 @@ use sqlx::{AnyPool, Connection as _, Executor};
 
 #[macro_use]
 mod tx;
+mod confirm_batch;
 mod sql;
 
 pub mod audit;
@@ -154,6 +155,8 @@ pub struct Store {
     engine: Engine,
     /// Settings read through [`Settings::get_recent`], shared by clones.
     recent_settings: std::sync::Arc<settings::RecentSettings>,
+    /// Confirmations waiting to be written together (PostgreSQL).
+    confirms: std::sync::Arc<confirm_batch::ConfirmBatcher>,
 }
 
 impl Store {
@@ -223,6 +226,7 @@ impl Store {
             pool,
             engine,
             recent_settings: Default::default(),
+            confirms: Default::default(),
         })
     }
 

@@ -29,7 +29,75 @@ on_both_engines!(
     finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim,
     a_recent_setting_is_reread_after_a_change,
     a_confirmation_leaves_its_dialogue_only_with_a_new_generation,
+    a_burst_of_confirmations_gets_each_its_own_outcome,
 );
+
+/// Enough confirmations at once that PostgreSQL writes most of them in
+/// batches: every one still gets the outcome it would get alone.
+async fn a_burst_of_confirmations_gets_each_its_own_outcome(store: Store) {
+    const USERS: i64 = 60;
+    for u in 1..=USERS {
+        // Every third user can afford one generation only.
+        let money = if u % 3 == 0 { 100 } else { 1_000 };
+        funded_user(&store, u, money).await;
+    }
+    store
+        .users()
+        .set_blocked(kiebot_domain::UserId(7), true)
+        .await
+        .unwrap();
+    let press = |u: i64, draft: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let new = confirmation(kiebot_domain::UserId(u), &format!("{u}:{draft}"), 100);
+            store.generations().create_pending(&new).await
+        })
+    };
+    // Per user: a draft, a double tap on it, and a second draft.
+    let mut presses = Vec::new();
+    for u in 1..=USERS {
+        presses.push((u, "a", press(u, "a")));
+        presses.push((u, "a", press(u, "a")));
+        presses.push((u, "b", press(u, "b")));
+    }
+    let mut created = std::collections::HashMap::new();
+    let mut refused_for_money = std::collections::HashSet::new();
+    for (u, draft, p) in presses {
+        match p.await.unwrap() {
+            Ok(c) => {
+                // Both taps on one draft name the same generation.
+                let id = *created.entry((u, draft)).or_insert(c.id());
+                assert_eq!(id, c.id(), "user {u} draft {draft}");
+                assert_ne!(u, 7, "a blocked user confirmed");
+            }
+            Err(StoreError::Blocked { .. }) => assert_eq!(u, 7),
+            Err(StoreError::InsufficientFunds { available, .. }) => {
+                assert_eq!(u % 3, 0, "user {u} had money");
+                assert_eq!(available, Money::ZERO);
+                refused_for_money.insert((u, draft));
+            }
+            Err(e) => panic!("user {u} draft {draft}: {e:?}"),
+        }
+    }
+    // Users 3, 6, .. afford one of their two drafts; user 7 none.
+    let poor = USERS / 3;
+    assert_eq!(
+        refused_for_money.len() as i64,
+        poor,
+        "one draft refused per poor user"
+    );
+    assert_eq!(created.len() as i64, 2 * (USERS - 1) - poor);
+    for u in 1..=USERS {
+        let held = wallet(&store, kiebot_domain::UserId(u)).await.1;
+        let expected = match u {
+            7 => 0,
+            u if u % 3 == 0 => 100,
+            _ => 200,
+        };
+        assert_eq!(held, expected, "user {u}");
+    }
+    assert_books_balance(&store).await;
+}
 
 async fn a_confirmation_leaves_its_dialogue_only_with_a_new_generation(store: Store) {
     use kiebot_store::DialogueAfter;
