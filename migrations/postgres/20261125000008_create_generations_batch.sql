@@ -25,6 +25,14 @@
 --
 -- The single function stays the reference: the plain path writes exactly
 -- the rows it writes for an element it would accept.
+-- One element of the batch: the single function's arguments by name.
+CREATE TYPE kiebot_confirmation AS (
+    idx INTEGER, user_id BIGINT, draft_key TEXT, model TEXT, params TEXT, request TEXT,
+    price BIGINT, chat_id BIGINT, deadline_at BIGINT, max_active BIGINT, free_day TEXT,
+    free_limit BIGINT, budget BIGINT, traceparent TEXT, dialogue TEXT, dialogue_field TEXT,
+    dialogue_expires BIGINT
+);
+
 CREATE FUNCTION kiebot_create_generations(p_batch TEXT, p_now BIGINT)
 RETURNS TABLE (out_idx INTEGER, out_created BOOLEAN, out_id BIGINT, out_refusal TEXT)
 LANGUAGE plpgsql AS $$
@@ -49,9 +57,7 @@ BEGIN
         SELECT x.*,
                COUNT(*) OVER (PARTITION BY x.user_id) AS per_user,
                COUNT(*) OVER (PARTITION BY x.draft_key) AS per_key
-        FROM jsonb_to_recordset(v_batch) AS x(
-            idx INTEGER, user_id BIGINT, draft_key TEXT, price BIGINT, max_active BIGINT,
-            free_day TEXT, budget BIGINT)
+        FROM jsonb_populate_recordset(NULL::kiebot_confirmation, v_batch) x
     ) b
     JOIN users u ON u.id = b.user_id
     JOIN wallets w ON w.user_id = b.user_id
@@ -65,10 +71,7 @@ BEGIN
 
     IF cardinality(v_plain) > 0 THEN
         WITH b AS (
-            SELECT * FROM jsonb_to_recordset(v_batch) AS x(
-                idx INTEGER, user_id BIGINT, draft_key TEXT, model TEXT, params TEXT,
-                request TEXT, price BIGINT, chat_id BIGINT, deadline_at BIGINT,
-                traceparent TEXT, dialogue TEXT, dialogue_field TEXT, dialogue_expires BIGINT)
+            SELECT * FROM jsonb_populate_recordset(NULL::kiebot_confirmation, v_batch) x
             WHERE x.idx = ANY(v_plain)
         ),
         gen AS (
@@ -115,12 +118,7 @@ BEGIN
         END LOOP;
     END IF;
 
-    FOR r IN SELECT * FROM jsonb_to_recordset(v_batch) AS b(
-            idx INTEGER, user_id BIGINT, draft_key TEXT, model TEXT, params TEXT,
-            request TEXT, price BIGINT, chat_id BIGINT, deadline_at BIGINT,
-            max_active BIGINT, free_day TEXT, free_limit BIGINT, budget BIGINT,
-            traceparent TEXT, dialogue TEXT, dialogue_field TEXT,
-            dialogue_expires BIGINT)
+    FOR r IN SELECT * FROM jsonb_populate_recordset(NULL::kiebot_confirmation, v_batch) b
         WHERE NOT (b.idx = ANY(v_plain))
         ORDER BY b.idx
     LOOP

@@ -31,7 +31,9 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument as _;
 
-use crate::generations::{Creation, Funding, NewGeneration, create_pg, refusal_of_message};
+use crate::generations::{
+    Creation, Funding, NewGeneration, create_pg, deadline_at, funding_args, refusal_of_message,
+};
 use crate::{GenerationId, Result, StoreError, now_ms};
 
 /// The most confirmations written in one call. Those that are not plain
@@ -309,11 +311,7 @@ async fn write_many(pool: &AnyPool, batch: &[Request]) -> Result<Vec<Result<Crea
 }
 
 fn element(idx: usize, c: &Confirmation, now: i64) -> Element<'_> {
-    let (free_day, free_limit, budget) = match &c.funding {
-        Funding::Wallet => (None, None, None),
-        Funding::FreeQuota { day, limit } => (Some(day.as_str()), Some(i64::from(*limit)), None),
-        Funding::AdminBudget { amount } => (None, None, Some(amount.minor())),
-    };
+    let (free_day, free_limit, budget) = funding_args(&c.funding);
     let new = &c.new;
     Element {
         idx,
@@ -324,7 +322,7 @@ fn element(idx: usize, c: &Confirmation, now: i64) -> Element<'_> {
         request: &new.request_json,
         price: new.price.minor(),
         chat_id: new.chat_id,
-        deadline_at: now.saturating_add(i64::from(new.deadline_secs) * 1000),
+        deadline_at: deadline_at(new, now),
         max_active: i64::from(new.max_active),
         free_day,
         free_limit,

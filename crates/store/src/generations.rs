@@ -660,11 +660,7 @@ pub(crate) async fn create_pg(
     funding: &Funding,
     then: Option<&DialogueAfter<'_>>,
 ) -> Result<Creation> {
-    let (free_day, free_limit, budget) = match funding {
-        Funding::Wallet => (None, None, None),
-        Funding::FreeQuota { day, limit } => (Some(day.as_str()), Some(i64::from(*limit)), None),
-        Funding::AdminBudget { amount } => (None, None, Some(amount.minor())),
-    };
+    let (free_day, free_limit, budget) = funding_args(funding);
     crate::tx::retrying_pg("confirmation", || async {
         let now = now_ms();
         let expires = then.map(|t| now.saturating_add(crate::sql::millis(t.ttl)));
@@ -712,8 +708,23 @@ fn bind_new_row<'q>(
         .bind(new.request_json.as_str())
         .bind(new.price.minor())
         .bind(new.chat_id)
-        .bind(now.saturating_add(i64::from(new.deadline_secs) * 1000))
+        .bind(deadline_at(new, now))
         .bind(now)
+}
+
+/// The funding as `kiebot_create_generation`'s `free_day`, `free_limit` and
+/// `budget` arguments.
+pub(crate) fn funding_args(funding: &Funding) -> (Option<&str>, Option<i64>, Option<i64>) {
+    match funding {
+        Funding::Wallet => (None, None, None),
+        Funding::FreeQuota { day, limit } => (Some(day.as_str()), Some(i64::from(*limit)), None),
+        Funding::AdminBudget { amount } => (None, None, Some(amount.minor())),
+    }
+}
+
+/// When a generation confirmed at `now` is given up on.
+pub(crate) fn deadline_at(new: &NewGeneration, now: i64) -> i64 {
+    now.saturating_add(i64::from(new.deadline_secs) * 1000)
 }
 
 /// The typed error behind a `kiebot_create_generation` refusal (SQLSTATE
