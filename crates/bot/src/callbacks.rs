@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use kiebot_domain::UserId;
-use kiebot_store::now_ms;
 use kiebot_tg::callback::Cb;
 use kiebot_tg::texts::{self, Lang};
 use teloxide::prelude::*;
@@ -11,11 +10,16 @@ use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, Update};
 
 use crate::state::{Dialogue, parse_dialogue};
 use crate::wizard::{self, ChoiceValue};
-use crate::{BotDeps, Ctx, MAINTENANCE_KEY, admin, menu, payments};
+use crate::{BotDeps, Ctx, MAINTENANCE_KEY, Prefetched, admin, menu, payments};
 
 /// Loads the user behind a button press; a blocked user or (for non-admins)
 /// maintenance mode gets the reason as the callback's answer and stops here.
-pub(crate) async fn gate(deps: Arc<BotDeps>, q: CallbackQuery, update: Update) -> Option<Ctx> {
+pub(crate) async fn gate(
+    deps: Arc<BotDeps>,
+    q: CallbackQuery,
+    update: Update,
+    pre: Prefetched,
+) -> Option<Ctx> {
     let uid = UserId(i64::try_from(q.from.id.0).ok()?);
     let client_lang = q
         .from
@@ -45,7 +49,7 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, q: CallbackQuery, update: Update) -
     // A read first: every press comes from a user the bot has almost always
     // seen, and `ensure` is a write transaction (on SQLite, the one write
     // lock) that would serialise all presses.
-    let loaded = match deps.store.users().get_with_dialogue(uid, now_ms()).await {
+    let loaded = match pre.user_with_dialogue(&deps, uid).await {
         Ok(Some((u, raw))) => Ok((u, parse_dialogue(uid, raw.as_deref()))),
         Ok(None) => deps
             .store

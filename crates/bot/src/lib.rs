@@ -240,16 +240,51 @@ pub async fn handle_update(deps: &BotDeps, update: Update) {
             return;
         }
     }
-    dispatch(Arc::new(deps.clone()), update).await;
+    dispatch(Arc::new(deps.clone()), update, Prefetched::default()).await;
+}
+
+/// The sender's user row and dialogue, read before the update reached its
+/// handler (for a whole getUpdates batch in one query), or nothing.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Prefetched(Option<Arc<(UserId, Option<UserRead>)>>);
+
+/// A user with their dialogue JSON (`None`: no dialogue or expired).
+type UserRead = (kiebot_store::User, Option<String>);
+
+impl Prefetched {
+    /// What was read for `user`: `None` when `user` was not read,
+    /// `Some(None)` when they do not exist.
+    pub(crate) fn new(user: UserId, read: Option<UserRead>) -> Self {
+        Prefetched(Some(Arc::new((user, read))))
+    }
+
+    /// The user and their dialogue JSON: the prefetched read when it is
+    /// `user`'s, a fresh read otherwise. `None`: no such user.
+    pub(crate) async fn user_with_dialogue(
+        &self,
+        deps: &BotDeps,
+        user: UserId,
+    ) -> Result<Option<UserRead>, kiebot_store::StoreError> {
+        match self.0.as_deref() {
+            Some((read_for, read)) if *read_for == user => Ok(read.clone()),
+            _ => {
+                deps.store
+                    .users()
+                    .get_with_dialogue(user, kiebot_store::now_ms())
+                    .await
+            }
+        }
+    }
 }
 
 /// Routes an update already recorded as seen through the handler tree.
-pub(crate) async fn dispatch(deps: Arc<BotDeps>, update: Update) {
+pub(crate) async fn dispatch(deps: Arc<BotDeps>, update: Update, pre: Prefetched) {
     let update_id = i64::from(update.id.0);
     let kind = update_kind(&update);
     let span = tracing::info_span!("bot.update", update_id, kind);
     let routed =
-        tracing::Instrument::instrument(TREE.dispatch(dptree::deps![deps, update]), span).await;
+        tracing::Instrument::instrument(TREE.dispatch(dptree::deps![deps, update, pre]), span)
+            .await;
     match routed {
         std::ops::ControlFlow::Break(Ok(())) => {}
         std::ops::ControlFlow::Break(Err(e)) => {

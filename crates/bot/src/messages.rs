@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use kiebot_domain::UserId;
-use kiebot_store::now_ms;
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang, Refusal};
 use teloxide::prelude::*;
@@ -11,11 +10,16 @@ use teloxide::types::Update;
 
 use crate::state::{Dialogue, parse_dialogue};
 use crate::wizard::{self, IncomingFile};
-use crate::{BotDeps, Ctx, admin, callbacks, menu, payments};
+use crate::{BotDeps, Ctx, Prefetched, admin, callbacks, menu, payments};
 
 /// Loads (or creates) the sender; private chats only. A blocked user or
 /// (for non-admins) maintenance mode is told so and stops here.
-pub(crate) async fn gate(deps: Arc<BotDeps>, msg: Message, update: Update) -> Option<Ctx> {
+pub(crate) async fn gate(
+    deps: Arc<BotDeps>,
+    msg: Message,
+    update: Update,
+    pre: Prefetched,
+) -> Option<Ctx> {
     if !msg.chat.is_private() {
         return None;
     }
@@ -23,12 +27,10 @@ pub(crate) async fn gate(deps: Arc<BotDeps>, msg: Message, update: Update) -> Op
     let uid = UserId(i64::try_from(from.id.0).ok()?);
     let client_lang = from.language_code.as_deref().map_or(Lang::En, Lang::parse);
     let loaded = async {
-        Ok::<_, kiebot_store::StoreError>(
-            match deps.store.users().get_with_dialogue(uid, now_ms()).await? {
-                Some((user, raw)) => (user, parse_dialogue(uid, raw.as_deref()), false),
-                None => (deps.store.users().ensure(uid).await?, Dialogue::Idle, true),
-            },
-        )
+        Ok::<_, kiebot_store::StoreError>(match pre.user_with_dialogue(&deps, uid).await? {
+            Some((user, raw)) => (user, parse_dialogue(uid, raw.as_deref()), false),
+            None => (deps.store.users().ensure(uid).await?, Dialogue::Idle, true),
+        })
     }
     .await;
     let (user, dialogue, first_contact) = match loaded {

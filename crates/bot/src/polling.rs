@@ -7,17 +7,19 @@
 //! chat, never the whole bot. A bound on updates in hand keeps a flood from
 //! growing memory: the loop stops fetching until lanes catch up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use kiebot_domain::UserId;
+use kiebot_store::now_ms;
 use teloxide::prelude::*;
-use teloxide::types::Update;
+use teloxide::types::{Update, UpdateKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::{BotDeps, dispatch, watch_broadcasts};
+use crate::{BotDeps, Prefetched, dispatch, watch_broadcasts};
 
 /// Updates fetched but not yet handled, across all chats. Telegram keeps the
 /// rest for us until we ask again.
@@ -75,8 +77,23 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
             .saturating_add(1);
         // One write records the whole batch; a redelivered update (this
         // process or another one handled it before a crash) is dropped here.
+        // The senders' users and dialogues are read meanwhile, in one query,
+        // so their handlers need not read them one by one.
         let ids: Vec<i64> = updates.iter().map(|u| i64::from(u.id.0)).collect();
-        let fresh = match deps.store.updates().first_time_many(&ids).await {
+        let readers = lanes.prefetchable(&updates);
+        let senders: Vec<UserId> = readers.iter().flatten().copied().collect();
+        let record = async { deps.store.updates().first_time_many(&ids).await };
+        let read = async {
+            if senders.is_empty() {
+                return Ok(HashMap::new());
+            }
+            deps.store
+                .users()
+                .get_with_dialogue_many(&senders, now_ms())
+                .await
+        };
+        let (recorded, read) = tokio::join!(record, read);
+        let fresh = match recorded {
             Ok(fresh) => fresh,
             Err(e) => {
                 // Without the record a redelivery cannot be told from a new
@@ -88,14 +105,22 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
                 continue;
             }
         };
+        // Without the read, each handler reads its own sender.
+        let mut read = read
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the batch's senders"))
+            .ok();
         offset = next_offset;
-        let fresh: std::collections::HashSet<i64> = fresh.into_iter().collect();
+        let fresh: HashSet<i64> = fresh.into_iter().collect();
         let mut stopping = false;
-        for u in updates {
+        for (u, reader) in updates.into_iter().zip(readers) {
             if !fresh.contains(&i64::from(u.id.0)) {
                 tracing::debug!(update_id = u.id.0, "duplicate update ignored");
                 continue;
             }
+            let pre = match (reader, read.as_mut()) {
+                (Some(uid), Some(read)) => Prefetched::new(uid, read.remove(&uid)),
+                _ => Prefetched::default(),
+            };
             let permit = tokio::select! {
                 () = &mut shutdown => None,
                 p = Arc::clone(&in_hand).acquire_owned() => p.ok(),
@@ -104,7 +129,7 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
                 stopping = true;
                 break;
             };
-            lanes.hand_out(&deps, u, permit);
+            lanes.hand_out(&deps, u, pre, permit);
         }
         if stopping {
             break;
@@ -137,7 +162,7 @@ async fn pause(shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>, d: D
 
 /// One chat's queue of updates and the task that handles them in order.
 struct Lane {
-    tx: mpsc::UnboundedSender<(Update, OwnedSemaphorePermit)>,
+    tx: mpsc::UnboundedSender<(Update, Prefetched, OwnedSemaphorePermit)>,
     /// Updates sent to the lane and not yet handled.
     pending: Arc<AtomicUsize>,
     last_used: Instant,
@@ -153,15 +178,17 @@ struct Lanes {
 impl Lanes {
     /// Hands `u` to its chat's lane (opening one if needed); an update with
     /// no chat or sender has no order to keep and runs on its own.
-    fn hand_out(&mut self, deps: &Arc<BotDeps>, u: Update, permit: OwnedSemaphorePermit) {
-        let key = u
-            .chat()
-            .map(|c| c.id.0)
-            .or_else(|| u.from().map(|f| f.id.0 as i64));
-        let Some(key) = key else {
+    fn hand_out(
+        &mut self,
+        deps: &Arc<BotDeps>,
+        u: Update,
+        pre: Prefetched,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let Some(key) = lane_key(&u) else {
             let deps = Arc::clone(deps);
             tokio::spawn(async move {
-                dispatch(Arc::clone(&deps), u).await;
+                dispatch(Arc::clone(&deps), u, pre).await;
                 drop(permit);
             });
             return;
@@ -172,14 +199,43 @@ impl Lanes {
             .or_insert_with(|| open_lane(Arc::clone(deps)));
         lane.pending.fetch_add(1, Ordering::AcqRel);
         lane.last_used = Instant::now();
-        if let Err(mpsc::error::SendError((u, permit))) = lane.tx.send((u, permit)) {
+        if let Err(mpsc::error::SendError((u, pre, permit))) = lane.tx.send((u, pre, permit)) {
             // The lane's task is gone (it panicked): a fresh lane takes over.
             tracing::error!(chat = key, "update lane ended unexpectedly; reopening");
             let lane = open_lane(Arc::clone(deps));
             lane.pending.fetch_add(1, Ordering::AcqRel);
-            let _ = lane.tx.send((u, permit));
+            let _ = lane.tx.send((u, pre, permit));
             self.by_chat.insert(key, lane);
         }
+    }
+
+    /// For each update, the sender whose user and dialogue may be read
+    /// before it is handed out: a button press or message that is the first
+    /// of its chat and of its sender in the batch, in a chat whose lane
+    /// holds nothing. Any later update of that chat or sender may see what
+    /// the earlier ones change, so it reads for itself when its turn comes.
+    fn prefetchable(&self, updates: &[Update]) -> Vec<Option<UserId>> {
+        let mut chats = HashSet::new();
+        let mut senders = HashSet::new();
+        updates
+            .iter()
+            .map(|u| {
+                let gated = matches!(
+                    u.kind,
+                    UpdateKind::CallbackQuery(_) | UpdateKind::Message(_)
+                );
+                let key = lane_key(u)?;
+                let sender = UserId(i64::try_from(u.from()?.id.0).ok()?);
+                // Both sets are filled whatever the outcome, so a later
+                // update of the chat or the sender is never read early.
+                let first = chats.insert(key) & senders.insert(sender);
+                let idle = self
+                    .by_chat
+                    .get(&key)
+                    .is_none_or(|l| l.pending.load(Ordering::Acquire) == 0);
+                (gated && first && idle).then_some(sender)
+            })
+            .collect()
     }
 
     /// Closes lanes that hold nothing and have been idle a while. A lane
@@ -198,13 +254,21 @@ impl Lanes {
     }
 }
 
+/// The chat whose order an update keeps (its sender's, for updates without a
+/// chat); `None`: no order to keep.
+fn lane_key(u: &Update) -> Option<i64> {
+    u.chat()
+        .map(|c| c.id.0)
+        .or_else(|| u.from().map(|f| f.id.0 as i64))
+}
+
 fn open_lane(deps: Arc<BotDeps>) -> Lane {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Update, OwnedSemaphorePermit)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Update, Prefetched, OwnedSemaphorePermit)>();
     let pending = Arc::new(AtomicUsize::new(0));
     let left = Arc::clone(&pending);
     tokio::spawn(async move {
-        while let Some((u, permit)) = rx.recv().await {
-            dispatch(Arc::clone(&deps), u).await;
+        while let Some((u, pre, permit)) = rx.recv().await {
+            dispatch(Arc::clone(&deps), u, pre).await;
             left.fetch_sub(1, Ordering::AcqRel);
             drop(permit);
         }
@@ -213,5 +277,94 @@ fn open_lane(deps: Arc<BotDeps>) -> Lane {
         tx,
         pending,
         last_used: Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    fn user(id: i64) -> serde_json::Value {
+        json!({ "id": id, "is_bot": false, "first_name": "u" })
+    }
+
+    fn private(id: i64) -> serde_json::Value {
+        json!({ "id": id, "type": "private", "first_name": "u" })
+    }
+
+    /// Parsed from text, as teloxide reads updates off the wire.
+    fn update(v: serde_json::Value) -> Update {
+        serde_json::from_str(&v.to_string()).unwrap()
+    }
+
+    fn press(update_id: i64, from: i64) -> Update {
+        update(json!({
+            "update_id": update_id,
+            "callback_query": {
+                "id": update_id.to_string(),
+                "from": user(from),
+                "message": { "message_id": 1, "date": 0, "chat": private(from) },
+                "chat_instance": "c",
+                "data": "m",
+            }
+        }))
+    }
+
+    fn text(update_id: i64, from: i64, chat: serde_json::Value) -> Update {
+        update(json!({
+            "update_id": update_id,
+            "message": { "message_id": update_id, "date": 0, "chat": chat, "from": user(from), "text": "hi" }
+        }))
+    }
+
+    #[test]
+    fn only_the_first_update_of_an_idle_chat_and_sender_is_read_ahead() {
+        let mut lanes = Lanes::default();
+        // Chat 40 still has an update in hand from the batch before.
+        let (tx, _rx) = mpsc::unbounded_channel();
+        lanes.by_chat.insert(
+            40,
+            Lane {
+                tx,
+                pending: Arc::new(AtomicUsize::new(1)),
+                last_used: Instant::now(),
+            },
+        );
+        let checkout = update(json!({
+            "update_id": 4,
+            "pre_checkout_query": {
+                "id": "p", "from": user(30), "currency": "XTR",
+                "total_amount": 5, "invoice_payload": "x",
+            }
+        }));
+        let group = json!({ "id": -100, "type": "group", "title": "g" });
+        let batch = vec![
+            press(1, 10),
+            // The same chat and sender again: must see what update 1 changes.
+            text(2, 10, private(10)),
+            press(3, 20),
+            // Not handled by a gate.
+            checkout,
+            text(5, 40, private(40)),
+            // A sender already in the batch, in another chat.
+            text(6, 20, group.clone()),
+            // A chat already in the batch, from another sender.
+            text(7, 50, group),
+        ];
+        assert_eq!(
+            lanes.prefetchable(&batch),
+            vec![
+                Some(UserId(10)),
+                None,
+                Some(UserId(20)),
+                None,
+                None,
+                None,
+                None
+            ]
+        );
     }
 }

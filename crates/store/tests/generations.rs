@@ -30,7 +30,61 @@ on_both_engines!(
     a_recent_setting_is_reread_after_a_change,
     a_confirmation_leaves_its_dialogue_only_with_a_new_generation,
     a_burst_of_confirmations_gets_each_its_own_outcome,
+    many_users_are_read_with_their_live_dialogues,
 );
+
+/// The senders of a getUpdates batch read at once: each user that exists,
+/// with the dialogue the single read would give, past one statement's share.
+async fn many_users_are_read_with_their_live_dialogues(store: Store) {
+    use kiebot_domain::UserId;
+    let now = 1_000_000;
+    let ttl = Duration::from_secs(60);
+    for u in 1..=150 {
+        store.users().ensure(UserId(u)).await.unwrap();
+    }
+    for u in (1..=150).step_by(3) {
+        let state = format!(r#"{{"at":{u}}}"#);
+        store
+            .dialogues()
+            .save(UserId(u), &state, now, ttl)
+            .await
+            .unwrap();
+    }
+    // Expired by the time of the read.
+    store
+        .dialogues()
+        .save(UserId(2), r#"{"old":true}"#, now - 120_000, ttl)
+        .await
+        .unwrap();
+    store.users().set_blocked(UserId(5), true).await.unwrap();
+    let asked: Vec<UserId> = (1..=160).map(UserId).collect();
+    let read = store
+        .users()
+        .get_with_dialogue_many(&asked, now)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 150, "users 151..=160 do not exist");
+    for u in asked {
+        let single = store.users().get_with_dialogue(u, now).await.unwrap();
+        let many = read.get(&u).cloned();
+        assert_eq!(
+            many.map(|(user, d)| (user.id, user.blocked, d)),
+            single.map(|(user, d)| (user.id, user.blocked, d)),
+            "user {u}"
+        );
+    }
+    assert_eq!(read[&UserId(4)].1.as_deref(), Some(r#"{"at":4}"#));
+    assert_eq!(read[&UserId(2)].1, None);
+    assert!(read[&UserId(5)].0.blocked);
+    assert!(
+        store
+            .users()
+            .get_with_dialogue_many(&[], now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 /// Enough confirmations at once that PostgreSQL writes most of them in
 /// batches: every one still gets the outcome it would get alone.
