@@ -29,6 +29,7 @@
 //!
 //! Environment: `BENCH_UPDATES` (per case and phase; default 20000 for
 //! navigation, 5000 for confirm), `BENCH_USERS` (200), `BENCH_RATE` (2000),
+//! `BENCH_PHASE` (`saturated`, `paced`, `half`, or a comma list of them),
 //! `BENCH_SETUP` (`embedded`, `fleet` or `all`), `BENCH_CASE` (`nav`,
 //! `confirm` or `all`), `TEST_POSTGRES_URL`, `TEST_REDIS_URL`.
 
@@ -56,6 +57,7 @@ use kiebot_tg::callback::{Cb, DraftId};
 use kiebot_tg::texts::Lang;
 use serde_json::Value;
 use teloxide::prelude::*;
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 // The allocator the shipped binaries use.
@@ -143,6 +145,8 @@ struct Env {
     name: &'static str,
     tg: FakeTelegram,
     deps: BotDeps,
+    /// The bench's own store handle (setup and checks), apart from the bot's.
+    store: Store,
     router: Router,
     stop: Option<oneshot::Sender<()>>,
     poller: Option<tokio::task::JoinHandle<()>>,
@@ -152,47 +156,62 @@ struct Env {
 }
 
 impl Env {
-    async fn start(fleet: bool) -> Env {
+    /// Starts the fake Bot API on the current (load) runtime and the bot on
+    /// `bot_rt`, so the bot's tasks never queue behind the fake's or the
+    /// simulated users', and each side's CPU shows under its own thread
+    /// names.
+    async fn start(fleet: bool, bot_rt: &Handle) -> Env {
         let tg = FakeTelegram::start().await;
         let ns = format!("bench{:x}", rand::random::<u32>());
-        let (db, queues, redis) = if fleet {
+        let (db, redis) = if fleet {
             let db = TestDb::postgres().await;
             let url = env_str("TEST_REDIS_URL", "redis://127.0.0.1:6379");
-            let queues = Queues::redis(&url, QueueNames::new(&ns))
-                .await
-                .expect("redis queue");
-            (db, queues, Some((url, ns)))
+            (db, Some((url, ns.clone())))
         } else {
-            let db = TestDb::sqlite();
-            let queues = Queues::sqlite(db.url(), QueueNames::new(&ns))
-                .await
-                .expect("sqlite queue");
-            (db, queues, None)
+            (TestDb::sqlite(), None)
         };
+        let api_url = tg.api_url().parse().unwrap();
+        let token = tg.token().to_owned();
+        let db_url = db.url().to_owned();
+        let redis_url = redis.as_ref().map(|(url, _)| url.clone());
+        // Everything the bot holds (pool, queue connection, HTTP client) is
+        // made on its own runtime, so its I/O is driven there.
+        let deps = bot_rt
+            .spawn(async move {
+                let queues = match redis_url {
+                    Some(url) => Queues::redis(&url, QueueNames::new(&ns)).await,
+                    None => Queues::sqlite(&db_url, QueueNames::new(&ns)).await,
+                }
+                .expect("queue");
+                let store = Store::connect(&db_url).await.expect("connect");
+                store.migrate().await.expect("migrate");
+                let catalog = Arc::new(kiebot_catalog::load_default().expect("catalog"));
+                let bot = Bot::new(token).set_api_url(api_url);
+                BotDeps {
+                    store,
+                    queues,
+                    catalog,
+                    pricing: Pricing::default(),
+                    admin_ids: vec![UserId(1)],
+                    max_active: 5,
+                    dry_run: false,
+                    kie: None,
+                    bot,
+                    stars_rate: Money::from_minor(150),
+                    limiter: Arc::new(kiebot_tg::InProcessLimiter::new(kiebot_tg::LimiterConfig {
+                        global_per_second: 1000,
+                        per_chat_interval: Duration::from_millis(1),
+                        per_chat_burst: 100,
+                    })),
+                }
+            })
+            .await
+            .expect("bot setup");
+        // The bench's own connections, for preparing users and checking.
         let store = Store::connect(db.url()).await.expect("connect");
-        store.migrate().await.expect("migrate");
-        let catalog = Arc::new(kiebot_catalog::load_default().expect("catalog"));
-        let bot = Bot::new(tg.token()).set_api_url(tg.api_url().parse().unwrap());
-        let deps = BotDeps {
-            store,
-            queues,
-            catalog,
-            pricing: Pricing::default(),
-            admin_ids: vec![UserId(1)],
-            max_active: 5,
-            dry_run: false,
-            kie: None,
-            bot,
-            stars_rate: Money::from_minor(150),
-            limiter: Arc::new(kiebot_tg::InProcessLimiter::new(kiebot_tg::LimiterConfig {
-                global_per_second: 1000,
-                per_chat_interval: Duration::from_millis(1),
-                per_chat_burst: 100,
-            })),
-        };
         let router = Router::spawn(&tg);
         let (stop, stopped) = oneshot::channel::<()>();
-        let poller = tokio::spawn(run_polling(deps.clone(), async {
+        let poller = bot_rt.spawn(run_polling(deps.clone(), async {
             let _ = stopped.await;
         }));
         Env {
@@ -203,6 +222,7 @@ impl Env {
             },
             tg,
             deps,
+            store,
             router,
             stop: Some(stop),
             poller: Some(poller),
@@ -243,6 +263,7 @@ impl Env {
             delete_redis_namespace(&url, &ns).await;
         }
         drop(self.deps);
+        self.store.close().await;
         drop(self.db.take());
     }
 }
@@ -396,6 +417,17 @@ enum Phase {
 
 const PHASES: [Phase; 3] = [Phase::Saturated, Phase::Paced, Phase::HalfLoad];
 
+/// The phases `BENCH_PHASE` asks for (a comma list of `saturated`, `paced`,
+/// `half`; all by default). Without `saturated`, half load is half of
+/// `BENCH_RATE`.
+fn phases() -> Vec<Phase> {
+    let wanted = env_str("BENCH_PHASE", "saturated,paced,half");
+    PHASES
+        .into_iter()
+        .filter(|p| wanted.split(',').any(|w| p.name().starts_with(w.trim())))
+        .collect()
+}
+
 impl Phase {
     fn name(self) -> &'static str {
         match self {
@@ -468,7 +500,7 @@ async fn bench_nav(env: &mut Env, users: usize, total: usize, rate: f64) {
     let (t, model) = nav_model(env);
     let cycle = [Cb::Type(t), Cb::Model(model), Cb::Type(t), Cb::Menu];
     let mut capacity = rate;
-    for phase in PHASES {
+    for phase in phases() {
         let (rate, total) = phase.plan(rate, capacity, total);
         let phase = phase.name();
         let ids = env.new_users(users);
@@ -521,7 +553,6 @@ async fn confirm_template(env: &mut Env) -> Value {
             .is_some_and(|t| t.contains("Check the parameters"))
         {
             let raw = env
-                .deps
                 .store
                 .dialogues()
                 .load(UserId(user), now_ms())
@@ -553,7 +584,7 @@ async fn confirm_template(env: &mut Env) -> Value {
 /// `n` users with money and a wizard at its confirm screen; returns (user,
 /// draft id).
 async fn prepare_confirms(env: &Env, template: &Value, users: Vec<i64>) -> Vec<(i64, DraftId)> {
-    let store = &env.deps.store;
+    let store = &env.store;
     futures::stream::iter(users)
         .map(|u| async move {
             let draft = DraftId(rand::random::<u64>() >> 1);
@@ -590,7 +621,7 @@ async fn prepare_confirms(env: &Env, template: &Value, users: Vec<i64>) -> Vec<(
 async fn bench_confirm(env: &mut Env, users: usize, total: usize, rate: f64) {
     let template = confirm_template(env).await;
     let mut capacity = rate;
-    for phase in PHASES {
+    for phase in phases() {
         let (rate, total) = phase.plan(rate, capacity, total);
         let phase = phase.name();
         let ids = env.new_users(total);
@@ -637,8 +668,7 @@ async fn bench_confirm(env: &mut Env, users: usize, total: usize, rate: f64) {
 }
 
 async fn pending(env: &Env) -> u64 {
-    env.deps
-        .store
+    env.store
         .generations()
         .count_by_status()
         .await
@@ -665,10 +695,18 @@ fn main() {
     let confirm_total = updates.unwrap_or(5_000);
     let setups = env_str("BENCH_SETUP", "all");
     let cases = env_str("BENCH_CASE", "all");
+    // Two runtimes of as many threads as cores: the load (fake Bot API,
+    // simulated users) and the bot.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("load")
         .enable_all()
         .build()
         .expect("runtime");
+    let bot_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("bot")
+        .enable_all()
+        .build()
+        .expect("bot runtime");
     println!(
         "front bot benchmark: {users} users, {} cores, load average {}",
         std::thread::available_parallelism().map_or(0, usize::from),
@@ -684,7 +722,7 @@ fn main() {
             if !wanted {
                 continue;
             }
-            let mut env = Env::start(fleet).await;
+            let mut env = Env::start(fleet, bot_rt.handle()).await;
             if cases != "confirm" {
                 bench_nav(&mut env, users, nav_total, rate).await;
             }
