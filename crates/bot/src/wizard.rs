@@ -814,21 +814,27 @@ async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyho
                 draft: draft.id,
                 generation: id,
             });
-            match ctx.deps.queues.push(Job::Submit(id)).await {
-                Ok(true) => {}
-                // The queue is at its bound: the reconciler enqueues the
-                // pending row once there is room.
-                Ok(false) => tracing::debug!(generation = %id, "submit left to the reconciler"),
-                Err(e) => {
-                    tracing::error!(generation = %id, error = %e, "submit not queued; the reconciler will retry");
-                }
-            }
             tracing::info!(user = %ctx.uid, generation = %id, model = %model.id, price_minor = price.minor(), "generation confirmed");
-            ctx.show(
+            // The job and the reply go out together: neither needs the
+            // other, and the generation is safe in the database whatever
+            // becomes of the push.
+            let submit = async {
+                match ctx.deps.queues.push(Job::Submit(id)).await {
+                    Ok(true) => {}
+                    // The queue is at its bound: the reconciler enqueues the
+                    // pending row once there is room.
+                    Ok(false) => tracing::debug!(generation = %id, "submit left to the reconciler"),
+                    Err(e) => {
+                        tracing::error!(generation = %id, error = %e, "submit not queued; the reconciler will retry");
+                    }
+                }
+            };
+            let reply = ctx.show(
                 texts::started(lang, name, id, note),
                 Some(keyboards::home(lang)),
-            )
-            .await
+            );
+            let ((), shown) = tokio::join!(submit, reply);
+            shown
         }
         Ok(Creation::AlreadyExists(id)) => already(ctx, id).await,
         Err(StoreError::InsufficientFunds {
