@@ -6,6 +6,14 @@
 //! handed out: a slow handler (an upload, a payment) holds up only its own
 //! chat, never the whole bot. A bound on updates in hand keeps a flood from
 //! growing memory: the loop stops fetching until lanes catch up.
+//!
+//! A batch's update ids are recorded (the de-duplication write) while the
+//! next getUpdates is already waiting, so an update that arrives during the
+//! write is fetched at once rather than after it. That fetch acknowledges
+//! the batch to Telegram before its record is committed; the record is then
+//! retried until it succeeds, and nothing of the batch is handled before.
+//! Handling stays at most once: a crash in that moment loses the batch, as a
+//! crash loses any update recorded but not yet handled.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -48,18 +56,56 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
     }
     let in_hand = Arc::new(Semaphore::new(IN_HAND));
     let mut lanes = Lanes::default();
-    loop {
+    // The batch fetched last, being recorded while the next one is fetched.
+    let mut recording: Option<Recording> = None;
+    let mut stopping = false;
+    while !stopping {
         let fetch = deps
             .bot
             .get_updates()
             .offset(offset)
             .timeout(25)
-            .allowed_updates(vec![]);
-        let updates = tokio::select! {
-            () = &mut shutdown => break,
-            r = fetch.send() => r,
+            .allowed_updates(vec![])
+            .send();
+        let mut fetch = std::pin::pin!(fetch);
+        let fetched = loop {
+            let Some(batch) = recording.as_mut() else {
+                break tokio::select! {
+                    () = &mut shutdown => {
+                        stopping = true;
+                        None
+                    }
+                    r = &mut fetch => Some(r),
+                };
+            };
+            tokio::select! {
+                () = &mut shutdown => {
+                    stopping = true;
+                    break None;
+                }
+                recorded = batch => {
+                    recording = None;
+                    stopping = hand_out_batch(&mut lanes, &deps, recorded, &in_hand, Some(&mut shutdown)).await;
+                    if stopping {
+                        break None;
+                    }
+                }
+                r = &mut fetch => break Some(r),
+            }
         };
-        let updates = match updates {
+        // The next batch came first (or the bot is stopping): the one being
+        // recorded was acknowledged by that fetch, so it is handed out now.
+        if let Some(batch) = recording.take() {
+            let Ok(recorded) = tokio::time::timeout(DRAIN, batch).await else {
+                tracing::error!("recording updates took too long; the batch is dropped");
+                continue;
+            };
+            // Once `shutdown` has fired it must not be polled again.
+            let watch = (!stopping).then_some(&mut shutdown);
+            stopping |= hand_out_batch(&mut lanes, &deps, recorded, &in_hand, watch).await;
+        }
+        let Some(fetched) = fetched else { break };
+        let updates = match fetched {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(error = %e, "getUpdates failed; retrying");
@@ -72,68 +118,15 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
         let Some(last) = updates.last() else {
             continue;
         };
-        let next_offset = i32::try_from(last.id.0)
+        offset = i32::try_from(last.id.0)
             .unwrap_or(i32::MAX)
             .saturating_add(1);
-        // One write records the whole batch; a redelivered update (this
-        // process or another one handled it before a crash) is dropped here.
-        // The senders' users and dialogues are read meanwhile, in one query,
-        // so their handlers need not read them one by one.
-        let ids: Vec<i64> = updates.iter().map(|u| i64::from(u.id.0)).collect();
+        // Recorded while the next getUpdates waits, so an update that
+        // arrives meanwhile is fetched at once instead of after the write.
+        // The readers are chosen now, after the previous batch was handed
+        // out to its lanes.
         let readers = lanes.prefetchable(&updates);
-        let senders: Vec<UserId> = readers.iter().flatten().copied().collect();
-        let record = async { deps.store.updates().first_time_many(&ids).await };
-        let read = async {
-            if senders.is_empty() {
-                return Ok(HashMap::new());
-            }
-            deps.store
-                .users()
-                .get_with_dialogue_many(&senders, now_ms())
-                .await
-        };
-        let (recorded, read) = tokio::join!(record, read);
-        let fresh = match recorded {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                // Without the record a redelivery cannot be told from a new
-                // update: leave the batch with Telegram and ask again.
-                tracing::error!(error = %e, "cannot record updates; fetching the batch again");
-                if pause(&mut shutdown, Duration::from_secs(1)).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        // Without the read, each handler reads its own sender.
-        let mut read = read
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the batch's senders"))
-            .ok();
-        offset = next_offset;
-        let fresh: HashSet<i64> = fresh.into_iter().collect();
-        let mut stopping = false;
-        for (u, reader) in updates.into_iter().zip(readers) {
-            if !fresh.contains(&i64::from(u.id.0)) {
-                tracing::debug!(update_id = u.id.0, "duplicate update ignored");
-                continue;
-            }
-            let pre = match (reader, read.as_mut()) {
-                (Some(uid), Some(read)) => Prefetched::new(uid, read.remove(&uid)),
-                _ => Prefetched::default(),
-            };
-            let permit = tokio::select! {
-                () = &mut shutdown => None,
-                p = Arc::clone(&in_hand).acquire_owned() => p.ok(),
-            };
-            let Some(permit) = permit else {
-                stopping = true;
-                break;
-            };
-            lanes.hand_out(&deps, u, pre, permit);
-        }
-        if stopping {
-            break;
-        }
+        recording = Some(Box::pin(record(Arc::clone(&deps), updates, readers)));
         lanes.close_idle();
     }
     // Let the lanes finish what they hold; what is left after the drain
@@ -150,6 +143,111 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
     // A broadcast cut short here is taken over when its lease lapses.
     broadcasts.abort();
     tracing::info!("polling stopped");
+}
+
+/// A fetched batch on its way to the lanes.
+type Recording = std::pin::Pin<Box<dyn Future<Output = Recorded> + Send>>;
+
+/// A batch whose update ids are recorded.
+struct Recorded {
+    updates: Vec<Update>,
+    /// Per update, the sender read ahead for it (see [`Lanes::prefetchable`]).
+    readers: Vec<Option<UserId>>,
+    /// The ids seen for the first time.
+    fresh: HashSet<i64>,
+    /// The readers' users and dialogues; `None` when the read failed.
+    read: Option<HashMap<UserId, (kiebot_store::User, Option<String>)>>,
+}
+
+/// Records a batch's update ids in one write; a redelivered update (this
+/// process or another one handled it before a crash) is dropped here. The
+/// senders' users and dialogues are read meanwhile, in one query, so their
+/// handlers need not read them one by one.
+///
+/// The batch is already acknowledged to Telegram by the fetch of the next
+/// one, so a failed write is tried again until it succeeds: the batch will
+/// not be delivered again.
+async fn record(
+    deps: Arc<BotDeps>,
+    updates: Vec<Update>,
+    readers: Vec<Option<UserId>>,
+) -> Recorded {
+    let ids: Vec<i64> = updates.iter().map(|u| i64::from(u.id.0)).collect();
+    let senders: Vec<UserId> = readers.iter().flatten().copied().collect();
+    let write = async {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match deps.store.updates().first_time_many(&ids).await {
+                Ok(fresh) => break fresh.into_iter().collect::<HashSet<i64>>(),
+                Err(e) => {
+                    // Without the record a redelivery cannot be told from a
+                    // new update, so nothing is handled before it.
+                    tracing::error!(error = %e, "cannot record updates; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    };
+    let read = async {
+        if senders.is_empty() {
+            return Some(HashMap::new());
+        }
+        // Without the read, each handler reads its own sender.
+        deps.store
+            .users()
+            .get_with_dialogue_many(&senders, now_ms())
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the batch's senders"))
+            .ok()
+    };
+    let (fresh, read) = tokio::join!(write, read);
+    Recorded {
+        updates,
+        readers,
+        fresh,
+        read,
+    }
+}
+
+/// Hands a recorded batch's new updates to their lanes; `true` if
+/// `shutdown` (when given) fired meanwhile: the rest of the batch is lost,
+/// as in a crash.
+async fn hand_out_batch<S: Future<Output = ()>>(
+    lanes: &mut Lanes,
+    deps: &Arc<BotDeps>,
+    batch: Recorded,
+    in_hand: &Arc<Semaphore>,
+    mut shutdown: Option<&mut std::pin::Pin<&mut S>>,
+) -> bool {
+    let Recorded {
+        updates,
+        readers,
+        fresh,
+        mut read,
+    } = batch;
+    for (u, reader) in updates.into_iter().zip(readers) {
+        if !fresh.contains(&i64::from(u.id.0)) {
+            tracing::debug!(update_id = u.id.0, "duplicate update ignored");
+            continue;
+        }
+        let pre = match (reader, read.as_mut()) {
+            (Some(uid), Some(read)) => Prefetched::new(uid, read.remove(&uid)),
+            _ => Prefetched::default(),
+        };
+        let permit = match shutdown.as_mut() {
+            Some(shutdown) => tokio::select! {
+                () = shutdown.as_mut() => None,
+                p = Arc::clone(in_hand).acquire_owned() => p.ok(),
+            },
+            None => Arc::clone(in_hand).acquire_owned().await.ok(),
+        };
+        let Some(permit) = permit else {
+            return true;
+        };
+        lanes.hand_out(deps, u, pre, permit);
+    }
+    false
 }
 
 /// Sleeps for `d`; `true` if `shutdown` came first.

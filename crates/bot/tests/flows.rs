@@ -997,3 +997,74 @@ async fn polling_keeps_order(postgres: bool) {
         .unwrap()
         .unwrap();
 }
+
+/// A batch is acknowledged to Telegram by the fetch of the next one, while
+/// its update ids are still being recorded. A record that fails is tried
+/// again until it succeeds, and only then are the updates handled: each
+/// exactly once, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_whose_record_fails_are_handled_once_the_record_succeeds() {
+    use sqlx::{Connection, Executor};
+    let app = App::with(Options {
+        postgres: true,
+        ..Options::default()
+    })
+    .await;
+    let mut admin = sqlx::PgConnection::connect(app.db.url()).await.unwrap();
+    admin
+        .execute("ALTER TABLE processed_updates RENAME TO processed_updates_away")
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(kiebot_bot::run_polling(app.deps.clone(), async {
+        let _ = stopped.await;
+    }));
+    app.tg.send_text(240, "/start");
+    app.tg.send_text(241, "/start");
+    // Fetched (and acknowledged by the next getUpdates) but not recordable:
+    // nothing may be handled yet.
+    // The acknowledging getUpdates is still open (long polling), so no call
+    // ends to wake `wait_for`: look again every few milliseconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.tg.pending_updates() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "updates never fetched"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(app.tg.messages_to(240).is_empty() && app.tg.messages_to(241).is_empty());
+    admin
+        .execute("ALTER TABLE processed_updates_away RENAME TO processed_updates")
+        .await
+        .unwrap();
+    app.tg
+        .wait_for(
+            |tg| !tg.messages_to(240).is_empty() && !tg.messages_to(241).is_empty(),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // A moment for a second (wrong) handling to show.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for u in [240, 241] {
+        assert_eq!(
+            app.tg.messages_to(u).len(),
+            1,
+            "one language picker for {u}"
+        );
+        assert!(app.last_text(u).contains("Choose your language"));
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed_updates")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 2);
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    admin.close().await.unwrap();
+}
