@@ -28,30 +28,27 @@ impl<'a> Updates<'a> {
         Ok(inserted > 0)
     }
 
-    /// Records a batch of update ids in one statement and returns those seen
-    /// for the first time (the rest are redeliveries). One write per
+    /// Records a batch of update ids in one statement and returns those
+    /// seen for the first time (the rest are redeliveries). One write per
     /// getUpdates batch instead of one per update: on SQLite every write
     /// transaction takes the database's single write lock and a sync.
     pub async fn first_time_many(&self, update_ids: &[i64]) -> Result<Vec<i64>> {
         if update_ids.is_empty() {
             return Ok(vec![]);
         }
-        // Placeholders written out: the Any driver's query builder numbers
-        // them in SQLite's style, which PostgreSQL refuses.
-        let rows: Vec<String> = (0..update_ids.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
+        // `WHERE TRUE` tells SQLite's parser that ON CONFLICT belongs to the
+        // INSERT, not to a join of the SELECT.
         let sql = format!(
-            "INSERT INTO processed_updates (update_id, processed_at) VALUES {} \
+            "INSERT INTO processed_updates (update_id, processed_at) \
+             SELECT ids.value, $2 FROM ({}) AS ids WHERE TRUE \
              ON CONFLICT (update_id) DO NOTHING RETURNING update_id",
-            rows.join(", ")
+            crate::sql::json_ids(self.store.engine(), 1)
         );
-        let now = now_ms();
-        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
-        for id in update_ids {
-            q = q.bind(*id).bind(now);
-        }
-        let fresh: Vec<i64> = q.fetch_all(self.store.pool()).await?;
+        let fresh: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(crate::sql::json_array(update_ids.iter().copied()))
+            .bind(now_ms())
+            .fetch_all(self.store.pool())
+            .await?;
         Ok(fresh)
     }
 

@@ -90,10 +90,6 @@ pub struct Users<'a> {
     store: &'a Store,
 }
 
-/// The most users [`Users::get_with_dialogue_many`] reads in one statement
-/// (a getUpdates batch holds at most 100 updates).
-const MANY_MAX: usize = 100;
-
 macro_rules! user_columns {
     () => {
         "id, language, role, blocked, referrer_id, admin_budget, created_at, last_seen_at"
@@ -146,35 +142,27 @@ impl<'a> Users<'a> {
     }
 
     /// [`get_with_dialogue`](Self::get_with_dialogue) for many users in one
-    /// read per [`MANY_MAX`] of them (the senders of one getUpdates batch).
-    /// Users that do not exist are absent from the map.
+    /// read (the senders of one getUpdates batch). Users that do not exist
+    /// are absent from the map.
     pub async fn get_with_dialogue_many(
         &self,
         users: &[UserId],
         now: i64,
     ) -> Result<HashMap<UserId, (User, Option<String>)>> {
         let mut found = HashMap::with_capacity(users.len());
-        for chunk in users.chunks(MANY_MAX) {
-            // Placeholders written out: the Any driver has no arrays.
-            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-            let sql = format!(
-                concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    ", d.state AS dialogue FROM users \
-                     LEFT JOIN dialogues d ON d.user_id = users.id AND d.expires_at > $1 \
-                     WHERE users.id IN ({})"
-                ),
-                list.join(", ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-            for u in chunk {
-                q = q.bind(u.0);
-            }
-            for r in q.fetch_all(self.store.pool()).await? {
-                let user = user_from_row(&r)?;
-                found.insert(user.id, (user, r.try_get("dialogue")?));
-            }
+        if users.is_empty() {
+            return Ok(found);
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(many_with_dialogue_sql(
+            self.store.engine(),
+        )))
+        .bind(now)
+        .bind(crate::sql::json_array(users.iter().map(|u| u.0)))
+        .fetch_all(self.store.pool())
+        .await?;
+        for r in rows {
+            let user = user_from_row(&r)?;
+            found.insert(user.id, (user, r.try_get("dialogue")?));
         }
         Ok(found)
     }
@@ -335,6 +323,21 @@ async fn get_in(conn: &mut AnyConnection, user: UserId) -> Result<Option<User>> 
     row.as_ref().map(user_from_row).transpose()
 }
 
+/// [`Users::get_with_dialogue_many`]'s statement: `$1` the time, `$2` the
+/// user ids as a JSON array.
+fn many_with_dialogue_sql(engine: crate::Engine) -> String {
+    format!(
+        concat!(
+            "SELECT ",
+            user_columns!(),
+            ", d.state AS dialogue FROM users \
+             LEFT JOIN dialogues d ON d.user_id = users.id AND d.expires_at > $1 \
+             WHERE {}"
+        ),
+        crate::sql::in_json_ids(engine, "users.id", 2)
+    )
+}
+
 fn user_from_row(r: &AnyRow) -> Result<User> {
     Ok(User {
         id: UserId(r.try_get("id")?),
@@ -348,4 +351,60 @@ fn user_from_row(r: &AnyRow) -> Result<User> {
         created_at: r.try_get("created_at")?,
         last_seen_at: r.try_get("last_seen_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use sqlx::{Connection, Executor, Row};
+
+    use super::*;
+
+    /// The senders of every getUpdates batch are read with this statement,
+    /// in the generic plan a connection keeps. It must look users up in the
+    /// index even before the table has statistics (autovacuum not yet run):
+    /// a scan of every user per batch grows with the user base.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_batch_read_looks_users_up_by_index_without_statistics() {
+        let db = kiebot_testkit::TestDb::postgres().await;
+        let store = crate::Store::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        conn.execute(
+            "INSERT INTO users (id, role, blocked, created_at, last_seen_at) \
+             SELECT g, 'user', FALSE, 0, 0 FROM generate_series(1, 20000) g",
+        )
+        .await
+        .unwrap();
+        conn.execute(
+            "INSERT INTO dialogues (user_id, state, updated_at, expires_at) \
+             SELECT g, '{}', 0, 0 FROM generate_series(1, 20000) g",
+        )
+        .await
+        .unwrap();
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .unwrap();
+        let sql = many_with_dialogue_sql(crate::Engine::Postgres);
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "PREPARE many(BIGINT, TEXT) AS {sql}"
+        )))
+        .await
+        .unwrap();
+        let plan: Vec<String> = sqlx::query("EXPLAIN EXECUTE many(0, '[5, 6, 7]')")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            !plan.contains("Seq Scan") && plan.contains("users_pkey"),
+            "the batch read scans a table:\n{plan}"
+        );
+        conn.close().await.unwrap();
+        store.close().await;
+    }
 }

@@ -34,7 +34,7 @@ on_both_engines!(
 );
 
 /// The senders of a getUpdates batch read at once: each user that exists,
-/// with the dialogue the single read would give, past one statement's share.
+/// with the dialogue the single read would give, more than a batch holds.
 async fn many_users_are_read_with_their_live_dialogues(store: Store) {
     use kiebot_domain::UserId;
     let now = 1_000_000;
