@@ -355,10 +355,6 @@ fn user_from_row(r: &AnyRow) -> Result<User> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use sqlx::{Connection, Executor, Row};
-
     use super::*;
 
     /// The senders of every getUpdates batch are read with this statement,
@@ -368,43 +364,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_batch_read_looks_users_up_by_index_without_statistics() {
         let db = kiebot_testkit::TestDb::postgres().await;
-        let store = crate::Store::connect(db.url()).await.unwrap();
-        store.migrate().await.unwrap();
-        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-        conn.execute(
-            "INSERT INTO users (id, role, blocked, created_at, last_seen_at) \
-             SELECT g, 'user', FALSE, 0, 0 FROM generate_series(1, 20000) g",
-        )
-        .await
-        .unwrap();
-        conn.execute(
-            "INSERT INTO dialogues (user_id, state, updated_at, expires_at) \
-             SELECT g, '{}', 0, 0 FROM generate_series(1, 20000) g",
-        )
-        .await
-        .unwrap();
-        conn.execute("SET plan_cache_mode = force_generic_plan")
-            .await
-            .unwrap();
-        let sql = many_with_dialogue_sql(crate::Engine::Postgres);
-        conn.execute(sqlx::AssertSqlSafe(format!(
-            "PREPARE many(BIGINT, TEXT) AS {sql}"
-        )))
-        .await
-        .unwrap();
-        let plan: Vec<String> = sqlx::query("EXPLAIN EXECUTE many(0, '[5, 6, 7]')")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-        let plan = plan.join("\n");
+        let store = crate::Store::connect(db.url()).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let plan = db
+            .generic_plan(
+                "INSERT INTO users (id, role, blocked, created_at, last_seen_at) \
+                 SELECT g, 'user', FALSE, 0, 0 FROM generate_series(1, 20000) g; \
+                 INSERT INTO dialogues (user_id, state, updated_at, expires_at) \
+                 SELECT g, '{}', 0, 0 FROM generate_series(1, 20000) g",
+                &many_with_dialogue_sql(crate::Engine::Postgres),
+                "BIGINT, TEXT",
+                "0, '[5, 6, 7]'",
+            )
+            .await;
         assert!(
             !plan.contains("Seq Scan") && plan.contains("users_pkey"),
             "the batch read scans a table:\n{plan}"
         );
-        conn.close().await.unwrap();
         store.close().await;
     }
 }

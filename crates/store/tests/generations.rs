@@ -92,48 +92,28 @@ async fn many_users_are_read_with_their_live_dialogues(store: Store) {
 /// active rows, in the generic plan a session keeps for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_limit_reads_only_the_users_active_generations() {
-    use sqlx::{Connection, Executor, Row};
     let db = kiebot_testkit::TestDb::postgres().await;
     let store = common::store(&db).await;
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    conn.execute(
-        "INSERT INTO users (id, role, blocked, created_at, last_seen_at) \
-         SELECT g, 'user', FALSE, 0, 0 FROM generate_series(1, 2000) g",
-    )
-    .await
-    .unwrap();
-    conn.execute(
-        "INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
-             chat_id, deadline_at, created_at, updated_at, submit_attempts, poll_attempts, \
-             delivery_attempts) \
-         SELECT 1 + g % 2000, 'k' || g, 'm', '{}', '{}', 100, \
-             CASE WHEN g % 2 = 0 THEN 'pending' ELSE 'submitted' END, \
-             g, 0, 0, 0, 0, 0, 0 FROM generate_series(1, 6000) g",
-    )
-    .await
-    .unwrap();
-    conn.execute("SET plan_cache_mode = force_generic_plan")
-        .await
-        .unwrap();
-    conn.execute(
-        "PREPARE active(BIGINT, BIGINT) AS SELECT COUNT(*) FROM generations \
-         WHERE user_id = $1 AND status IN ('pending', 'submitted') AND id <> $2",
-    )
-    .await
-    .unwrap();
-    let plan: Vec<String> = sqlx::query("EXPLAIN EXECUTE active(777, 0)")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = db
+        .generic_plan(
+            "INSERT INTO users (id, role, blocked, created_at, last_seen_at) \
+             SELECT g, 'user', FALSE, 0, 0 FROM generate_series(1, 2000) g; \
+             INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
+                 chat_id, deadline_at, created_at, updated_at, submit_attempts, poll_attempts, \
+                 delivery_attempts) \
+             SELECT 1 + g % 2000, 'k' || g, 'm', '{}', '{}', 100, \
+                 CASE WHEN g % 2 = 0 THEN 'pending' ELSE 'submitted' END, \
+                 g, 0, 0, 0, 0, 0, 0 FROM generate_series(1, 6000) g",
+            "SELECT COUNT(*) FROM generations \
+             WHERE user_id = $1 AND status IN ('pending', 'submitted') AND id <> $2",
+            "BIGINT, BIGINT",
+            "777, 0",
+        )
+        .await;
     assert!(
         plan.contains("Index Scan using generations_active_by_user") && !plan.contains("Bitmap"),
         "the active count scans more than the user's active rows:\n{plan}"
     );
-    conn.close().await.unwrap();
     store.close().await;
 }
 

@@ -102,6 +102,51 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs `setup` (statements separated by `;`), then returns PostgreSQL's
+    /// plan of `statement` (its parameters typed by `param_types`, e.g.
+    /// `"BIGINT, TEXT"`) run with `args` (e.g. `"777, '[1]'"`), in the
+    /// generic plan a connection settles on for a statement it runs often:
+    /// what a plan test must hold, since a custom plan can hide a bad
+    /// generic one. One line per plan node.
+    ///
+    /// # Panics
+    /// On a SQLite database, or when a statement fails.
+    pub async fn generic_plan(
+        &self,
+        setup: &str,
+        statement: &str,
+        param_types: &str,
+        args: &str,
+    ) -> String {
+        assert!(self.is_postgres(), "plans are PostgreSQL's");
+        let mut conn = PgConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url));
+        for sql in setup.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                .await
+                .unwrap_or_else(|e| panic!("setup statement failed: {e}\n{sql}"));
+        }
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .expect("plan_cache_mode");
+        conn.execute(sqlx::AssertSqlSafe(format!(
+            "PREPARE planned({param_types}) AS {statement}"
+        )))
+        .await
+        .unwrap_or_else(|e| panic!("cannot prepare: {e}\n{statement}"));
+        let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN EXECUTE planned({args})"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .expect("EXPLAIN");
+        let _ = conn.close().await;
+        lines.join("\n")
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         // The SQLite directory removes itself (TempDir's own Drop).
