@@ -204,6 +204,19 @@ pub enum Queues {
     },
 }
 
+/// A Redis client whose connections send each command at once
+/// (`TCP_NODELAY`). redis-rs leaves Nagle's algorithm on, which holds a
+/// command back while an earlier one on the same multiplexed connection
+/// waits for its acknowledgement: with many tasks pushing at once, that is
+/// most commands.
+pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo as _;
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info)
+}
+
 /// How the queue's Redis connection waits. redis-rs gives up on a reply
 /// after 500 ms by default; apalis-redis's fetch and acknowledgement scripts
 /// take longer than that on a loaded machine, and a push that times out after
@@ -233,7 +246,7 @@ impl Queues {
             queue: "redis".into(),
             message: e.to_string(),
         };
-        let client = redis::Client::open(url).map_err(|e| err(&e))?;
+        let client = redis_client(url).map_err(|e| err(&e))?;
         let conn = client
             .get_connection_manager_with_config(redis_config())
             .await

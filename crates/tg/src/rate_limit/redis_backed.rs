@@ -112,7 +112,14 @@ impl RedisLimiter {
         prefix: &str,
         config: LimiterConfig,
     ) -> Result<Self, RedisLimiterError> {
-        let client = redis::Client::open(redis_url)?;
+        use redis::IntoConnectionInfo as _;
+        // Each check is sent at once (`TCP_NODELAY`): redis-rs leaves Nagle's
+        // algorithm on, which holds a command back behind another's
+        // acknowledgement on the shared connection.
+        let info = redis_url
+            .into_connection_info()?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         // redis-rs's 500 ms reply timeout is shorter than a loaded Redis
         // sometimes needs; a limiter that errs on a slow reply would fail a
         // delivery that only had to wait.
