@@ -58,6 +58,7 @@ pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
         bot: ctx.bot.clone(),
         stars_rate: settings.stars_rate,
         limiter: ctx.limiter.clone(),
+        broadcasts: kiebot_bot::BroadcastRunners::default(),
     }
 }
 
@@ -187,18 +188,24 @@ pub async fn run_until(
     };
     // Polling watches for broadcasts itself; a webhook front must too, or a
     // broadcast whose process died would wait for a polling process forever.
-    if let (Some(d), BotMode::Webhook) = (&deps, settings.bot_mode) {
-        tokio::spawn(kiebot_bot::watch_broadcasts(
+    let broadcasts = match (&deps, settings.bot_mode) {
+        (Some(d), BotMode::Webhook) => Some(tokio::spawn(kiebot_bot::watch_broadcasts(
             d.clone(),
             stopped(stop_rx.clone()),
-        ));
-    }
+        ))),
+        _ => None,
+    };
 
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     if let Some(p) = polling {
         let _ = p.await;
+    }
+    // A running broadcast gives its lease back, so the next process goes on
+    // with it at once.
+    if let Some(b) = broadcasts {
+        let _ = b.await;
     }
     if let Some(w) = workers {
         match w.await {

@@ -205,6 +205,7 @@ impl Env {
                         per_chat_interval: Duration::from_millis(1),
                         per_chat_burst: 100,
                     })),
+                    broadcasts: kiebot_bot::BroadcastRunners::default(),
                 }
             })
             .await

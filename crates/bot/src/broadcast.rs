@@ -11,6 +11,11 @@
 //! that ran it, and two processes never send to the same recipient. A
 //! process that dies between taking a recipient and sending costs that one
 //! recipient the message (rather than sending it twice).
+//!
+//! A process that stops gracefully stops its runners before their next
+//! recipient and gives the lease back ([`BroadcastRunners::stop`]), so the
+//! next process (a restart, another front) continues at once rather than
+//! after the lease.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +24,8 @@ use std::time::Duration;
 use kiebot_store::{Broadcast, BroadcastId, Claim, NewBroadcast, now_ms};
 use kiebot_tg::texts::{self, Lang};
 use teloxide::prelude::*;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::{BotDeps, Ctx};
 
@@ -33,6 +40,44 @@ const CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Recipients fetched per query.
 const BATCH: u32 = 100;
+
+/// How long a stopping process waits for its runners to give their leases
+/// back: one message, or a Telegram `retry_after` pause that is waited out
+/// rather than cut short (its recipient would otherwise be skipped). Past
+/// it, the lease lapses as after a crash.
+const STOP_WAIT: Duration = Duration::from_secs(15);
+
+/// The broadcast runners of one front process, stopped together when it
+/// shuts down. Clones share them.
+#[derive(Clone, Debug, Default)]
+pub struct BroadcastRunners {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl BroadcastRunners {
+    /// Runs `task` as one of this process's runners.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Tells every runner to stop before its next recipient and give its
+    /// lease back, and waits for them (at most [`STOP_WAIT`]).
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(STOP_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a broadcast runner did not stop in time; its lease lapses instead");
+        }
+    }
+}
 
 /// `/broadcast TEXT`: records the broadcast and starts sending in the
 /// background.
@@ -74,7 +119,9 @@ pub(crate) async fn start(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
     )
     .await?;
     let deps = Arc::clone(&ctx.deps);
-    tokio::spawn(async move { resume_broadcast(&deps).await });
+    ctx.deps
+        .broadcasts
+        .spawn(async move { resume_broadcast(&deps).await });
     Ok(())
 }
 
@@ -96,20 +143,23 @@ pub async fn resume_broadcast_with_lease(deps: &BotDeps, lease: Duration) {
 }
 
 /// Watches for a running broadcast this process may send (a new one, or one
-/// whose runner died) until `shutdown` resolves. Every front process runs
-/// one; the lease lets exactly one of them send.
+/// whose runner died) until `shutdown` resolves, then stops this process's
+/// runners ([`BroadcastRunners::stop`]). Every front process runs one; the
+/// lease lets exactly one of them send.
 pub async fn watch_broadcasts(deps: BotDeps, shutdown: impl Future<Output = ()>) {
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = resume_broadcast(&deps) => {}
+    let runners = deps.broadcasts.clone();
+    let stop = runners.stop.clone();
+    runners.spawn(async move {
+        while !stop.is_cancelled() {
+            resume_broadcast(&deps).await;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+            }
         }
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(CHECK_EVERY) => {}
-        }
-    }
+    });
+    shutdown.await;
+    runners.stop().await;
 }
 
 fn millis(d: Duration) -> i64 {
@@ -142,6 +192,11 @@ async fn run(deps: &BotDeps, lease: Duration) -> anyhow::Result<()> {
             break;
         }
         for user in batch {
+            if deps.broadcasts.stopping() {
+                store.release(b.id, &runner).await?;
+                tracing::info!(broadcast = %b.id, cursor, "process stopping; broadcast lease given back");
+                return Ok(());
+            }
             let chat = ChatId(user.0);
             // The limiter first: its wait must not eat into the lease taken
             // with the recipient.

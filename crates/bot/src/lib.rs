@@ -74,7 +74,8 @@ mod state;
 mod wizard;
 
 pub use broadcast::{
-    BROADCAST_LEASE, resume_broadcast, resume_broadcast_with_lease, watch_broadcasts,
+    BROADCAST_LEASE, BroadcastRunners, resume_broadcast, resume_broadcast_with_lease,
+    watch_broadcasts,
 };
 pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
 pub use polling::run_polling;
@@ -112,6 +113,8 @@ pub struct BotDeps {
     /// The outgoing-message budget shared with the workers (broadcasts ask
     /// it before every message).
     pub limiter: Arc<dyn DeliveryLimiter>,
+    /// This process's broadcast runners, stopped with it.
+    pub broadcasts: BroadcastRunners,
 }
 
 impl BotDeps {

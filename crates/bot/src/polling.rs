@@ -49,7 +49,10 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
     let mut offset: i32 = 0;
     // A broadcast interrupted by the last shutdown (or left by a process
     // that died) continues here unless another process holds it.
-    let broadcasts = tokio::spawn(watch_broadcasts((*deps).clone(), std::future::pending()));
+    let (stop_broadcasts, broadcasts_stopped) = tokio::sync::oneshot::channel::<()>();
+    let broadcasts = tokio::spawn(watch_broadcasts((*deps).clone(), async {
+        let _ = broadcasts_stopped.await;
+    }));
     // A webhook left over from another mode would make getUpdates fail.
     if let Err(e) = deps.bot.delete_webhook().await {
         tracing::warn!(error = %e, "deleteWebhook failed");
@@ -140,8 +143,10 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
     if drained.is_err() {
         tracing::warn!("stopping with updates still being handled");
     }
-    // A broadcast cut short here is taken over when its lease lapses.
-    broadcasts.abort();
+    // A running broadcast stops before its next recipient and gives its
+    // lease back, so the next process continues it at once.
+    let _ = stop_broadcasts.send(());
+    let _ = broadcasts.await;
     tracing::info!("polling stopped");
 }
 

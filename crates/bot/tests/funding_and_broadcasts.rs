@@ -360,3 +360,63 @@ async fn a_broadcast_whose_front_died_is_taken_over_where_it_stopped() {
     let done = app.store().broadcasts().running().await.unwrap();
     assert!(done.is_none());
 }
+
+/// A front that stops gracefully stops its broadcast before the next
+/// recipient and gives the lease back: the next process continues at once,
+/// not after the lease, and nobody is skipped or sent to twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_front_gives_its_broadcast_back_for_the_next_one_to_continue_at_once() {
+    let app = App::with(Options {
+        postgres: true,
+        ..Options::default()
+    })
+    .await;
+    let recipients: Vec<i64> = (1..=200).collect();
+    seed_recipients(&app, recipients.iter().copied()).await;
+    create_broadcast(&app, "Handover").await;
+
+    // Front A sends under the production lease (30 s) and is told to stop
+    // part-way.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let front_a = tokio::spawn(kiebot_bot::watch_broadcasts(app.deps.clone(), async {
+        let _ = stopped.await;
+    }));
+    let sent = |app: &App| -> usize {
+        recipients
+            .iter()
+            .map(|&u| received(app, u, "Handover"))
+            .sum()
+    };
+    app.tg
+        .wait_for(|_| sent(&app) >= 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), front_a)
+        .await
+        .expect("front A stops within its wait")
+        .unwrap();
+    let sent_by_a = sent(&app);
+    assert!(sent_by_a < recipients.len(), "A finished before it stopped");
+    let running = app.store().broadcasts().running().await.unwrap().unwrap();
+    assert_eq!(running.claimed_until, None, "A kept its lease");
+
+    // Front B, started right after, takes over without waiting out a lease.
+    let b = app.another_process().await;
+    tokio::time::timeout(
+        kiebot_bot::BROADCAST_LEASE / 2,
+        kiebot_bot::resume_broadcast(&b),
+    )
+    .await
+    .expect("B goes on at once");
+    let counts: BTreeMap<i64, usize> = recipients
+        .iter()
+        .map(|&u| (u, received(&app, u, "Handover")))
+        .collect();
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert_eq!(
+        reports(&app, 1),
+        vec!["Broadcast finished: 200 delivered, 0 failed.".to_owned()]
+    );
+    assert!(app.store().broadcasts().running().await.unwrap().is_none());
+}

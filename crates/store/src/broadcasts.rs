@@ -263,6 +263,22 @@ impl<'a> Broadcasts<'a> {
         Ok(changed > 0)
     }
 
+    /// Gives the lease back (a runner stopping with its process), so that
+    /// another process takes the broadcast over at once instead of after
+    /// the lease. `false`: `runner` did not hold it.
+    pub async fn release(&self, id: BroadcastId, runner: &str) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE broadcasts SET claimed_until = NULL \
+             WHERE id = $1 AND status = 'running' AND runner = $2",
+        )
+        .bind(id.0)
+        .bind(runner)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
     /// Counts one message's outcome. Not conditional on the lease: the
     /// message was sent (or refused) whoever holds it now.
     pub async fn record(&self, id: BroadcastId, delivered: bool) -> Result<()> {

@@ -384,5 +384,6 @@ async fn build_deps(
             per_chat_interval: std::time::Duration::from_millis(1),
             per_chat_burst: 100,
         })),
+        broadcasts: kiebot_bot::BroadcastRunners::default(),
     }
 }
