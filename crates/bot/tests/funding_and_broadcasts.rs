@@ -250,15 +250,26 @@ async fn create_broadcast(app: &App, text: &str) {
         .unwrap();
 }
 
-async fn racing_fronts(postgres: bool) {
+/// An app with users `1..=recipients` and a running broadcast of `text`.
+async fn broadcasting(postgres: bool, recipients: i64, text: &str) -> (App, Vec<i64>) {
     let app = App::with(Options {
         postgres,
         ..Options::default()
     })
     .await;
-    let recipients: Vec<i64> = (1..=40).collect();
+    let recipients: Vec<i64> = (1..=recipients).collect();
     seed_recipients(&app, recipients.iter().copied()).await;
-    create_broadcast(&app, "Race").await;
+    create_broadcast(&app, text).await;
+    (app, recipients)
+}
+
+/// How many of `recipients` messages of `text` reached, in all.
+fn received_by(app: &App, recipients: &[i64], text: &str) -> usize {
+    recipients.iter().map(|&u| received(app, u, text)).sum()
+}
+
+async fn racing_fronts(postgres: bool) {
+    let (app, recipients) = broadcasting(postgres, 40, "Race").await;
     // Three front processes start (or notice the broadcast) at once.
     let (b, c) = (app.another_process().await, app.another_process().await);
     tokio::join!(
@@ -295,14 +306,7 @@ async fn racing_front_processes_send_each_recipient_the_broadcast_once_on_postgr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_whose_front_died_is_taken_over_where_it_stopped() {
-    let app = App::with(Options {
-        postgres: true,
-        ..Options::default()
-    })
-    .await;
-    let recipients: Vec<i64> = (1..=200).collect();
-    seed_recipients(&app, recipients.iter().copied()).await;
-    create_broadcast(&app, "Takeover").await;
+    let (app, recipients) = broadcasting(true, 200, "Takeover").await;
     let lease = Duration::from_millis(800);
 
     // Front A starts sending and dies part-way.
@@ -328,19 +332,13 @@ async fn a_broadcast_whose_front_died_is_taken_over_where_it_stopped() {
         .unwrap();
     front_a.abort();
     let _ = front_a.await;
-    let sent_by_a: usize = recipients
-        .iter()
-        .map(|&u| received(&app, u, "Takeover"))
-        .sum();
+    let sent_by_a = received_by(&app, &recipients, "Takeover");
     assert!(sent_by_a < recipients.len(), "A finished before it died");
 
     // Front B, while A's lease still runs, leaves it alone...
     let b = app.another_process().await;
     kiebot_bot::resume_broadcast_with_lease(&b, lease).await;
-    let now: usize = recipients
-        .iter()
-        .map(|&u| received(&app, u, "Takeover"))
-        .sum();
+    let now = received_by(&app, &recipients, "Takeover");
     assert_eq!(now, sent_by_a, "nobody sent while the lease was held");
     assert!(app.store().broadcasts().running().await.unwrap().is_some());
 
@@ -366,14 +364,7 @@ async fn a_broadcast_whose_front_died_is_taken_over_where_it_stopped() {
 /// not after the lease, and nobody is skipped or sent to twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_front_gives_its_broadcast_back_for_the_next_one_to_continue_at_once() {
-    let app = App::with(Options {
-        postgres: true,
-        ..Options::default()
-    })
-    .await;
-    let recipients: Vec<i64> = (1..=200).collect();
-    seed_recipients(&app, recipients.iter().copied()).await;
-    create_broadcast(&app, "Handover").await;
+    let (app, recipients) = broadcasting(true, 200, "Handover").await;
 
     // Front A sends under the production lease (30 s) and is told to stop
     // part-way.
@@ -381,14 +372,11 @@ async fn a_stopping_front_gives_its_broadcast_back_for_the_next_one_to_continue_
     let front_a = tokio::spawn(kiebot_bot::watch_broadcasts(app.deps.clone(), async {
         let _ = stopped.await;
     }));
-    let sent = |app: &App| -> usize {
-        recipients
-            .iter()
-            .map(|&u| received(app, u, "Handover"))
-            .sum()
-    };
     app.tg
-        .wait_for(|_| sent(&app) >= 10, Duration::from_secs(10))
+        .wait_for(
+            |_| received_by(&app, &recipients, "Handover") >= 10,
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
     stop.send(()).unwrap();
@@ -396,7 +384,7 @@ async fn a_stopping_front_gives_its_broadcast_back_for_the_next_one_to_continue_
         .await
         .expect("front A stops within its wait")
         .unwrap();
-    let sent_by_a = sent(&app);
+    let sent_by_a = received_by(&app, &recipients, "Handover");
     assert!(sent_by_a < recipients.len(), "A finished before it stopped");
     let running = app.store().broadcasts().running().await.unwrap().unwrap();
     assert_eq!(running.claimed_until, None, "A kept its lease");

@@ -209,7 +209,7 @@ pub enum Queues {
 /// command back while an earlier one on the same multiplexed connection
 /// waits for its acknowledgement: with many tasks pushing at once, that is
 /// most commands.
-pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
     use redis::IntoConnectionInfo as _;
     let info = url
         .into_connection_info()?

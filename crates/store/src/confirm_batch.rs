@@ -14,9 +14,9 @@
 //! confirmations are being written, a new one is written at once, on its own
 //! (through the single function). Beyond that, confirmations queue for the
 //! batch writer, which writes at most [`SLOTS`] batches at a time and
-//! gathers what arrived meanwhile, up to [`MAX_BATCH`]. So a lightly loaded bot pays no latency
-//! for batching, and a busy one writes fewer, larger transactions exactly
-//! when it needs to.
+//! gathers what arrived meanwhile, up to [`MAX_BATCH`]. So a lightly loaded
+//! bot pays no latency for batching, and a busy one writes fewer, larger
+//! transactions exactly when it needs to.
 //!
 //! Each caller still gets its own outcome, typed as the single call types
 //! it. A batch that fails as a whole for any other reason than a refusal is
