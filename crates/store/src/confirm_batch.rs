@@ -58,14 +58,14 @@ const DIRECT: usize = 3;
 /// calls run in parallel besides; a batch of eight took 1.7–2.6 ms.
 const MIN_BATCH: usize = 4;
 
-/// The most bytes of arguments in one call (an estimate, see [`weight`]).
-/// Measured on a loopback TLS connection: batches of 32 usual confirmations
-/// (23 KB of JSON) took 47 ms each, every time, while batches of 16 (11 KB)
-/// took 10–16 ms. The steady extra 40 ms is the mark of a delayed ACK
-/// meeting Nagle's algorithm: sqlx does not set `TCP_NODELAY`, and a
-/// statement spanning more than one TLS record (16 KiB) goes out in two
-/// writes.
-const MAX_BATCH_BYTES: usize = 12 * 1024;
+/// The most bytes of arguments in one call (an estimate, see [`weight`]):
+/// with long prompts, fewer than [`MAX_BATCH`] confirmations make a batch,
+/// so one call never parses more than this. (Before sqlx 0.9.1 set
+/// `TCP_NODELAY`, a statement larger than one TLS record (16 KiB) waited
+/// 40 ms for a delayed ACK; batches were kept under it then. In the
+/// front-bot benchmark a 12 KiB and a 40 KB cap now cost the same CPU per
+/// confirmation.)
+const MAX_BATCH_BYTES: usize = 32 * 1024;
 
 /// Batches written at the same time. One keeps batches largest; a second
 /// lets the next batch start while the first one commits. Three, four or
