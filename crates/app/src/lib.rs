@@ -110,6 +110,14 @@ pub async fn run_until(
     options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let options = Options {
+        warm_connections: if parts.bot {
+            options.warm_connections.max(kiebot_bot::WARM_CONNECTIONS)
+        } else {
+            options.warm_connections
+        },
+        ..options
+    };
     let ctx = assemble(&settings, options).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -80,6 +80,13 @@ pub use broadcast::{
 pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
 pub use polling::run_polling;
 
+/// Database connections a process running the front bot keeps open while
+/// idle: about as many as it uses at once under load (two group-commit
+/// batches, direct confirmations, the update record, the senders' read and
+/// the handlers' own reads), so a burst of presses after a quiet spell never
+/// waits for a new connection.
+pub const WARM_CONNECTIONS: u32 = 10;
+
 /// How long a dialogue (a half-filled wizard) is kept.
 pub const DIALOGUE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 

@@ -146,6 +146,57 @@ fn migrator(engine: Engine) -> Migrator {
 /// Connections a pool opens by default.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
+/// How many connections a pool may open, and how many of them it keeps
+/// open while idle.
+///
+/// A connection opened when work arrives makes that work wait for the
+/// server to start a backend, the TLS handshake and its first cold
+/// statements: tens of milliseconds. A pool opens its connections when it
+/// first needs them and closes the ones idle for ten minutes, so a burst
+/// after a quiet spell (or right after start) waits on all of that.
+/// Connections kept warm are opened in the background at start and
+/// replaced in the background when one is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    max: u32,
+    warm: u32,
+}
+
+impl PoolSize {
+    /// At most `max` connections (at least one), opened on demand.
+    pub fn new(max: u32) -> PoolSize {
+        PoolSize {
+            max: max.max(1),
+            warm: 0,
+        }
+    }
+
+    /// Keeps `warm` connections open while idle (at most the pool's size).
+    #[must_use]
+    pub fn warm(self, warm: u32) -> PoolSize {
+        PoolSize {
+            warm: warm.min(self.max),
+            ..self
+        }
+    }
+
+    /// The most connections the pool opens.
+    pub fn max(self) -> u32 {
+        self.max
+    }
+
+    /// The connections kept open while idle.
+    pub fn kept_warm(self) -> u32 {
+        self.warm
+    }
+}
+
+impl From<u32> for PoolSize {
+    fn from(max: u32) -> PoolSize {
+        PoolSize::new(max)
+    }
+}
+
 /// The database: a connection pool plus the repositories that use it.
 ///
 /// Cheap to clone (the pool is shared).
@@ -169,8 +220,10 @@ impl Store {
         Self::connect_with(url, DEFAULT_MAX_CONNECTIONS).await
     }
 
-    /// Connects with a pool of at most `max_connections`.
-    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Store> {
+    /// Connects with a pool of `size` (a plain number: at most that many
+    /// connections, opened on demand).
+    pub async fn connect_with(url: &str, size: impl Into<PoolSize>) -> Result<Store> {
+        let size = size.into();
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(install_default_drivers);
 
@@ -192,7 +245,8 @@ impl Store {
         }
 
         let pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
+            .max_connections(size.max)
+            .min_connections(size.warm)
             // sqlx pings every connection it hands out by default: one more
             // round trip for every query and transaction, which on a busy
             // PostgreSQL is a large share of all round trips. Only a

@@ -10,7 +10,7 @@ use kiebot_config::{Mode, Settings};
 use kiebot_jobs::Queues;
 use kiebot_jobs::names::QueueNames;
 use kiebot_kie::{ApiKey, KieClient, KieConfig};
-use kiebot_store::Store;
+use kiebot_store::{PoolSize, Store};
 use kiebot_tg::rate_limit::{DeliveryLimiter, InProcessLimiter, LimiterConfig, RedisLimiter};
 use rand::Rng;
 
@@ -29,6 +29,11 @@ pub struct Options {
     pub namespace: String,
     /// Pipeline timings; `None` for production defaults.
     pub pipeline: Option<PipelineConfig>,
+    /// Database connections kept open while idle (see
+    /// [`kiebot_store::PoolSize`]); 0 opens them on demand. A process that
+    /// runs the front bot keeps its pool warm (`kiebot_app` asks for
+    /// `kiebot_bot::WARM_CONNECTIONS`).
+    pub warm_connections: u32,
 }
 
 /// Connects to everything the settings name and builds the shared context.
@@ -41,7 +46,8 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         Mode::Fleet => u32::try_from(settings.worker_concurrency.clamp(10, 40)).unwrap_or(40),
         Mode::Embedded => 10,
     };
-    let store = Store::connect_with(&settings.database_url, pool_size)
+    let pool = PoolSize::new(pool_size).warm(options.warm_connections);
+    let store = Store::connect_with(&settings.database_url, pool)
         .await
         .context("connecting to DATABASE_URL")?;
     store.migrate().await.context("applying migrations")?;

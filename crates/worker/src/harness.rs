@@ -127,6 +127,7 @@ impl Harness {
             Options {
                 namespace: namespace.clone(),
                 pipeline: Some(pipeline),
+                ..Options::default()
             },
         )
         .await
