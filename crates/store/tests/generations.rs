@@ -117,6 +117,37 @@ async fn the_active_limit_reads_only_the_users_active_generations() {
     store.close().await;
 }
 
+/// A KIE callback or poll finds its generation by task id. Only submitted
+/// generations have one, so the unique index holds only those; the lookup
+/// must still use it, in the generic plan, among thousands of generations
+/// not yet submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_id_is_looked_up_by_its_index_though_most_generations_have_none() {
+    let db = kiebot_testkit::TestDb::postgres().await;
+    let store = common::store(&db).await;
+    let plan = db
+        .generic_plan(
+            "INSERT INTO users (id, role, blocked, created_at, last_seen_at) \
+             VALUES (1, 'user', FALSE, 0, 0); \
+             INSERT INTO generations (user_id, draft_key, model, params, request, price, status, \
+                 kie_task_id, chat_id, deadline_at, created_at, updated_at, submit_attempts, \
+                 poll_attempts, delivery_attempts) \
+             SELECT 1, 'k' || g, 'm', '{}', '{}', 100, \
+                 CASE WHEN g % 10 = 0 THEN 'submitted' ELSE 'pending' END, \
+                 CASE WHEN g % 10 = 0 THEN 'task-' || g END, \
+                 1, 0, 0, 0, 0, 0, 0 FROM generate_series(1, 5000) g",
+            "SELECT id FROM generations WHERE kie_task_id = $1",
+            "TEXT",
+            "'task-70'",
+        )
+        .await;
+    assert!(
+        plan.contains("Index Scan using generations_kie_task_id"),
+        "the lookup by task id does not use the task id index:\n{plan}"
+    );
+    store.close().await;
+}
+
 /// Enough confirmations at once that PostgreSQL writes most of them in
 /// batches: every one still gets the outcome it would get alone.
 async fn a_burst_of_confirmations_gets_each_its_own_outcome(store: Store) {
