@@ -31,7 +31,14 @@
 //! navigation, 5000 for confirm), `BENCH_USERS` (200), `BENCH_RATE` (2000),
 //! `BENCH_PHASE` (`saturated`, `paced`, `half`, or a comma list of them),
 //! `BENCH_SETUP` (`embedded`, `fleet` or `all`), `BENCH_CASE` (`nav`,
-//! `confirm` or `all`), `TEST_POSTGRES_URL`, `TEST_REDIS_URL`.
+//! `confirm` or `all`), `BENCH_SERIES` (a file to write each press of the
+//! last phase to: its start and its latency, in ms), `RUST_LOG` (the bot's
+//! own logs, on stderr), `TEST_POSTGRES_URL`, `TEST_REDIS_URL`.
+//!
+//! Each phase also reports the whole machine's CPU (every process: the bot,
+//! the database, Redis, the fake and the simulated users) from `/proc/stat`,
+//! as busy share and CPU time per update: comparable across runs on a host
+//! whose speed varies, where latencies alone are not.
 
 #![allow(
     clippy::print_stdout,
@@ -50,7 +57,7 @@ use kiebot_bot::{BotDeps, run_polling};
 use kiebot_domain::{GenerationType, Model, ModelId, Money, Pricing, UserId};
 use kiebot_jobs::Queues;
 use kiebot_jobs::names::QueueNames;
-use kiebot_store::{Store, now_ms};
+use kiebot_store::{PoolSize, Store, now_ms};
 use kiebot_testkit::TestDb;
 use kiebot_testkit::telegram::{CallEvent, FakeTelegram};
 use kiebot_tg::callback::{Cb, DraftId};
@@ -185,7 +192,10 @@ impl Env {
                     None => Queues::sqlite(&db_url, QueueNames::new(&ns)).await,
                 }
                 .expect("queue");
-                let store = Store::connect(&db_url).await.expect("connect");
+                // The front's pool, kept warm as `kiebot_app` keeps it.
+                let pool = PoolSize::new(kiebot_store::DEFAULT_MAX_CONNECTIONS)
+                    .warm(kiebot_bot::WARM_CONNECTIONS);
+                let store = Store::connect_with(&db_url, pool).await.expect("connect");
                 store.migrate().await.expect("migrate");
                 let catalog = Arc::new(kiebot_catalog::load_default().expect("catalog"));
                 let bot = Bot::new(token).set_api_url(api_url);
@@ -351,6 +361,42 @@ struct Measured {
     answered: Vec<Duration>,
     /// How late the last paced press started against its schedule.
     max_late: Duration,
+    /// The whole machine's CPU over the phase (all processes: bot,
+    /// database, Redis, the fake and the simulated users).
+    cpu: Option<CpuUse>,
+}
+
+/// Busy and total CPU time of the whole machine between two readings of
+/// `/proc/stat` (Linux), in clock ticks.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuUse {
+    /// The machine's counters so far: (busy, total) ticks.
+    fn read() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let total: u64 = ticks.iter().sum();
+        // idle and iowait
+        let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Some((total - idle, total))
+    }
+
+    fn since(before: Option<(u64, u64)>) -> Option<CpuUse> {
+        let (b0, t0) = before?;
+        let (b1, t1) = Self::read()?;
+        Some(CpuUse {
+            busy: b1.saturating_sub(b0),
+            total: t1.saturating_sub(t0),
+        })
+    }
 }
 
 /// Runs `total` presses over `tasks` concurrent users; paced at `rate` per
@@ -360,6 +406,7 @@ where
     F: FnMut(usize) -> Press + Send + 'static,
 {
     let tickets = Arc::new(AtomicUsize::new(0));
+    let cpu_before = CpuUse::read();
     let start = Instant::now();
     let tokio_start = tokio::time::Instant::now();
     let results = futures::future::join_all(tasks.into_iter().map(|mut next| {
@@ -393,17 +440,39 @@ where
         }
     }))
     .await;
+    let cpu = CpuUse::since(cpu_before);
     let mut last = start;
     let mut reply = vec![];
     let mut sent = vec![];
     let mut max_late = Duration::ZERO;
+    let mut series = vec![];
     for (out, late) in results {
         max_late = max_late.max(late);
         for (id, t0, at) in out {
             last = last.max(at);
             reply.push(at.saturating_duration_since(t0));
             sent.push((id, t0));
+            series.push((
+                t0.saturating_duration_since(start),
+                at.saturating_duration_since(t0),
+            ));
         }
+    }
+    // In start order, the latencies show what percentiles hide: a stall, a
+    // slow start, a drift as the run goes on.
+    if let Ok(path) = std::env::var("BENCH_SERIES") {
+        series.sort_unstable();
+        let lines: String = series
+            .iter()
+            .map(|(t, l)| {
+                format!(
+                    "{:.3} {:.3}\n",
+                    t.as_secs_f64() * 1e3,
+                    l.as_secs_f64() * 1e3
+                )
+            })
+            .collect();
+        std::fs::write(path, lines).expect("write BENCH_SERIES");
     }
     // The answer follows the reply within microseconds; give stragglers a
     // moment before reading them.
@@ -424,6 +493,7 @@ where
         reply,
         answered,
         max_late,
+        cpu,
     }
 }
 
@@ -497,6 +567,17 @@ fn report(setup: &str, case: &str, phase: &str, m: &mut Measured, rate: Option<f
         m.answered.len(),
         m.updates,
     );
+    if let Some(cpu) = m.cpu.filter(|c| c.total > 0) {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let busy = cpu.busy as f64 / cpu.total as f64;
+        // Ticks are 1/100 s (USER_HZ) on every Linux the benchmark runs on.
+        let per_update_us = cpu.busy as f64 * 10_000.0 / m.updates.max(1) as f64;
+        println!(
+            "  machine: {:.0} % busy ({:.2} of {cores:.0} cores), {per_update_us:.0} µs of CPU per update",
+            busy * 100.0,
+            busy * cores,
+        );
+    }
     if rate.is_some() && m.max_late > Duration::from_millis(5) {
         println!(
             "  note: presses started up to {} behind schedule (the bot did not keep up)",
@@ -726,6 +807,12 @@ fn main() {
     let confirm_total = updates.unwrap_or(5_000);
     let setups = env_str("BENCH_SETUP", "all");
     let cases = env_str("BENCH_CASE", "all");
+    // The bot's own warnings and errors, when asked for (`RUST_LOG=warn`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     // Two runtimes of as many threads as cores: the load (fake Bot API,
     // simulated users) and the bot.
     let rt = tokio::runtime::Builder::new_multi_thread()
