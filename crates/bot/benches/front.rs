@@ -31,7 +31,9 @@
 //! navigation, 5000 for confirm), `BENCH_USERS` (200), `BENCH_RATE` (2000),
 //! `BENCH_PHASE` (`saturated`, `paced`, `half`, or a comma list of them),
 //! `BENCH_SETUP` (`embedded`, `fleet` or `all`), `BENCH_CASE` (`nav`,
-//! `confirm` or `all`), `BENCH_SERIES` (a file to write each press of the
+//! `confirm` or `all`), `BENCH_WARMUP` (confirmations pressed before each
+//! confirm phase at its pace and not measured; default 1000),
+//! `BENCH_SERIES` (a file to write each press of the
 //! last phase to: its start and its latency, in ms), `RUST_LOG` (the bot's
 //! own logs, on stderr), `TEST_POSTGRES_URL`, `TEST_REDIS_URL`.
 //!
@@ -732,36 +734,48 @@ async fn prepare_confirms(env: &Env, template: &Value, users: Vec<i64>) -> Vec<(
 
 async fn bench_confirm(env: &mut Env, users: usize, total: usize, rate: f64) {
     let template = confirm_template(env).await;
+    let warmup = env_usize("BENCH_WARMUP", 1000);
     let mut capacity = rate;
     for phase in phases() {
         let (rate, total) = phase.plan(rate, capacity, total);
         let phase = phase.name();
-        let ids = env.new_users(total);
+        let ids = env.new_users(warmup + total);
         let t = Instant::now();
-        let prepared = Arc::new(prepare_confirms(env, &template, ids).await);
+        let mut prepared = prepare_confirms(env, &template, ids).await;
         println!(
             "  ({} users with a draft at its confirm screen prepared in {:.1} s)",
             prepared.len(),
             t.elapsed().as_secs_f64()
         );
+        let presses = |prepared: Arc<Vec<(i64, DraftId)>>| -> Vec<_> {
+            (0..users)
+                .map(|_| {
+                    let prepared = Arc::clone(&prepared);
+                    move |n: usize| {
+                        let (chat, draft) = prepared[n];
+                        // A message id the bot never sent in that chat: the
+                        // press arrives without its message, so the bot
+                        // answers with a new message instead of an edit.
+                        Press {
+                            chat,
+                            message_id: 1,
+                            cb: Cb::Confirm(draft),
+                        }
+                    }
+                })
+                .collect()
+        };
+        // Unmeasured presses at the phase's pace first: a process's first
+        // confirmations meet cold connections, plans and caches, which a
+        // running bot has long left behind.
+        let measured = Arc::new(prepared.split_off(warmup.min(prepared.len())));
+        if !prepared.is_empty() {
+            let n = prepared.len();
+            run_phase(env, presses(Arc::new(prepared)), n, rate).await;
+        }
         let pending_before = pending(env).await;
         let before = env.tg.answered_callbacks().len();
-        let tasks: Vec<_> = (0..users)
-            .map(|_| {
-                let prepared = Arc::clone(&prepared);
-                move |n: usize| {
-                    let (chat, draft) = prepared[n];
-                    // A message id the bot never sent in that chat: the
-                    // press arrives without its message, so the bot answers
-                    // with a new message instead of an edit.
-                    Press {
-                        chat,
-                        message_id: 1,
-                        cb: Cb::Confirm(draft),
-                    }
-                }
-            })
-            .collect();
+        let tasks = presses(measured);
         let mut m = run_phase(env, tasks, total, rate).await;
         capacity = capacity.min(report(env.name, "confirm", phase, &mut m, rate));
         let notes = env.tg.answered_callbacks()[before..]
@@ -813,15 +827,18 @@ fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
-    // Two runtimes of as many threads as cores: the load (fake Bot API,
-    // simulated users) and the bot.
+    // Two runtimes: the load (fake Bot API, simulated users) and the bot,
+    // each of as many threads as cores unless told otherwise.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("load")
+        .worker_threads(env_usize("BENCH_LOAD_THREADS", cores).max(1))
         .enable_all()
         .build()
         .expect("runtime");
     let bot_rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("bot")
+        .worker_threads(env_usize("BENCH_BOT_THREADS", cores).max(1))
         .enable_all()
         .build()
         .expect("bot runtime");
