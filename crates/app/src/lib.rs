@@ -107,17 +107,12 @@ pub async fn run(settings: Settings, parts: Parts) -> anyhow::Result<()> {
 pub async fn run_until(
     settings: Settings,
     parts: Parts,
-    options: Options,
+    mut options: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let options = Options {
-        warm_connections: if parts.bot {
-            options.warm_connections.max(kiebot_bot::WARM_CONNECTIONS)
-        } else {
-            options.warm_connections
-        },
-        ..options
-    };
+    if parts.bot {
+        options.warm_connections = options.warm_connections.max(kiebot_bot::WARM_CONNECTIONS);
+    }
     let ctx = assemble(&settings, options).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

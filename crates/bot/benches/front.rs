@@ -368,8 +368,8 @@ struct Measured {
     cpu: Option<CpuUse>,
 }
 
-/// Busy and total CPU time of the whole machine between two readings of
-/// `/proc/stat` (Linux), in clock ticks.
+/// Busy and total CPU time of the whole machine from `/proc/stat` (Linux),
+/// in clock ticks: since boot as read, or between two readings.
 #[derive(Clone, Copy)]
 struct CpuUse {
     busy: u64,
@@ -377,8 +377,8 @@ struct CpuUse {
 }
 
 impl CpuUse {
-    /// The machine's counters so far: (busy, total) ticks.
-    fn read() -> Option<(u64, u64)> {
+    /// The machine's counters so far.
+    fn read() -> Option<CpuUse> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let line = stat.lines().next()?.strip_prefix("cpu ")?;
         let ticks: Vec<u64> = line
@@ -388,15 +388,18 @@ impl CpuUse {
         let total: u64 = ticks.iter().sum();
         // idle and iowait
         let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-        Some((total - idle, total))
+        Some(CpuUse {
+            busy: total - idle,
+            total,
+        })
     }
 
-    fn since(before: Option<(u64, u64)>) -> Option<CpuUse> {
-        let (b0, t0) = before?;
-        let (b1, t1) = Self::read()?;
+    /// What the machine used since `before`.
+    fn since(before: Option<CpuUse>) -> Option<CpuUse> {
+        let (before, now) = (before?, Self::read()?);
         Some(CpuUse {
-            busy: b1.saturating_sub(b0),
-            total: t1.saturating_sub(t0),
+            busy: now.busy.saturating_sub(before.busy),
+            total: now.total.saturating_sub(before.total),
         })
     }
 }
