@@ -119,18 +119,7 @@ impl TestDb {
         param_types: &str,
         args: &str,
     ) -> String {
-        assert!(self.is_postgres(), "plans are PostgreSQL's");
-        let mut conn = PgConnection::connect(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url));
-        for sql in setup.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
-                .await
-                .unwrap_or_else(|e| panic!("setup statement failed: {e}\n{sql}"));
-        }
-        conn.execute("SET plan_cache_mode = force_generic_plan")
-            .await
-            .expect("plan_cache_mode");
+        let mut conn = self.generic_plans_after(setup).await;
         conn.execute(sqlx::AssertSqlSafe(format!(
             "PREPARE planned({param_types}) AS {statement}"
         )))
@@ -144,6 +133,51 @@ impl TestDb {
         .expect("EXPLAIN");
         let _ = conn.close().await;
         lines.join("\n")
+    }
+
+    /// Runs `setup` (statements separated by `;`), then `statement` in a
+    /// transaction that is rolled back, with every plan generic, made for
+    /// the tables as `setup` left them (PL/pgSQL's statements included).
+    /// Returns each table `statement` read by a sequential scan, with how
+    /// many scans, in name order: a statement whose plan made on small
+    /// tables scans one goes on scanning it, whole, as the table grows.
+    ///
+    /// # Panics
+    /// On a SQLite database, or when a statement fails.
+    pub async fn seq_scans(&self, setup: &str, statement: &str) -> Vec<(String, i64)> {
+        let mut conn = self.generic_plans_after(setup).await;
+        let mut tx = conn.begin().await.expect("BEGIN");
+        tx.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("statement failed: {e}\n{statement}"));
+        // This transaction's own counts, before any are reported.
+        let scans: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT relname::TEXT, seq_scan FROM pg_stat_xact_user_tables \
+             WHERE seq_scan > 0 ORDER BY relname",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .expect("pg_stat_xact_user_tables");
+        tx.rollback().await.expect("ROLLBACK");
+        let _ = conn.close().await;
+        scans
+    }
+
+    /// A connection that ran `setup` and then makes every plan generic.
+    async fn generic_plans_after(&self, setup: &str) -> PgConnection {
+        assert!(self.is_postgres(), "plans are PostgreSQL's");
+        let mut conn = PgConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url));
+        for sql in setup.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            conn.execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                .await
+                .unwrap_or_else(|e| panic!("setup statement failed: {e}\n{sql}"));
+        }
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .expect("plan_cache_mode");
+        conn
     }
 }
 
