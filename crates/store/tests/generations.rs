@@ -148,6 +148,49 @@ async fn a_task_id_is_looked_up_by_its_index_though_most_generations_have_none()
     store.close().await;
 }
 
+/// The batch confirmation runs in PL/pgSQL, whose statements keep the
+/// generic plans a connection made on its first calls: on a fresh
+/// deployment, when every table is nearly empty. Those plans must reach
+/// rows by key, since a table scanned in them is scanned whole on every
+/// batch as it grows. The batch holds plain elements (one statement for
+/// all) and a user's two drafts (the single function, each alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_confirmation_scans_no_table_in_plans_made_on_empty_tables() {
+    let db = kiebot_testkit::TestDb::postgres().await;
+    let store = common::store(&db).await;
+    let element = |idx: u32, user: u32, key: &str| {
+        format!(
+            r#"{{"idx":{idx},"user_id":{user},"draft_key":"{key}","model":"m","params":"{{}}","request":"{{}}","price":100,"chat_id":{user},"deadline_at":9,"max_active":5,"dialogue":"{{}}","dialogue_field":"generation","dialogue_expires":9}}"#
+        )
+    };
+    let batch = [
+        element(0, 1, "1:a"),
+        element(1, 2, "2:a"),
+        element(2, 3, "3:a"),
+        element(3, 3, "3:b"),
+    ]
+    .join(",");
+    let scans = db
+        .seq_scans(
+            "INSERT INTO users (id, role, blocked, created_at, last_seen_at) \
+             SELECT g, 'user', FALSE, 0, 0 FROM generate_series(1, 3) g; \
+             INSERT INTO wallets (user_id, balance, held) \
+             SELECT g, 1000, 0 FROM generate_series(1, 3) g",
+            &format!(
+                "DO $$ BEGIN \
+                 IF (SELECT COUNT(*) FROM kiebot_create_generations('[{batch}]', 1) \
+                     WHERE out_created) <> 4 THEN RAISE 'not every draft was created'; \
+                 END IF; END $$"
+            ),
+        )
+        .await;
+    assert!(
+        scans.is_empty(),
+        "the batch confirmation scanned tables (table, scans): {scans:?}"
+    );
+    store.close().await;
+}
+
 /// Enough confirmations at once that PostgreSQL writes most of them in
 /// batches: every one still gets the outcome it would get alone.
 async fn a_burst_of_confirmations_gets_each_its_own_outcome(store: Store) {
