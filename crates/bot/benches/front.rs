@@ -40,7 +40,10 @@
 //! Each phase also reports the whole machine's CPU (every process: the bot,
 //! the database, Redis, the fake and the simulated users) from `/proc/stat`,
 //! as busy share and CPU time per update: comparable across runs on a host
-//! whose speed varies, where latencies alone are not.
+//! whose speed varies, where latencies alone are not. The fleet setup ends
+//! with the rows each PostgreSQL table gave to sequential scans over the
+//! run: a statement whose plan reads a whole table on every update shows
+//! there long before it shows in the latencies.
 
 #![allow(
     clippy::print_stdout,
@@ -284,9 +287,34 @@ impl Env {
         if let Some((url, ns)) = self.redis.take() {
             delete_redis_namespace(&url, &ns).await;
         }
+        self.deps.store.close().await;
         drop(self.deps);
         self.store.close().await;
-        drop(self.db.take());
+        if let Some(db) = self.db.take().filter(TestDb::is_postgres) {
+            // Closed connections report their statistics as their backends
+            // end, a moment after the close.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let scans: Vec<String> = db
+                .rows_read_by_scans()
+                .await
+                .iter()
+                .map(|(table, rows)| format!("{table} {rows}"))
+                .collect();
+            // A hot statement whose kept plan scans a table shows here as
+            // rows in the millions (a dialogue join did, reading 13 million
+            // in one run). Thousands are expected: the benchmark counts
+            // pending generations by a scan twice per confirm phase, and
+            // for a batch holding a good share of a table this small
+            // PostgreSQL rightly locks the batch's users by a scan.
+            println!(
+                "  rows read by table scans over the run: {}",
+                if scans.is_empty() {
+                    "none".to_owned()
+                } else {
+                    scans.join(", ")
+                }
+            );
+        }
     }
 }
 

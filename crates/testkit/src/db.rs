@@ -163,6 +163,29 @@ impl TestDb {
         scans
     }
 
+    /// Per table, the rows sequential scans have read in this database so
+    /// far (tables with none left out), in name order. A backend reports its
+    /// counts when it ends or sits idle, so close the pools whose work
+    /// should count first.
+    ///
+    /// # Panics
+    /// On a SQLite database, or when the statistics cannot be read.
+    pub async fn rows_read_by_scans(&self) -> Vec<(String, i64)> {
+        assert!(self.is_postgres(), "statistics are PostgreSQL's");
+        let mut conn = PgConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url));
+        let rows = sqlx::query_as(
+            "SELECT relname::TEXT, seq_tup_read FROM pg_stat_user_tables \
+             WHERE seq_tup_read > 0 ORDER BY relname",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("pg_stat_user_tables");
+        let _ = conn.close().await;
+        rows
+    }
+
     /// A connection that ran `setup` and then makes every plan generic.
     async fn generic_plans_after(&self, setup: &str) -> PgConnection {
         assert!(self.is_postgres(), "plans are PostgreSQL's");
