@@ -10,7 +10,7 @@ use teloxide::types::{CallbackQuery, MaybeInaccessibleMessage, Update};
 
 use crate::state::{Dialogue, parse_dialogue};
 use crate::wizard::{self, ChoiceValue};
-use crate::{BotDeps, Ctx, MAINTENANCE_KEY, Prefetched, admin, menu, payments};
+use crate::{BotDeps, Ctx, MAINTENANCE_KEY, Prefetched, Press, admin, menu, payments};
 
 /// Loads the user behind a button press; a blocked user or (for non-admins)
 /// maintenance mode gets the reason as the callback's answer and stops here.
@@ -78,6 +78,7 @@ pub(crate) async fn gate(
         first_contact: false,
         user,
         dialogue: Arc::new(std::sync::Mutex::new(dialogue)),
+        press: Some(Arc::new(Press::new(q.id.clone()))),
     };
     if ctx.user.blocked && !ctx.is_admin() {
         answer(texts::blocked(lang)).await;
@@ -114,6 +115,10 @@ pub(crate) async fn handle(ctx: Ctx, q: CallbackQuery) -> anyhow::Result<()> {
             Ok(false)
         }
     };
+    // The handler answered as soon as its reply was out.
+    if ctx.press.as_ref().is_some_and(|p| !p.claim()) {
+        return outcome.map(|_| ());
+    }
     let req = ctx.deps.bot.answer_callback_query(q.id.clone());
     let result = match &outcome {
         Ok(true) => req.await,

@@ -152,9 +152,49 @@ pub(crate) struct Ctx {
     /// every write while the update is handled (updates of one chat are
     /// handled one at a time, so nobody else changes it meanwhile).
     pub dialogue: Arc<std::sync::Mutex<state::Dialogue>>,
+    /// The button press being handled (`None` for a message).
+    pub press: Option<Arc<Press>>,
+}
+
+/// A button press, answered once: by its handler as soon as its reply is
+/// out when slower work follows (see [`Ctx::answer_press`]), otherwise by
+/// [`callbacks::handle`] when the handler returns.
+pub(crate) struct Press {
+    id: teloxide::types::CallbackQueryId,
+    answered: std::sync::atomic::AtomicBool,
+}
+
+impl Press {
+    pub fn new(id: teloxide::types::CallbackQueryId) -> Press {
+        Press {
+            id,
+            answered: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Claims the answer; `false` if it was already sent.
+    fn claim(&self) -> bool {
+        !self
+            .answered
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
 }
 
 impl Ctx {
+    /// Answers the press being handled, with no note, unless it has been
+    /// answered. A handler calls it once its reply is shown and before work
+    /// the user need not wait for (a queue push that, on SQLite's single
+    /// writer under load, can take seconds), so the button's spinner stops
+    /// with the reply.
+    pub async fn answer_press(&self) {
+        let Some(press) = self.press.as_ref().filter(|p| p.claim()) else {
+            return;
+        };
+        if let Err(e) = self.deps.bot.answer_callback_query(press.id.clone()).await {
+            tracing::warn!(user = %self.uid, error = %e, "answerCallbackQuery failed");
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.deps.admin_ids.contains(&self.uid)
             || matches!(

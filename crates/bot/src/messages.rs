@@ -55,6 +55,7 @@ pub(crate) async fn gate(
         first_contact,
         user,
         dialogue: Arc::new(std::sync::Mutex::new(dialogue)),
+        press: None,
     };
     let refuse = |text: String| async {
         if let Err(e) = ctx.send(text, None).await {

@@ -817,7 +817,8 @@ async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyho
             tracing::info!(user = %ctx.uid, generation = %id, model = %model.id, price_minor = price.minor(), "generation confirmed");
             // The job and the reply go out together: neither needs the
             // other, and the generation is safe in the database whatever
-            // becomes of the push.
+            // becomes of the push. The press is answered with the reply,
+            // not after the push.
             let submit = async {
                 match ctx.deps.queues.push(Job::Submit(id)).await {
                     Ok(true) => {}
@@ -829,10 +830,18 @@ async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyho
                     }
                 }
             };
-            let reply = ctx.show(
-                texts::started(lang, name, id, note),
-                Some(keyboards::home(lang)),
-            );
+            let reply = async {
+                let shown = ctx
+                    .show(
+                        texts::started(lang, name, id, note),
+                        Some(keyboards::home(lang)),
+                    )
+                    .await;
+                if shown.is_ok() {
+                    ctx.answer_press().await;
+                }
+                shown
+            };
             let ((), shown) = tokio::join!(submit, reply);
             shown
         }

@@ -214,6 +214,16 @@ impl App {
             .iter()
             .find(|a| a.callback_query_id == id.to_string())
             .unwrap_or_else(|| panic!("callback {data:?} was not answered"));
+        // Telegram refuses a second answer to a press, as the fake does.
+        let twice: Vec<_> = self
+            .tg
+            .rejected()
+            .into_iter()
+            .filter(|r| {
+                r.method == "answerCallbackQuery" && r.description.contains("query id is invalid")
+            })
+            .collect();
+        assert!(twice.is_empty(), "a press was answered twice: {twice:?}");
         a.text.clone()
     }
 
