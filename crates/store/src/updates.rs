@@ -1,7 +1,7 @@
 //! Telegram update de-duplication: webhooks and polling may deliver an update
 //! more than once; each is handled the first time only.
 
-use crate::{Result, Store, now_ms};
+use crate::{Engine, Result, Store, now_ms};
 
 /// Processed update ids. See [`Store::updates`].
 #[derive(Debug, Clone, Copy)]
@@ -31,19 +31,14 @@ impl<'a> Updates<'a> {
     /// Records a batch of update ids in one statement and returns those
     /// seen for the first time (the rest are redeliveries). One write per
     /// getUpdates batch instead of one per update: on SQLite every write
-    /// transaction takes the database's single write lock and a sync.
+    /// transaction takes the database's single write lock and a sync. On
+    /// PostgreSQL the write does not wait for its own disk sync (see
+    /// [`first_time_many_sql`]).
     pub async fn first_time_many(&self, update_ids: &[i64]) -> Result<Vec<i64>> {
         if update_ids.is_empty() {
             return Ok(vec![]);
         }
-        // `WHERE TRUE` tells SQLite's parser that ON CONFLICT belongs to the
-        // INSERT, not to a join of the SELECT.
-        let sql = format!(
-            "INSERT INTO processed_updates (update_id, processed_at) \
-             SELECT ids.value, $2 FROM ({}) AS ids WHERE TRUE \
-             ON CONFLICT (update_id) DO NOTHING RETURNING update_id",
-            crate::sql::json_ids(self.store.engine(), 1)
-        );
+        let sql = first_time_many_sql(self.store.engine());
         let fresh: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(crate::sql::json_array(update_ids.iter().copied()))
             .bind(now_ms())
@@ -61,5 +56,84 @@ impl<'a> Updates<'a> {
             .await?
             .rows_affected();
         Ok(n)
+    }
+}
+
+/// The statement of [`Updates::first_time_many`]: binds the ids as a JSON
+/// array (`$1`) and the time (`$2`), returns the fresh ids.
+///
+/// On PostgreSQL the record commits without waiting for its WAL flush
+/// (`synchronous_commit = off` for this one transaction), which takes a
+/// disk sync off the path of every getUpdates batch. That loses nothing
+/// that matters: WAL is flushed in order, so the first synchronous
+/// commit after it (any handler's write: a confirmation, a payment, a
+/// dialogue step) makes the record durable too. A record lost in a
+/// database crash thus belongs to updates none of whose writes survived
+/// either; handling one again, if Telegram redelivers it, is right, and
+/// costs at most a reply shown twice.
+///
+/// The setting is made in a CTE joined to the insert, so it is one
+/// statement and one round trip; `set_config(.., true)` ends with the
+/// transaction. SQLite has no such mode.
+fn first_time_many_sql(engine: Engine) -> String {
+    let (relaxed, joined) = match engine {
+        Engine::Postgres => (
+            "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) ",
+            " CROSS JOIN relaxed",
+        ),
+        Engine::Sqlite => ("", ""),
+    };
+    // `WHERE TRUE` tells SQLite's parser that ON CONFLICT belongs to the
+    // INSERT, not to a join of the SELECT.
+    format!(
+        "{relaxed}INSERT INTO processed_updates (update_id, processed_at) \
+         SELECT ids.value, $2 FROM ({}) AS ids{joined} WHERE TRUE \
+         ON CONFLICT (update_id) DO NOTHING RETURNING update_id",
+        crate::sql::json_ids(engine, 1),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    async fn synchronous_commit(conn: &mut sqlx::AnyConnection) -> String {
+        sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+            .fetch_one(conn)
+            .await
+            .expect("read the setting")
+    }
+
+    /// The record's transaction commits asynchronously, and only that
+    /// transaction: the setting must not stay on the pooled connection,
+    /// where the next confirmation or payment would commit without its sync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_record_commits_without_waiting_for_its_sync() {
+        let db = kiebot_testkit::TestDb::postgres().await;
+        // One connection, so every statement below runs on the same one.
+        let store = Store::connect_with(db.url(), 1).await.expect("connect");
+        store.migrate().await.expect("migrate");
+
+        let mut conn = store.pool().acquire().await.expect("acquire");
+        let mut tx = conn.begin().await.expect("begin");
+        let fresh: Vec<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(first_time_many_sql(Engine::Postgres)))
+                .bind("[1, 2]")
+                .bind(0_i64)
+                .fetch_all(&mut *tx)
+                .await
+                .expect("record");
+        assert_eq!(fresh.len(), 2);
+        assert_eq!(synchronous_commit(&mut tx).await, "off");
+        tx.commit().await.expect("commit");
+        assert_eq!(synchronous_commit(&mut conn).await, "on");
+        drop(conn);
+
+        // Through the store, on its only connection.
+        let fresh = store.updates().first_time_many(&[2, 3]).await.unwrap();
+        assert_eq!(fresh, vec![3]);
+        let mut conn = store.pool().acquire().await.expect("acquire");
+        assert_eq!(synchronous_commit(&mut conn).await, "on");
     }
 }
