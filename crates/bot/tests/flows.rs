@@ -1015,12 +1015,15 @@ async fn updates_whose_record_fails_are_handled_once_the_record_succeeds() {
         .execute("ALTER TABLE processed_updates RENAME TO processed_updates_away")
         .await
         .unwrap();
+    // Both queued before the bot polls, so they come in one batch: sent
+    // while a long poll waits, the first would wake it alone, and the
+    // second batch would wait for the first one's record.
+    app.tg.send_text(240, "/start");
+    app.tg.send_text(241, "/start");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(kiebot_bot::run_polling(app.deps.clone(), async {
         let _ = stopped.await;
     }));
-    app.tg.send_text(240, "/start");
-    app.tg.send_text(241, "/start");
     // Fetched (and acknowledged by the next getUpdates) but not recordable:
     // nothing may be handled yet.
     // The acknowledging getUpdates is still open (long polling), so no call
