@@ -1,6 +1,8 @@
 //! Telegram update de-duplication: webhooks and polling may deliver an update
 //! more than once; each is handled the first time only.
 
+use std::sync::LazyLock;
+
 use crate::{Engine, Result, Store, now_ms};
 
 /// Processed update ids. See [`Store::updates`].
@@ -38,7 +40,13 @@ impl<'a> Updates<'a> {
         if update_ids.is_empty() {
             return Ok(vec![]);
         }
-        let sql = first_time_many_sql(self.store.engine());
+        // Built once per engine: this runs for every getUpdates batch.
+        static PG: LazyLock<String> = LazyLock::new(|| first_time_many_sql(Engine::Postgres));
+        static SQLITE: LazyLock<String> = LazyLock::new(|| first_time_many_sql(Engine::Sqlite));
+        let sql = match self.store.engine() {
+            Engine::Postgres => PG.as_str(),
+            Engine::Sqlite => SQLITE.as_str(),
+        };
         let fresh: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(crate::sql::json_array(update_ids.iter().copied()))
             .bind(now_ms())
@@ -119,7 +127,7 @@ mod tests {
         let mut tx = conn.begin().await.expect("begin");
         let fresh: Vec<i64> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(first_time_many_sql(Engine::Postgres)))
-                .bind("[1, 2]")
+                .bind(crate::sql::json_array([1, 2]))
                 .bind(0_i64)
                 .fetch_all(&mut *tx)
                 .await
