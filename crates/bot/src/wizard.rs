@@ -234,7 +234,7 @@ fn step_screen(lang: Lang, model: &Model, draft: &Draft) -> (String, InlineKeybo
             }
             Ask::YesNo
         }
-        FieldKind::Enum { values } => {
+        FieldKind::Enum { values, .. } => {
             for (i, v) in values.iter().enumerate() {
                 let on = chosen == Some(ParamValue::Choice(v.clone()));
                 choices.push((
@@ -541,7 +541,7 @@ pub(crate) async fn on_choice(
         return Ok(false);
     }
     let v = match (&f.kind, value) {
-        (FieldKind::Enum { values }, ChoiceValue::Index(i)) => match values.get(usize::from(i)) {
+        (FieldKind::Enum { values, .. }, ChoiceValue::Index(i)) => match values.get(usize::from(i)) {
             Some(v) => ParamValue::Choice(v.clone()),
             None => {
                 refuse(ctx, model, &draft, Refusal::NotAnOption).await?;

@@ -105,7 +105,7 @@ fn callback_data_fits_64_bytes_for_every_model_field_and_value() {
         }
         for (fi, f) in m.fields.iter().enumerate() {
             let n = match &f.kind {
-                kiebot_domain::FieldKind::Enum { values } => values.len(),
+                kiebot_domain::FieldKind::Enum { values, .. } => values.len(),
                 _ => 2,
             };
             for vi in 0..n {

@@ -1,7 +1,7 @@
 //! The model catalog: what each KIE model is, what it asks, what it costs.
 //!
 //! The serde shape here is the catalog file's shape (see
-//! `crates/catalog/models.toml`). A [`Catalog`] can only be built through
+//! `crates/catalog/models/`). A [`Catalog`] can only be built through
 //! [`Catalog::new`], which checks every model and field, so the rest of the
 //! program never meets an enum default outside its enum or a price rule that
 //! names a missing field.
@@ -133,6 +133,49 @@ pub enum Ask {
     Wizard,
     /// Only under "advanced options"; otherwise the default is sent.
     Advanced,
+    /// Never asked: the default is always sent. For values KIE needs that are
+    /// fixed by the catalog entry (Veo's `generationType`, Suno's
+    /// `customMode`), so one KIE endpoint can back several menu entries.
+    Fixed,
+}
+
+/// Which KIE API serves a model. Each family has its own create, status and
+/// callback shapes; everything after the task id is the same pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// The unified market API: `POST /api/v1/jobs/createTask` with
+    /// `{"model", "input": {...}}`, status from `/api/v1/jobs/recordInfo`.
+    #[default]
+    Market,
+    /// Veo 3.1: `POST /api/v1/veo/generate` with the fields at the top level,
+    /// status from `/api/v1/veo/record-info` (`successFlag`).
+    Veo,
+    /// Suno music: `POST /api/v1/generate` with the fields at the top level,
+    /// status from `/api/v1/generate/record-info`; one task gives two tracks.
+    Suno,
+}
+
+impl Family {
+    /// The name used in the catalog file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Market => "market",
+            Family::Veo => "veo",
+            Family::Suno => "suno",
+        }
+    }
+}
+
+/// Where a model's fields and price were checked, so that every sold entry can
+/// be traced back to what KIE published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The schema page (KIE's docs or its mirror) and its date.
+    pub schema: String,
+    /// The price list row(s) and their date.
+    pub price: String,
 }
 
 /// The kind of media an upload field takes.
@@ -216,6 +259,10 @@ pub enum FieldKind {
     Enum {
         /// The accepted values, in button order.
         values: Vec<String>,
+        /// Sent to KIE as JSON integers rather than strings (Veo's
+        /// `duration` is `8`, where the market's `duration` is `"5"`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        as_integer: bool,
     },
     /// Files the user uploads; KIE receives their URLs.
     Upload {
@@ -289,6 +336,8 @@ struct RawField {
     #[serde(default)]
     values: Option<Vec<String>>,
     #[serde(default)]
+    send_as: Option<String>,
+    #[serde(default)]
     media: Option<Media>,
     #[serde(default)]
     shape: Option<Shape>,
@@ -337,6 +386,9 @@ impl TryFrom<RawField> for Field {
                 .and_then(serde_json::Number::as_f64)
                 .ok_or_else(|| err(&format!("number field needs `{what}`")))
         };
+        if r.send_as.is_some() && r.ty != "enum" {
+            return Err(err(&format!("`send_as` does not apply to a {} field", r.ty)));
+        }
         let kind = match r.ty.as_str() {
             "string" => {
                 only(&["max_len"])?;
@@ -367,11 +419,21 @@ impl TryFrom<RawField> for Field {
             }
             "enum" => {
                 only(&["values"])?;
+                let as_integer = match r.send_as.as_deref() {
+                    None | Some("string") => false,
+                    Some("integer") => true,
+                    Some(other) => {
+                        return Err(err(&format!(
+                            "send_as {other:?} (expected \"string\" or \"integer\")"
+                        )));
+                    }
+                };
                 FieldKind::Enum {
                     values: r
                         .values
                         .clone()
                         .ok_or_else(|| err("enum field needs `values`"))?,
+                    as_integer,
                 }
             }
             "upload" => {
@@ -421,7 +483,8 @@ impl Field {
         self.kie.as_deref().unwrap_or(&self.name)
     }
 
-    /// Where the wizard asks this field.
+    /// Where the wizard asks this field (a required field is a wizard step
+    /// unless the catalog fixes it).
     pub fn ask(&self) -> Ask {
         self.ask.unwrap_or(if self.required {
             Ask::Wizard
@@ -490,8 +553,15 @@ fn one_u32() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
-    /// The KIE `model` string.
+    /// Our id of the entry: the KIE `model` string unless `kie_model` says
+    /// otherwise (one KIE model can back several entries).
     pub id: ModelId,
+    /// The `model` string sent to KIE, when it is not `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kie_model: Option<String>,
+    /// The KIE API that serves it.
+    #[serde(default)]
+    pub family: Family,
     /// Menu category.
     pub category: Category,
     /// Generation types this model serves.
@@ -522,6 +592,13 @@ pub struct Model {
     /// Price; a model without one is not sold.
     #[serde(default)]
     pub price: Option<PriceRule>,
+    /// Typical seconds KIE takes to finish a task, used to plan polls until
+    /// the model's own recent run times are known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_secs: Option<u32>,
+    /// Where the fields and the price were checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
 }
 
 fn yes() -> bool {
@@ -536,6 +613,23 @@ impl Model {
     /// The field with this name.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// The `model` string KIE expects.
+    pub fn kie_model(&self) -> &str {
+        self.kie_model.as_deref().unwrap_or(self.id.as_str())
+    }
+
+    /// Typical run time at KIE before any has been measured: the catalog's
+    /// figure, else a guess by output kind.
+    pub fn expected_run(&self) -> std::time::Duration {
+        let secs = self.expected_secs.unwrap_or(match self.output {
+            OutputKind::Image => 20,
+            OutputKind::Video => 120,
+            OutputKind::Audio => 90,
+            OutputKind::Text => 30,
+        });
+        std::time::Duration::from_secs(u64::from(secs))
     }
 
     /// Fields the wizard asks, in order.
@@ -651,6 +745,17 @@ fn check_model(m: &Model) -> Result<(), CatalogError> {
     if m.active && m.fields.is_empty() {
         return Err(model_err("is active but has no fields".into()));
     }
+    if m.kie_model.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(model_err("kie_model is empty".into()));
+    }
+    if let Some(secs) = m.expected_secs
+        && (secs == 0 || secs > m.deadline_secs)
+    {
+        return Err(model_err(format!(
+            "expected_secs {secs} must be positive and within deadline_secs {}",
+            m.deadline_secs
+        )));
+    }
     let mut names = BTreeSet::new();
     let mut kie_names = BTreeSet::new();
     for f in &m.fields {
@@ -672,6 +777,12 @@ fn check_model(m: &Model) -> Result<(), CatalogError> {
             ));
         }
         check_field(f).map_err(|r| field_err(&f.name, r))?;
+        if f.ask() == Ask::Fixed && f.default.is_none() {
+            return Err(field_err(
+                &f.name,
+                "a fixed field needs a default (it is never asked)".into(),
+            ));
+        }
     }
     if let Some(p) = &m.price {
         check_price(m, p).map_err(model_err)?;
@@ -708,7 +819,10 @@ fn check_field(f: &Field) -> Result<(), String> {
             }
         }
         FieldKind::Boolean => {}
-        FieldKind::Enum { values } => {
+        FieldKind::Enum { values, as_integer } => {
+            if *as_integer && values.iter().any(|v| v.parse::<i64>().is_err()) {
+                return Err("an enum sent as integers has a value that is not one".into());
+            }
             if values.is_empty() {
                 return Err("enum has no values".into());
             }
@@ -831,7 +945,7 @@ fn check_price(m: &Model, p: &PriceRule) -> Result<(), String> {
 fn is_integral(kind: &FieldKind) -> bool {
     match kind {
         FieldKind::Integer { min, .. } => *min >= 0,
-        FieldKind::Enum { values } => values.iter().all(|v| v.parse::<u32>().is_ok()),
+        FieldKind::Enum { values, .. } => values.iter().all(|v| v.parse::<u32>().is_ok()),
         _ => false,
     }
 }
@@ -841,7 +955,7 @@ pub(crate) fn combinations(m: &Model, by: &[String]) -> Vec<String> {
     let mut out = vec![String::new()];
     for (i, name) in by.iter().enumerate() {
         let values: Vec<String> = match m.field(name).map(|f| &f.kind) {
-            Some(FieldKind::Enum { values }) => values.clone(),
+            Some(FieldKind::Enum { values, .. }) => values.clone(),
             Some(FieldKind::Boolean) => vec!["false".into(), "true".into()],
             _ => vec![],
         };

@@ -25,7 +25,7 @@ pub mod pricing;
 pub mod prompt;
 
 pub use catalog::{
-    Catalog, CatalogError, Category, Field, FieldKind, GenerationType, Model, OutputKind,
+    Catalog, CatalogError, Category, Family, Field, FieldKind, GenerationType, Model, OutputKind,
 };
 pub use generation::{GenerationStatus, TransitionError};
 pub use ids::{GenerationId, ModelId, UserId};

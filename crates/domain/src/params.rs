@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::catalog::{Field, FieldKind, Media, Model, Shape};
+use crate::catalog::{Family, Field, FieldKind, Media, Model, Shape};
 use crate::prompt::{Prompt, PromptError};
 
 /// A value the user gave (or a default) for one field.
@@ -233,7 +233,7 @@ pub fn check_value(field: &Field, value: &ParamValue) -> Result<(), ParamError> 
             check_value(field, &ParamValue::Num(*v as f64))
         }
         (FieldKind::Boolean, ParamValue::Bool(_)) => Ok(()),
-        (FieldKind::Enum { values }, ParamValue::Choice(c)) => {
+        (FieldKind::Enum { values, .. }, ParamValue::Choice(c)) => {
             if values.iter().any(|v| v == c) {
                 Ok(())
             } else {
@@ -402,6 +402,14 @@ impl Params {
                     serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number)
                 }
                 (ParamValue::Bool(b), _) => Value::Bool(*b),
+                (
+                    ParamValue::Choice(c),
+                    FieldKind::Enum {
+                        as_integer: true, ..
+                    },
+                ) => c
+                    .parse::<i64>()
+                    .map_or_else(|_| Value::String(c.clone()), Value::from),
                 (ParamValue::Choice(c), _) => Value::String(c.clone()),
                 (
                     ParamValue::Files(urls),
@@ -419,9 +427,21 @@ impl Params {
         input
     }
 
-    /// The full `createTask` body without a callback URL.
+    /// The full create body without a callback URL, in the model's family's
+    /// shape: the market nests the fields under `input`; Veo and Suno take
+    /// them at the top level beside `model`.
     pub fn kie_request(&self, model: &Model) -> Value {
-        serde_json::json!({ "model": model.id.as_str(), "input": self.kie_input(model) })
+        let input = self.kie_input(model);
+        match model.family {
+            Family::Market => {
+                serde_json::json!({ "model": model.kie_model(), "input": input })
+            }
+            Family::Veo | Family::Suno => {
+                let mut body = input;
+                body.insert("model".into(), Value::String(model.kie_model().to_owned()));
+                Value::Object(body)
+            }
+        }
     }
 }
 

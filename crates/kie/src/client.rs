@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use bytes::Bytes;
-use kiebot_domain::Credits;
+use kiebot_domain::{Credits, Family};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::multipart::{Form, Part};
@@ -16,14 +16,25 @@ use url::Url;
 
 use crate::config::KieConfig;
 use crate::error::KieError;
-use crate::task::{TaskId, TaskRecord, parse_record};
+use crate::task::{TaskId, TaskRecord, parse_record, parse_suno_record, parse_veo_record};
 use crate::upload::{UploadedFile, parse_uploaded};
 
 const CREATE_TASK: &str = "/api/v1/jobs/createTask";
 const RECORD_INFO: &str = "/api/v1/jobs/recordInfo";
+const VEO_GENERATE: &str = "/api/v1/veo/generate";
+const VEO_RECORD_INFO: &str = "/api/v1/veo/record-info";
+const SUNO_GENERATE: &str = "/api/v1/generate";
+const SUNO_RECORD_INFO: &str = "/api/v1/generate/record-info";
 const CREDIT: &str = "/api/v1/chat/credit";
+const MODELS: &str = "/api/v1/models";
+const DOWNLOAD_URL: &str = "/api/v1/common/download-url";
 const FILE_STREAM_UPLOAD: &str = "/api/file-stream-upload";
 const FILE_URL_UPLOAD: &str = "/api/file-url-upload";
+
+/// The callback URL sent when none is configured but the family requires one
+/// (Suno): a reserved domain that never resolves, so KIE's post goes nowhere
+/// and the task is found by polling.
+pub const NO_CALLBACK: &str = "https://callback.invalid/kiebot";
 
 /// How much of a non-JSON reply is described in an error (never its text:
 /// it may be anything, including an echo of the request).
@@ -42,7 +53,13 @@ pub struct KieClient {
     config: KieConfig,
     create_task_url: Url,
     record_info_url: Url,
+    veo_generate_url: Url,
+    veo_record_info_url: Url,
+    suno_generate_url: Url,
+    suno_record_info_url: Url,
     credit_url: Url,
+    models_url: Url,
+    download_url_url: Url,
     stream_upload_url: Url,
     url_upload_url: Url,
 }
@@ -78,7 +95,13 @@ impl KieClient {
         Ok(KieClient {
             create_task_url: endpoint(&config.api_base, CREATE_TASK)?,
             record_info_url: endpoint(&config.api_base, RECORD_INFO)?,
+            veo_generate_url: endpoint(&config.api_base, VEO_GENERATE)?,
+            veo_record_info_url: endpoint(&config.api_base, VEO_RECORD_INFO)?,
+            suno_generate_url: endpoint(&config.api_base, SUNO_GENERATE)?,
+            suno_record_info_url: endpoint(&config.api_base, SUNO_RECORD_INFO)?,
             credit_url: endpoint(&config.api_base, CREDIT)?,
+            models_url: endpoint(&config.api_base, MODELS)?,
+            download_url_url: endpoint(&config.api_base, DOWNLOAD_URL)?,
             stream_upload_url: endpoint(&config.upload_base, FILE_STREAM_UPLOAD)?,
             url_upload_url: endpoint(&config.upload_base, FILE_URL_UPLOAD)?,
             http,
@@ -92,16 +115,21 @@ impl KieClient {
         &self.config
     }
 
-    /// Creates a task (`POST /api/v1/jobs/createTask`).
+    /// Creates a task with the family's endpoint: `POST
+    /// /api/v1/jobs/createTask` for the market, `/api/v1/veo/generate` for
+    /// Veo, `/api/v1/generate` for Suno.
     ///
-    /// `request` is the exact body the catalog built: `{"model": ..., "input":
-    /// {...}}`. `callback_url`, when given, is added as `callBackUrl`; it is
-    /// never logged (its path holds a secret).
+    /// `request` is the exact body the catalog built (`{"model": ..., "input":
+    /// {...}}` for the market, the fields at the top level for the others).
+    /// `callback_url`, when given, is added as `callBackUrl`; it is never
+    /// logged (its path holds a secret). Suno refuses a task without one, so
+    /// it gets [`NO_CALLBACK`] when none is configured and is polled as usual.
     ///
     /// A [`KieError::Timeout`] or [`KieError::Network`] here does not mean
     /// that no task was created: the reply may be what got lost.
     pub async fn create_task(
         &self,
+        family: Family,
         request: &Value,
         callback_url: Option<&str>,
     ) -> Result<TaskId, KieError> {
@@ -110,9 +138,15 @@ impl KieClient {
             .and_then(Value::as_str)
             .filter(|m| !m.is_empty())
             .ok_or_else(|| KieError::Validation("the request has no model".into()))?;
+        let (url, path) = match family {
+            Family::Market => (&self.create_task_url, CREATE_TASK),
+            Family::Veo => (&self.veo_generate_url, VEO_GENERATE),
+            Family::Suno => (&self.suno_generate_url, SUNO_GENERATE),
+        };
         let span = tracing::info_span!(
             "kie.create_task",
-            endpoint = CREATE_TASK,
+            endpoint = path,
+            family = family.as_str(),
             model = %model,
             task_id = Empty,
             outcome = Empty,
@@ -122,13 +156,17 @@ impl KieClient {
             .as_object()
             .cloned()
             .ok_or_else(|| KieError::Validation("the request is not a JSON object".into()))?;
-        if let Some(url) = callback_url {
-            body.insert("callBackUrl".into(), Value::String(url.to_owned()));
+        match (callback_url, family) {
+            (Some(url), _) => {
+                body.insert("callBackUrl".into(), Value::String(url.to_owned()));
+            }
+            (None, Family::Suno) => {
+                body.insert("callBackUrl".into(), Value::String(NO_CALLBACK.to_owned()));
+            }
+            (None, _) => {}
         }
         let call = async {
-            let data = self
-                .exchange(self.http.post(self.create_task_url.clone()).json(&body))
-                .await?;
+            let data = self.exchange(self.http.post(url.clone()).json(&body)).await?;
             data.get("taskId")
                 .and_then(Value::as_str)
                 .and_then(TaskId::parse)
@@ -141,26 +179,43 @@ impl KieClient {
         result
     }
 
-    /// Reads a task's state (`GET /api/v1/jobs/recordInfo?taskId=`).
+    /// Reads a task's state from the family's status endpoint (`GET
+    /// /api/v1/jobs/recordInfo?taskId=`, `/api/v1/veo/record-info`,
+    /// `/api/v1/generate/record-info`).
     ///
     /// A malformed record (unknown state, `resultJson` that is not JSON, a
     /// different task id) is [`KieError::BadResponse`], which is final for the
     /// generation.
-    pub async fn record_info(&self, task_id: &TaskId) -> Result<TaskRecord, KieError> {
+    pub async fn record_info(
+        &self,
+        family: Family,
+        task_id: &TaskId,
+    ) -> Result<TaskRecord, KieError> {
+        let (base, path, parse): (&Url, &str, fn(&Value) -> Result<TaskRecord, KieError>) =
+            match family {
+                Family::Market => (&self.record_info_url, RECORD_INFO, parse_record),
+                Family::Veo => (&self.veo_record_info_url, VEO_RECORD_INFO, parse_veo_record),
+                Family::Suno => (
+                    &self.suno_record_info_url,
+                    SUNO_RECORD_INFO,
+                    parse_suno_record,
+                ),
+            };
         let span = tracing::info_span!(
             "kie.record_info",
-            endpoint = RECORD_INFO,
+            endpoint = path,
+            family = family.as_str(),
             model = Empty,
             task_id = %task_id,
             outcome = Empty,
             latency_ms = Empty,
         );
-        let mut url = self.record_info_url.clone();
+        let mut url = base.clone();
         url.query_pairs_mut()
             .append_pair("taskId", task_id.as_str());
         let call = async {
-            let data = self.exchange(self.http.get(url)).await?;
-            let record = parse_record(&data)?;
+            let data = self.exchange(self.get(url)).await?;
+            let record = parse(&data)?;
             if &record.task_id != task_id {
                 return Err(KieError::BadResponse(
                     "recordInfo answered about another task".into(),
@@ -190,12 +245,84 @@ impl KieClient {
             latency_ms = Empty,
         );
         let call = async {
-            let data = self
-                .exchange(self.http.get(self.credit_url.clone()))
-                .await?;
+            let data = self.exchange(self.get(self.credit_url.clone())).await?;
             credits_from(&data)
         };
         observe(span, call).await
+    }
+
+    /// KIE's model catalogue (`GET /api/v1/models`): the envelope's `data`,
+    /// as KIE sends it. KIE allows one catalogue request per second; pacing is
+    /// the caller's.
+    pub async fn list_models(&self) -> Result<Value, KieError> {
+        let span = catalogue_span(MODELS);
+        observe(span, self.exchange(self.get(self.models_url.clone()))).await
+    }
+
+    /// One model's OpenAPI document (`GET /api/v1/models/<model>/schema`; the
+    /// slash inside a model id is sent as it is).
+    pub async fn model_schema(&self, model: &str) -> Result<Value, KieError> {
+        let url = self.model_url(model, "schema")?;
+        observe(catalogue_span("/api/v1/models/{model}/schema"), self.exchange(self.get(url))).await
+    }
+
+    /// One model's price (`GET /api/v1/models/<model>/price`): `data` as KIE
+    /// sends it (a `pricingDesc` text, or an object holding one).
+    pub async fn model_price(&self, model: &str) -> Result<Value, KieError> {
+        let url = self.model_url(model, "price")?;
+        observe(catalogue_span("/api/v1/models/{model}/price"), self.exchange(self.get(url))).await
+    }
+
+    /// A direct, short-lived (about 20 minutes) download link for a file KIE
+    /// hosts (`POST /api/v1/common/download-url`); KIE refuses other hosts
+    /// with 422.
+    pub async fn download_url(&self, file_url: &str) -> Result<String, KieError> {
+        let span = tracing::info_span!(
+            "kie.download_url",
+            endpoint = DOWNLOAD_URL,
+            model = Empty,
+            task_id = Empty,
+            outcome = Empty,
+            latency_ms = Empty,
+        );
+        let call = async {
+            let data = self
+                .exchange(
+                    self.http
+                        .post(self.download_url_url.clone())
+                        .json(&json!({ "url": file_url })),
+                )
+                .await?;
+            data.as_str()
+                .or_else(|| data.get("url").and_then(Value::as_str))
+                .or_else(|| data.get("downloadUrl").and_then(Value::as_str))
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| KieError::BadResponse("download-url reply has no URL".into()))
+        };
+        observe(span, call).await
+    }
+
+    fn model_url(&self, model: &str, what: &str) -> Result<Url, KieError> {
+        if model.is_empty()
+            || model.contains("..")
+            || !model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+        {
+            return Err(KieError::Validation(format!(
+                "{model:?} is not a KIE model id"
+            )));
+        }
+        endpoint(&self.config.api_base, &format!("{MODELS}/{model}/{what}"))
+    }
+
+    /// A GET request. KIE's getting-started page asks for the JSON content
+    /// type on every request, bodies or not, and some endpoints insist.
+    fn get(&self, url: Url) -> reqwest::RequestBuilder {
+        self.http
+            .get(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
     }
 
     /// Uploads bytes as a file (`POST /api/file-stream-upload`, multipart
@@ -320,6 +447,17 @@ async fn observe<T>(
     result
 }
 
+fn catalogue_span(path: &'static str) -> Span {
+    tracing::info_span!(
+        "kie.catalogue",
+        endpoint = path,
+        model = Empty,
+        task_id = Empty,
+        outcome = Empty,
+        latency_ms = Empty,
+    )
+}
+
 fn endpoint(base: &Url, path: &str) -> Result<Url, KieError> {
     let joined = format!("{}{path}", base.as_str().trim_end_matches('/'));
     Url::parse(&joined).map_err(|e| KieError::Setup(format!("bad KIE base URL: {e}")))
@@ -336,8 +474,10 @@ fn read_envelope(status: StatusCode, content_type: &str, body: &[u8]) -> Result<
         }
         return Err(KieError::BadResponse(describe_non_json(content_type, body)));
     };
+    // Most pages document `msg`; some (recordInfo) `message`.
     let msg = envelope
         .get("msg")
+        .or_else(|| envelope.get("message"))
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();

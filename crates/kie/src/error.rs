@@ -41,6 +41,10 @@ pub enum KieError {
     /// operator must top up).
     #[error("KIE account is out of credits: {0}")]
     InsufficientCredits(String),
+    /// 433: the sub-key's usage limit set by the account owner is reached
+    /// (final for this task; the operator must act, like 402).
+    #[error("KIE key usage limit reached: {0}")]
+    KeyLimitReached(String),
     /// 404: the task or endpoint does not exist (final).
     #[error("KIE: not found: {0}")]
     NotFound(String),
@@ -80,6 +84,7 @@ impl KieError {
         match code {
             401 => KieError::Unauthorized,
             402 => KieError::InsufficientCredits(msg),
+            433 => KieError::KeyLimitReached(msg),
             404 => KieError::NotFound(msg),
             422 => KieError::Validation(msg),
             429 => KieError::RateLimited(msg),
@@ -119,11 +124,27 @@ impl KieError {
             KieError::Server { code, .. } | KieError::Rejected { code, .. } => Some(*code),
             KieError::Unauthorized => Some(401),
             KieError::InsufficientCredits(_) => Some(402),
+            KieError::KeyLimitReached(_) => Some(433),
             KieError::NotFound(_) => Some(404),
             KieError::Validation(_) => Some(422),
             KieError::GenerationFailed(_) => Some(501),
             KieError::FeatureDisabled(_) => Some(505),
         }
+    }
+
+    /// Whether the operator must act before any task can succeed (the key is
+    /// wrong, the account has no credits, the sub-key is over its limit).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            KieError::Unauthorized | KieError::InsufficientCredits(_) | KieError::KeyLimitReached(_)
+        )
+    }
+
+    /// Whether KIE refused the request for its rate: proof that no task was
+    /// created.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, KieError::RateLimited(_))
     }
 
     /// A short, stable label for metrics and log fields (`outcome`).
@@ -136,6 +157,7 @@ impl KieError {
             KieError::Server { .. } => "server_error",
             KieError::Unauthorized => "unauthorized",
             KieError::InsufficientCredits(_) => "insufficient_credits",
+            KieError::KeyLimitReached(_) => "key_limit",
             KieError::NotFound(_) => "not_found",
             KieError::Validation(_) => "validation",
             KieError::GenerationFailed(_) => "generation_failed",
@@ -167,10 +189,10 @@ mod tests {
         for code in [429, 455, 500, 502, 503] {
             assert!(KieError::from_code(code, "x").is_retryable(), "{code}");
         }
-        for code in [400, 401, 402, 404, 422, 501, 505] {
+        for code in [400, 401, 402, 404, 422, 433, 501, 505] {
             assert!(!KieError::from_code(code, "x").is_retryable(), "{code}");
         }
-        for code in [401, 402, 404, 422, 429, 455, 500, 501, 505] {
+        for code in [401, 402, 404, 422, 429, 433, 455, 500, 501, 505] {
             assert_eq!(KieError::from_code(code, "x").code(), Some(code));
         }
     }

@@ -54,5 +54,6 @@ pub use client::KieClient;
 pub use config::{ApiKey, KieConfig};
 pub use error::KieError;
 pub use retry::{RetryPolicy, retrying, retrying_if};
-pub use task::{TaskId, TaskRecord, TaskResult, TaskState, parse_callback};
+pub use task::{TaskId, TaskRecord, TaskResult, TaskState, Track, parse_callback};
+pub use client::NO_CALLBACK;
 pub use upload::UploadedFile;

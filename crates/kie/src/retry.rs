@@ -66,7 +66,7 @@ impl RetryPolicy {
 /// ```no_run
 /// # async fn f(client: kiebot_kie::KieClient, body: serde_json::Value) -> Result<(), kiebot_kie::KieError> {
 /// use kiebot_kie::{retrying, RetryPolicy};
-/// let task_id = retrying(RetryPolicy::default(), || client.create_task(&body, None)).await?;
+/// let task_id = retrying(RetryPolicy::default(), || client.create_task(kiebot_domain::Family::Market, &body, None)).await?;
 /// # Ok(()) }
 /// ```
 pub async fn retrying<T, F, Fut>(policy: RetryPolicy, op: F) -> Result<T, KieError>

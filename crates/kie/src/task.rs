@@ -6,6 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use kiebot_domain::Credits;
+
 use crate::error::KieError;
 
 /// KIE's id of a task (`task_12345678`). Never empty.
@@ -41,6 +43,12 @@ pub struct TaskRecord {
     pub model: Option<String>,
     /// Where the task is.
     pub state: TaskState,
+    /// What KIE billed for it (`creditsConsumed`), when the reply says: the
+    /// cost truth for margin reports.
+    pub credits_consumed: Option<Credits>,
+    /// How long KIE took from accepting the task to finishing it, from its own
+    /// clock (`completeTime - createTime`, else `costTime`), when it says.
+    pub run_ms: Option<u64>,
 }
 
 /// The state of a task.
@@ -95,6 +103,22 @@ pub struct TaskResult {
     pub text: Option<String>,
     /// Every other key of `resultJson`, kept as data.
     pub extra: Map<String, Value>,
+    /// Music tracks with their titles and covers (Suno: two per task).
+    /// `result_urls` holds their audio URLs in the same order.
+    pub tracks: Vec<Track>,
+}
+
+/// One generated music track.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Track {
+    /// The audio file.
+    pub audio_url: String,
+    /// The cover picture.
+    pub image_url: Option<String>,
+    /// The title Suno gave it.
+    pub title: Option<String>,
+    /// Length in seconds.
+    pub duration_secs: Option<f64>,
 }
 
 impl TaskResult {
@@ -114,6 +138,11 @@ const TEXT_KEYS: [&str; 4] = ["text", "transcript", "transcription", "resultText
 /// [`KieClient::record_info`](crate::KieClient::record_info) before acting.
 /// The envelope `code` is not checked: KIE reports failed tasks with a
 /// non-200 code, and the `state` inside says the same.
+///
+/// The three families post three shapes, told apart by their keys: the
+/// market's `data` is a recordInfo record (`state`); Veo's carries `info`
+/// (and `code` 200 for success); Suno's carries `callbackType` (`text`,
+/// `first`, `complete`, `error`) and `task_id`.
 pub fn parse_callback(body: &[u8]) -> Result<TaskRecord, KieError> {
     let envelope: Value = serde_json::from_slice(body)
         .map_err(|e| KieError::BadResponse(format!("callback is not JSON: {e}")))?;
@@ -121,6 +150,68 @@ pub fn parse_callback(body: &[u8]) -> Result<TaskRecord, KieError> {
         .get("data")
         .filter(|d| d.is_object())
         .ok_or_else(|| KieError::BadResponse("callback has no data object".into()))?;
+    let code = envelope.get("code").and_then(Value::as_i64).unwrap_or(200);
+    let msg = envelope.get("msg").and_then(Value::as_str).unwrap_or("");
+    if let Some(kind) = data.get("callbackType").and_then(Value::as_str) {
+        let obj = data.as_object().expect("checked above");
+        let task_id = task_id_of(obj)
+            .ok_or_else(|| KieError::BadResponse("callback has no task id".into()))?;
+        let state = match kind {
+            "complete" => {
+                let tracks = data
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .map(|l| suno_tracks(l))
+                    .unwrap_or_default();
+                TaskState::Success(TaskResult {
+                    result_urls: tracks.iter().map(|t| t.audio_url.clone()).collect(),
+                    tracks,
+                    ..TaskResult::default()
+                })
+            }
+            "error" => TaskState::Fail {
+                code: code.to_string(),
+                message: msg.to_owned(),
+            },
+            _ => TaskState::Generating,
+        };
+        return Ok(TaskRecord {
+            task_id,
+            model: None,
+            state,
+            credits_consumed: None,
+            run_ms: None,
+        });
+    }
+    if data.get("state").is_none() && (data.get("info").is_some() || code != 200) {
+        let obj = data.as_object().expect("checked above");
+        let task_id = task_id_of(obj)
+            .ok_or_else(|| KieError::BadResponse("callback has no task id".into()))?;
+        let urls = data
+            .get("info")
+            .and_then(|i| i.get("resultUrls"))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let state = if code == 200 && !urls.is_empty() {
+            TaskState::Success(TaskResult {
+                result_urls: urls,
+                ..TaskResult::default()
+            })
+        } else {
+            TaskState::Fail {
+                code: code.to_string(),
+                message: msg.to_owned(),
+            }
+        };
+        return Ok(TaskRecord {
+            task_id,
+            model: None,
+            state,
+            credits_consumed: None,
+            run_ms: None,
+        });
+    }
     parse_record(data)
 }
 
@@ -165,7 +256,162 @@ pub(crate) fn parse_record(data: &Value) -> Result<TaskRecord, KieError> {
         task_id,
         model,
         state,
+        credits_consumed: credits_of(obj.get("creditsConsumed")),
+        run_ms: run_ms_of(obj),
     })
+}
+
+/// `creditsConsumed`: a number of credits (or its text).
+fn credits_of(v: Option<&Value>) -> Option<Credits> {
+    let x = match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }?;
+    (x.is_finite() && x >= 0.0 && x < 1e12).then(|| Credits::from_milli((x * 1000.0).round() as i64))
+}
+
+/// KIE's own run time: `completeTime - createTime` (unix milliseconds), else
+/// `costTime` (milliseconds).
+fn run_ms_of(obj: &Map<String, Value>) -> Option<u64> {
+    let ms = |k: &str| obj.get(k).and_then(Value::as_u64).filter(|v| *v > 0);
+    match (ms("createTime"), ms("completeTime")) {
+        (Some(a), Some(b)) if b >= a => Some(b - a),
+        _ => ms("costTime"),
+    }
+}
+
+/// Parses the `data` of a Veo 3.1 record (`/api/v1/veo/record-info`):
+/// `successFlag` 0 running, 1 success (`response.resultUrls`), 2 and 3 failed
+/// (`errorCode`, `errorMessage`).
+pub(crate) fn parse_veo_record(data: &Value) -> Result<TaskRecord, KieError> {
+    let bad = |m: &str| KieError::BadResponse(m.to_owned());
+    let obj = data
+        .as_object()
+        .ok_or_else(|| bad("task record is not an object"))?;
+    let task_id = task_id_of(obj).ok_or_else(|| bad("task record has no taskId"))?;
+    let flag = match obj.get("successFlag") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| bad("Veo record has no successFlag"))?;
+    let state = match flag {
+        0 => TaskState::Generating,
+        1 => {
+            let response = obj.get("response").or_else(|| obj.get("info"));
+            let mut map = response
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let mut urls = take_urls(&mut map, "resultUrls")?;
+            if urls.is_empty() {
+                urls = take_urls(&mut map, "originUrls")?;
+            }
+            if urls.is_empty() {
+                return Err(bad("Veo reports success without resultUrls"));
+            }
+            TaskState::Success(TaskResult {
+                result_urls: urls,
+                extra: map,
+                ..TaskResult::default()
+            })
+        }
+        2 | 3 => TaskState::Fail {
+            code: text_of(obj.get("errorCode")),
+            message: text_of(obj.get("errorMessage")),
+        },
+        other => return Err(KieError::BadResponse(format!("unknown Veo successFlag {other}"))),
+    };
+    Ok(TaskRecord {
+        task_id,
+        model: None,
+        state,
+        credits_consumed: credits_of(obj.get("creditsConsumed")),
+        run_ms: None,
+    })
+}
+
+/// Parses the `data` of a Suno record (`/api/v1/generate/record-info`):
+/// `status` PENDING, TEXT_SUCCESS and FIRST_SUCCESS are still running; SUCCESS
+/// carries the tracks in `response.sunoData` (camelCase) or `response.data`
+/// (the callbacks' snake_case); the failure statuses end the task.
+pub(crate) fn parse_suno_record(data: &Value) -> Result<TaskRecord, KieError> {
+    let bad = |m: &str| KieError::BadResponse(m.to_owned());
+    let obj = data
+        .as_object()
+        .ok_or_else(|| bad("task record is not an object"))?;
+    let task_id = task_id_of(obj).ok_or_else(|| bad("task record has no taskId"))?;
+    let status = obj
+        .get("status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("Suno record has no status"))?;
+    let tracks = || {
+        let response = obj.get("response");
+        let list = response
+            .and_then(|r| r.get("sunoData").or_else(|| r.get("data")))
+            .or_else(|| obj.get("data"))
+            .and_then(Value::as_array);
+        list.map(|l| suno_tracks(l)).unwrap_or_default()
+    };
+    let state = match status {
+        "PENDING" | "TEXT_SUCCESS" | "FIRST_SUCCESS" => TaskState::Generating,
+        "SUCCESS" => {
+            let tracks = tracks();
+            if tracks.is_empty() {
+                return Err(bad("Suno reports success without tracks"));
+            }
+            TaskState::Success(TaskResult {
+                result_urls: tracks.iter().map(|t| t.audio_url.clone()).collect(),
+                tracks,
+                ..TaskResult::default()
+            })
+        }
+        "CREATE_TASK_FAILED" | "GENERATE_AUDIO_FAILED" | "CALLBACK_EXCEPTION"
+        | "SENSITIVE_WORD_ERROR" => TaskState::Fail {
+            code: status.to_ascii_lowercase(),
+            message: text_of(obj.get("errorMessage")),
+        },
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(KieError::BadResponse(format!(
+                "unknown Suno status {shown:?}"
+            )));
+        }
+    };
+    Ok(TaskRecord {
+        task_id,
+        model: None,
+        state,
+        credits_consumed: credits_of(obj.get("creditsConsumed")),
+        run_ms: None,
+    })
+}
+
+fn suno_tracks(list: &[Value]) -> Vec<Track> {
+    let text = |v: &Value, keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_str))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    list.iter()
+        .filter_map(|t| {
+            Some(Track {
+                audio_url: text(t, &["audioUrl", "audio_url"])?,
+                image_url: text(t, &["imageUrl", "image_url"]),
+                title: text(t, &["title"]),
+                duration_secs: t.get("duration").and_then(Value::as_f64),
+            })
+        })
+        .collect()
+}
+
+fn task_id_of(obj: &Map<String, Value>) -> Option<TaskId> {
+    obj.get("taskId")
+        .or_else(|| obj.get("task_id"))
+        .and_then(Value::as_str)
+        .and_then(TaskId::parse)
 }
 
 /// `failCode` is `""`, a string or a number depending on the model.
@@ -200,6 +446,7 @@ fn parse_result(raw: Option<&Value>) -> Result<TaskResult, KieError> {
         watermark_urls,
         text,
         extra: map,
+        tracks: Vec::new(),
     })
 }
 
@@ -290,6 +537,71 @@ mod tests {
                 "{data}"
             );
         }
+    }
+
+    #[test]
+    fn kie_s_own_run_time_and_cost_are_read() {
+        let data = json!({"taskId": "t", "state": "generating", "createTime": 1000, "completeTime": 7500,
+            "creditsConsumed": 12.5});
+        let r = parse_record(&data).unwrap();
+        assert_eq!(r.run_ms, Some(6500));
+        assert_eq!(r.credits_consumed, Some(Credits::from_milli(12_500)));
+        let only_cost = json!({"taskId": "t", "state": "generating", "costTime": 4200});
+        assert_eq!(parse_record(&only_cost).unwrap().run_ms, Some(4200));
+    }
+
+    #[test]
+    fn veo_records_follow_the_success_flag() {
+        let running = json!({"taskId": "v", "successFlag": 0});
+        assert_eq!(parse_veo_record(&running).unwrap().state, TaskState::Generating);
+        let done = json!({"taskId": "v", "successFlag": 1,
+            "response": {"resultUrls": ["https://x/1.mp4"], "resolution": "1080p"}});
+        let TaskState::Success(r) = parse_veo_record(&done).unwrap().state else {
+            panic!("not success")
+        };
+        assert_eq!(r.result_urls, ["https://x/1.mp4"]);
+        assert_eq!(r.extra.get("resolution"), Some(&json!("1080p")));
+        let failed = json!({"taskId": "v", "successFlag": 3, "errorCode": 400, "errorMessage": "flagged"});
+        assert_eq!(
+            parse_veo_record(&failed).unwrap().state,
+            TaskState::Fail { code: "400".into(), message: "flagged".into() }
+        );
+        assert!(parse_veo_record(&json!({"taskId": "v", "successFlag": 9})).is_err());
+        assert!(parse_veo_record(&json!({"taskId": "v", "successFlag": 1, "response": {}})).is_err());
+    }
+
+    #[test]
+    fn suno_records_carry_two_tracks_with_titles_and_covers() {
+        let first = json!({"taskId": "s", "status": "FIRST_SUCCESS"});
+        assert_eq!(parse_suno_record(&first).unwrap().state, TaskState::Generating);
+        let done = json!({"taskId": "s", "status": "SUCCESS", "response": {"sunoData": [
+            {"audioUrl": "https://x/a.mp3", "imageUrl": "https://x/a.jpg", "title": "One", "duration": 198.4},
+            {"audioUrl": "https://x/b.mp3", "imageUrl": "https://x/b.jpg", "title": "Two"}]}});
+        let TaskState::Success(r) = parse_suno_record(&done).unwrap().state else {
+            panic!("not success")
+        };
+        assert_eq!(r.result_urls, ["https://x/a.mp3", "https://x/b.mp3"]);
+        assert_eq!(r.tracks[0].title.as_deref(), Some("One"));
+        assert_eq!(r.tracks[1].image_url.as_deref(), Some("https://x/b.jpg"));
+        let bad = json!({"taskId": "s", "status": "SENSITIVE_WORD_ERROR", "errorMessage": "words"});
+        assert!(matches!(
+            parse_suno_record(&bad).unwrap().state,
+            TaskState::Fail { .. }
+        ));
+        assert!(parse_suno_record(&json!({"taskId": "s", "status": "SUCCESS", "response": {}})).is_err());
+    }
+
+    #[test]
+    fn each_family_s_callback_names_its_task() {
+        let veo = br#"{"code":200,"msg":"ok","data":{"taskId":"v1","info":{"resultUrls":["https://x/v.mp4"]}}}"#;
+        let r = parse_callback(veo).unwrap();
+        assert_eq!(r.task_id.as_str(), "v1");
+        assert!(matches!(r.state, TaskState::Success(_)));
+        let veo_failed = br#"{"code":400,"msg":"flagged","data":{"taskId":"v2"}}"#;
+        assert!(matches!(parse_callback(veo_failed).unwrap().state, TaskState::Fail { .. }));
+        let suno = br#"{"code":200,"msg":"ok","data":{"callbackType":"first","task_id":"s1","data":[]}}"#;
+        let r = parse_callback(suno).unwrap();
+        assert_eq!((r.task_id.as_str(), r.state.name()), ("s1", "generating"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use bytes::Bytes as UploadBytes;
-use kiebot_domain::Credits;
+use kiebot_domain::{Credits, Family};
 use kiebot_kie::{
     ApiKey, KieClient, KieConfig, KieError, RetryPolicy, TaskId, TaskRecord, TaskState,
     parse_callback, retrying,
@@ -51,7 +51,7 @@ fn quick_policy(max_attempts: usize) -> RetryPolicy {
 async fn poll_to_end(client: &KieClient, id: &TaskId) -> (TaskRecord, Vec<&'static str>) {
     let mut seen = Vec::new();
     for _ in 0..200 {
-        let record = client.record_info(id).await.expect("recordInfo");
+        let record = client.record_info(Family::Market, id).await.expect("recordInfo");
         seen.push(record.state.name());
         if record.state.is_final() {
             return (record, seen);
@@ -101,7 +101,7 @@ async fn a_task_polled_to_success_returns_result_urls_whose_files_download() {
     fake.set_model_outcome("google/nano-banana", Outcome::succeed_after_polls(4, 2));
     let client = client_for(&fake);
 
-    let id = client.create_task(&cat_request(), None).await.unwrap();
+    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
     assert_eq!(id.as_str(), "task_1");
     let (record, seen) = poll_to_end(&client, &id).await;
 
@@ -128,7 +128,7 @@ async fn a_video_task_finished_by_time_has_watermarked_variants() {
     let client = client_for(&fake);
     let request = json!({"model": "sora-2-text-to-video", "input": {"prompt": "waves"}});
 
-    let id = client.create_task(&request, None).await.unwrap();
+    let id = client.create_task(Family::Market, &request, None).await.unwrap();
     let (record, _) = poll_to_end(&client, &id).await;
 
     let TaskState::Success(result) = record.state else {
@@ -146,8 +146,8 @@ async fn a_speech_to_text_task_returns_its_transcript() {
     let request =
         json!({"model": "elevenlabs/speech-to-text", "input": {"audio_url": "http://x/a.mp3"}});
 
-    let id = client.create_task(&request, None).await.unwrap();
-    let record = client.record_info(&id).await.unwrap();
+    let id = client.create_task(Family::Market, &request, None).await.unwrap();
+    let record = client.record_info(Family::Market, &id).await.unwrap();
 
     let TaskState::Success(result) = record.state else {
         panic!("not a success")
@@ -166,7 +166,7 @@ async fn a_failed_task_reports_its_code_and_message() {
     });
     let client = client_for(&fake);
 
-    let id = client.create_task(&cat_request(), None).await.unwrap();
+    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
     let (record, _) = poll_to_end(&client, &id).await;
 
     assert_eq!(
@@ -185,7 +185,7 @@ async fn a_429_burst_is_ridden_out_by_retrying() {
     let client = client_for(&fake);
     let request = cat_request();
 
-    let id = retrying(quick_policy(4), || client.create_task(&request, None))
+    let id = retrying(quick_policy(4), || client.create_task(Family::Market, &request, None))
         .await
         .unwrap();
 
@@ -202,7 +202,7 @@ async fn server_errors_and_maintenance_are_retryable_and_bounded() {
         let client = client_for(&fake);
         let request = cat_request();
 
-        let err = retrying(quick_policy(3), || client.create_task(&request, None))
+        let err = retrying(quick_policy(3), || client.create_task(Family::Market, &request, None))
             .await
             .unwrap_err();
 
@@ -220,7 +220,7 @@ async fn a_422_is_final_and_not_retried() {
     let client = client_for(&fake);
     let request = cat_request();
 
-    let err = retrying(quick_policy(5), || client.create_task(&request, None))
+    let err = retrying(quick_policy(5), || client.create_task(Family::Market, &request, None))
         .await
         .unwrap_err();
 
@@ -238,7 +238,7 @@ async fn a_wrong_key_is_unauthorized_and_final() {
     let fake = FakeKie::start().await;
     let client = KieClient::new(config_for(&fake, "not-the-key")).unwrap();
 
-    let err = client.create_task(&cat_request(), None).await.unwrap_err();
+    let err = client.create_task(Family::Market, &cat_request(), None).await.unwrap_err();
     assert!(matches!(err, KieError::Unauthorized), "{err:?}");
     assert!(!err.is_retryable());
     assert_eq!(err.code(), Some(401));
@@ -255,7 +255,7 @@ async fn an_account_out_of_credits_is_a_final_402() {
     fake.reject_creates_with(402, "The current credits are insufficient. Please top up.");
     let client = client_for(&fake);
 
-    let err = client.create_task(&cat_request(), None).await.unwrap_err();
+    let err = client.create_task(Family::Market, &cat_request(), None).await.unwrap_err();
 
     assert!(matches!(err, KieError::InsufficientCredits(_)), "{err:?}");
     assert!(!err.is_retryable());
@@ -273,7 +273,7 @@ async fn every_bad_reply_kind_is_a_final_bad_response() {
         let fake = FakeKie::start().await;
         fake.bad_replies(kind);
         let err = client_for(&fake)
-            .create_task(&cat_request(), None)
+            .create_task(Family::Market, &cat_request(), None)
             .await
             .unwrap_err();
         assert!(matches!(err, KieError::BadResponse(_)), "{kind:?}: {err:?}");
@@ -290,13 +290,13 @@ async fn every_bad_reply_kind_is_a_final_bad_response() {
         let fake = FakeKie::start().await;
         fake.set_default_outcome(Outcome::Never);
         let client = client_for(&fake);
-        let id = client.create_task(&cat_request(), None).await.unwrap();
+        let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
         fake.bad_replies(kind);
-        let err = client.record_info(&id).await.unwrap_err();
+        let err = client.record_info(Family::Market, &id).await.unwrap_err();
         assert!(matches!(err, KieError::BadResponse(_)), "{kind:?}: {err:?}");
         assert!(!err.is_retryable(), "{kind:?}");
         fake.good_replies();
-        assert!(!client.record_info(&id).await.unwrap().state.is_final());
+        assert!(!client.record_info(Family::Market, &id).await.unwrap().state.is_final());
     }
     // Credits too.
     let fake = FakeKie::start().await;
@@ -311,7 +311,7 @@ async fn a_gateway_error_page_is_retryable_by_its_status() {
     fake.bad_replies(BadReply::HtmlErrorPage(502));
 
     let err = client_for(&fake)
-        .create_task(&cat_request(), None)
+        .create_task(Family::Market, &cat_request(), None)
         .await
         .unwrap_err();
 
@@ -323,19 +323,19 @@ async fn a_gateway_error_page_is_retryable_by_its_status() {
 async fn a_failing_poll_is_retryable() {
     let fake = FakeKie::start().await;
     let client = client_for(&fake);
-    let id = client.create_task(&cat_request(), None).await.unwrap();
+    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
     fake.fail_next_polls(1, 500);
 
-    let err = client.record_info(&id).await.unwrap_err();
+    let err = client.record_info(Family::Market, &id).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
-    assert!(client.record_info(&id).await.unwrap().state.is_final());
+    assert!(client.record_info(Family::Market, &id).await.unwrap().state.is_final());
 }
 
 #[tokio::test]
 async fn an_unknown_task_is_not_found() {
     let fake = FakeKie::start().await;
     let err = client_for(&fake)
-        .record_info(&TaskId::parse("task_999").unwrap())
+        .record_info(Family::Market, &TaskId::parse("task_999").unwrap())
         .await
         .unwrap_err();
     assert!(matches!(err, KieError::NotFound(_)), "{err:?}");
@@ -349,7 +349,7 @@ async fn a_dropped_create_reply_times_out_retryably_though_the_task_was_created(
     config.timeout = Duration::from_millis(300);
     let client = KieClient::new(config).unwrap();
 
-    let err = client.create_task(&cat_request(), None).await.unwrap_err();
+    let err = client.create_task(Family::Market, &cat_request(), None).await.unwrap_err();
 
     assert!(matches!(err, KieError::Timeout), "{err:?}");
     assert!(err.is_retryable());
@@ -357,7 +357,7 @@ async fn a_dropped_create_reply_times_out_retryably_though_the_task_was_created(
     assert_eq!(fake.created_count(), 1);
     assert_eq!(fake.tasks()[0].id, "task_1");
     // The next create is answered.
-    let id = client.create_task(&cat_request(), None).await.unwrap();
+    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
     assert_eq!(id.as_str(), "task_2");
 }
 
@@ -369,7 +369,7 @@ async fn a_finished_task_is_posted_once_to_its_callback_url() {
     let client = client_for(&fake);
 
     let id = client
-        .create_task(&cat_request(), Some(&url))
+        .create_task(Family::Market, &cat_request(), Some(&url))
         .await
         .unwrap();
     let bodies = wait_for_bodies(&received, 1).await;
@@ -395,7 +395,7 @@ async fn a_duplicated_callback_arrives_twice_with_the_same_record() {
     let client = client_for(&fake);
 
     let id = client
-        .create_task(&cat_request(), Some(&url))
+        .create_task(Family::Market, &cat_request(), Some(&url))
         .await
         .unwrap();
     let bodies = wait_for_bodies(&received, 2).await;
@@ -413,14 +413,14 @@ async fn a_forged_callback_parses_but_record_info_tells_the_truth() {
     fake.set_default_outcome(Outcome::Never);
     let (url, received) = callback_receiver().await;
     let client = client_for(&fake);
-    let id = client.create_task(&cat_request(), None).await.unwrap();
+    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
 
     let status = fake.send_forged_callback(&url, id.as_str()).await.unwrap();
     assert_eq!(status, 200);
     let forged = parse_callback(&wait_for_bodies(&received, 1).await[0]).unwrap();
 
     assert!(forged.state.is_final());
-    assert!(!client.record_info(&id).await.unwrap().state.is_final());
+    assert!(!client.record_info(Family::Market, &id).await.unwrap().state.is_final());
 }
 
 #[tokio::test]
@@ -481,7 +481,7 @@ async fn the_api_key_never_appears_in_debug_output() {
 
     let unauthorized = KieClient::new(config_for(&fake, "sk-live-wrong-key-98765"))
         .unwrap()
-        .create_task(&cat_request(), None)
+        .create_task(Family::Market, &cat_request(), None)
         .await
         .unwrap_err();
     // A port nobody listens on: a real transport error.
@@ -521,7 +521,7 @@ async fn the_api_key_never_appears_in_debug_output() {
 async fn a_request_without_a_model_is_refused_before_sending() {
     let fake = FakeKie::start().await;
     let err = client_for(&fake)
-        .create_task(&json!({"input": {}}), None)
+        .create_task(Family::Market, &json!({"input": {}}), None)
         .await
         .unwrap_err();
     assert!(matches!(err, KieError::Validation(_)), "{err:?}");

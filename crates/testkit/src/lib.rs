@@ -9,6 +9,7 @@
 
 pub mod db;
 pub mod kie;
+pub mod kie_catalog;
 pub mod telegram;
 
 pub use db::TestDb;

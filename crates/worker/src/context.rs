@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiebot_domain::Catalog;
+use kiebot_domain::{Catalog, Family};
 use kiebot_jobs::Queues;
 use kiebot_kie::{KieClient, RetryPolicy};
 use kiebot_store::Store;
@@ -161,6 +161,22 @@ impl Ctx {
             .due_again(&[job.generation()], now_ms())
             .await?;
         Ok(())
+    }
+
+    /// The KIE API family of a generation: its model's, or, for a model the
+    /// catalog no longer has, what the stored request's shape says (only the
+    /// market nests its fields under `input`; only Suno sends `customMode`).
+    pub fn family_of(&self, model: &kiebot_domain::ModelId, request: &serde_json::Value) -> Family {
+        if let Some(m) = self.catalog.get(model.as_str()) {
+            return m.family;
+        }
+        if request.get("input").is_some() {
+            Family::Market
+        } else if request.get("customMode").is_some() {
+            Family::Suno
+        } else {
+            Family::Veo
+        }
     }
 
     /// Milliseconds of a duration, for timestamp arithmetic.

@@ -78,7 +78,8 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         return finish(ctx, &g, o).await;
     };
     let started = Instant::now();
-    let reply = client.record_info(&task).await;
+    let family = ctx.family_of(&g.model, &serde_json::from_str(&g.request_json).unwrap_or_default());
+    let reply = client.record_info(family, &task).await;
     let seconds = started.elapsed().as_secs_f64();
     let still_running = matches!(
         &reply,

@@ -88,6 +88,7 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
         }
     };
     let callback = ctx.config.callback_url.as_deref();
+    let family = ctx.family_of(&generation.model, &request);
     let started = Instant::now();
     // Retry in the handler only what certainly created nothing; a timeout or a
     // broken connection may have created a task, so it waits for the next
@@ -95,7 +96,7 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
     let result = retrying_if(
         ctx.config.submit_retry,
         |e: &KieError| !is_ambiguous(e),
-        || client.create_task(&request, callback),
+        || client.create_task(family, &request, callback),
     )
     .await;
     let seconds = started.elapsed().as_secs_f64();
