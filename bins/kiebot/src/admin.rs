@@ -34,19 +34,19 @@ pub async fn ledger_check(settings: &Settings) -> anyhow::Result<ExitCode> {
         .await
         .context("recomputing wallets")?;
     if drift.is_empty() {
-        println!("ledger-check: ok, every wallet matches its entries");
+        crate::out::say(format_args!("ledger-check: ok, every wallet matches its entries"));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("ledger-check: {} wallet(s) drifted", drift.len());
+    crate::out::say(format_args!("ledger-check: {} wallet(s) drifted", drift.len()));
     for d in &drift {
         let stored = d.stored.map_or_else(
             || "no wallet".to_owned(),
             |w| format!("balance {} held {}", w.balance, w.held),
         );
-        println!(
+        crate::out::say(format_args!(
             "user {}: stored {stored}; entries say balance {} held {}",
             d.user, d.expected.balance, d.expected.held
-        );
+        ));
     }
     Ok(ExitCode::from(1))
 }
@@ -84,15 +84,15 @@ pub async fn grant(
         .context("crediting the wallet")?;
     let wallet = store.ledger().wallet(user).await?;
     if applied.fresh {
-        println!(
+        crate::out::say(format_args!(
             "granted {amount} to {user}; balance {} (held {})",
             wallet.balance, wallet.held
-        );
+        ));
     } else {
-        println!(
+        crate::out::say(format_args!(
             "already granted with this key; balance {} (held {})",
             wallet.balance, wallet.held
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

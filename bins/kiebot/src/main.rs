@@ -5,14 +5,18 @@
 //! stops the command with one line naming the variable.
 
 mod admin;
+mod catalog;
+mod out;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiebot_config::{LogFormat, Settings};
-use kiebot_domain::pricing::price_list;
-use kiebot_domain::{Money, Params, UserId};
+
+
+use kiebot_domain::{Family, Money, UserId};
 
 #[derive(Parser)]
 #[command(
@@ -36,17 +40,62 @@ enum Command {
     Demo,
     /// Apply database migrations to DATABASE_URL.
     Migrate,
-    /// Print the catalog: one JSON object per model and line.
+    /// The model catalog: list it (one JSON object per model and line), check
+    /// it against KIE's catalogue, draft entries, take models off sale.
     Catalog {
         /// Include models that are not sold ("coming soon").
         #[arg(long)]
         all: bool,
+        #[command(subcommand)]
+        command: Option<CatalogCommand>,
     },
     /// Operator commands.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Compare every sold model with KIE's catalogue API (model list, each
+    /// schema and price): one line per finding naming model and field; exit 1
+    /// on any error.
+    Check {
+        /// One JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// Least milliseconds between two requests (KIE allows one per second).
+        #[arg(long, default_value_t = 1100)]
+        pace_ms: u64,
+        /// Also take off sale (in DATABASE_URL) the models whose every request
+        /// would fail.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Print a catalog entry drafted from KIE's schema of a model.
+    Import {
+        /// KIE's model string.
+        model: String,
+        /// The KIE API that serves it: market, veo or suno.
+        #[arg(long, default_value = "market")]
+        family: String,
+    },
+    /// Take a model off sale (hidden from menus, confirmations refused).
+    Hold {
+        /// The catalog id.
+        model: String,
+        /// Why (shown to operators).
+        #[arg(long, default_value = "taken off sale by an operator")]
+        reason: String,
+    },
+    /// Put a model back on sale.
+    Release {
+        /// The catalog id.
+        model: String,
+    },
+    /// List the models off sale.
+    Held,
 }
 
 #[derive(Subcommand)]
@@ -138,53 +187,45 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             let mut out = std::io::stdout();
             let report = kiebot_app::demo::run(&mut out).await?;
-            println!(
+            crate::out::say(format_args!(
                 "demo: {} results delivered; charged {}; balance {} -> {}; ledger clean",
                 report.delivered, report.charged, report.balance_before, report.balance_after
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
             let store = admin::open_store(&settings).await?;
             store.migrate().await.context("applying migrations")?;
-            println!(
+            crate::out::say(format_args!(
                 "migrations applied to {}",
                 redact_url(&settings.database_url)
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Catalog { all } => {
-            let catalog = kiebot_catalog::load(settings.catalog_path.as_deref())?;
-            for model in catalog.models() {
-                if !all && !model.is_sold() {
-                    continue;
-                }
-                let price = settings
-                    .pricing
-                    .price(model, &Params::defaults_for_pricing(model))
-                    .ok();
-                let prices: serde_json::Map<String, serde_json::Value> =
-                    price_list(&settings.pricing, model)
-                        .into_iter()
-                        .filter_map(|(k, v)| {
-                            v.ok().map(|m| (k, serde_json::Value::from(m.minor())))
-                        })
-                        .collect();
-                let line = serde_json::json!({
-                    "id": model.id.as_str(),
-                    "name": model.name.en,
-                    "category": model.category,
-                    "types": model.types,
-                    "output": model.output,
-                    "active": model.is_sold(),
-                    "free": model.price.as_ref().is_some_and(|p| p.free),
-                    "price": price.map(Money::minor),
-                    "prices": prices,
-                });
-                println!("{line}");
+        Command::Catalog { all, command } => match command {
+            None => catalog::list(&settings, all),
+            Some(CatalogCommand::Check {
+                json,
+                pace_ms,
+                hold,
+            }) => {
+                catalog::run_check(&settings, json, Duration::from_millis(pace_ms), hold).await
             }
-            Ok(ExitCode::SUCCESS)
-        }
+            Some(CatalogCommand::Import { model, family }) => {
+                let family = match family.as_str() {
+                    "market" => Family::Market,
+                    "veo" => Family::Veo,
+                    "suno" => Family::Suno,
+                    other => anyhow::bail!("--family {other:?}: expected market, veo or suno"),
+                };
+                catalog::import(&settings, &model, family).await
+            }
+            Some(CatalogCommand::Hold { model, reason }) => {
+                catalog::hold(&settings, &model, &reason).await
+            }
+            Some(CatalogCommand::Release { model }) => catalog::release(&settings, &model).await,
+            Some(CatalogCommand::Held) => catalog::held(&settings).await,
+        },
         Command::Admin {
             command: AdminCommand::LedgerCheck,
         } => admin::ledger_check(&settings).await,

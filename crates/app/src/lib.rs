@@ -169,6 +169,10 @@ pub async fn run_until(
             .as_ref()
             .map(|t| t.expose().to_owned()),
         callback_secret: callback,
+        callback_hmac_key: settings
+            .kie_webhook_hmac_key
+            .as_ref()
+            .map(|k| k.expose().to_owned()),
         metrics: Some(install_metrics_recorder()),
         webhook,
     };

@@ -131,6 +131,9 @@ impl BotDeps {
     }
 }
 
+/// How stale the list of models off sale may be when a menu is drawn.
+const HOLDS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Errors inside handlers: logged with their cause; the user sees a generic
 /// message.
 type HandlerError = anyhow::Error;
@@ -192,6 +195,27 @@ impl Ctx {
         };
         if let Err(e) = self.deps.bot.answer_callback_query(press.id.clone()).await {
             tracing::warn!(user = %self.uid, error = %e, "answerCallbackQuery failed");
+        }
+    }
+
+    /// Whether `model` is off sale (taken off by the catalog check or an
+    /// operator). Read at most every few seconds per process; a failure to
+    /// read counts as on sale (a broken model then fails at KIE, its hold
+    /// released).
+    pub async fn off_sale(&self, model: &kiebot_domain::ModelId) -> bool {
+        self.held_models().await.contains_key(model.as_str())
+    }
+
+    /// Every model off sale now.
+    pub async fn held_models(
+        &self,
+    ) -> Arc<std::collections::BTreeMap<String, kiebot_store::model_holds::ModelHold>> {
+        match self.deps.store.model_holds().recent(HOLDS_MAX_AGE).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "model holds unreadable; taken as none");
+                Arc::default()
+            }
         }
     }
 

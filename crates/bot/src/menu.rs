@@ -51,9 +51,18 @@ pub(crate) async fn start(
 /// The main menu.
 pub(crate) async fn main_menu(ctx: &Ctx) -> anyhow::Result<()> {
     let wallet = ctx.deps.store.ledger().wallet(ctx.uid).await?;
+    let held = ctx.held_models().await;
     let types: Vec<(GenerationType, usize)> = GenerationType::ALL
         .into_iter()
-        .map(|t| (t, ctx.deps.catalog.sold_of_type(t).count()))
+        .map(|t| {
+            let n = ctx
+                .deps
+                .catalog
+                .sold_of_type(t)
+                .filter(|m| !held.contains_key(m.id.as_str()))
+                .count();
+            (t, n)
+        })
         .filter(|(_, n)| *n > 0)
         .collect();
     ctx.show(
@@ -66,10 +75,12 @@ pub(crate) async fn main_menu(ctx: &Ctx) -> anyhow::Result<()> {
 /// The models of a type with the price of their defaults.
 pub(crate) async fn models_of(ctx: &Ctx, t: GenerationType) -> anyhow::Result<()> {
     let code = ctx.lang.code();
+    let held = ctx.held_models().await;
     let models: Vec<_> = ctx
         .deps
         .catalog
         .sold_of_type(t)
+        .filter(|m| !held.contains_key(m.id.as_str()))
         .filter_map(|m| {
             default_price(m, &ctx.deps.pricing)
                 .map(|p| (m.id.clone(), m.name.get(code).to_owned(), p))
@@ -85,6 +96,14 @@ pub(crate) async fn models_of(ctx: &Ctx, t: GenerationType) -> anyhow::Result<()
 /// A model's card.
 pub(crate) async fn card(ctx: &Ctx, model: &Model) -> anyhow::Result<()> {
     let code = ctx.lang.code();
+    if ctx.off_sale(&model.id).await {
+        return ctx
+            .show(
+                texts::model_off_sale(ctx.lang),
+                Some(keyboards::home(ctx.lang)),
+            )
+            .await;
+    }
     let Some(price) = default_price(model, &ctx.deps.pricing).filter(|_| model.is_sold()) else {
         return ctx
             .show(
@@ -287,10 +306,14 @@ pub(crate) async fn repeat(ctx: &Ctx, id: GenerationId) -> anyhow::Result<bool> 
     };
     let values: BTreeMap<String, ParamValue> =
         serde_json::from_str(&g.params_json).unwrap_or_default();
-    // Only fields the model still has.
+    // Only fields the model still has; files only while KIE still keeps
+    // them (the wizard asks for them again otherwise).
+    let uploads_kept = kiebot_store::now_ms() - g.created_at < wizard::REUPLOAD_AFTER_MS;
     let values = values
         .into_iter()
-        .filter(|(k, _)| model.field(k).is_some())
+        .filter(|(k, v)| {
+            model.field(k).is_some() && (uploads_kept || !matches!(v, ParamValue::Files(_)))
+        })
         .collect();
     wizard::start(ctx, &model, Some(values)).await?;
     Ok(true)

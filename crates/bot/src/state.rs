@@ -60,6 +60,28 @@ pub(crate) struct Draft {
     /// quotes, so a button can only confirm the price printed above it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quote: Option<Quote>,
+    /// Where each uploaded file came from, by its KIE URL: KIE keeps uploads
+    /// about a day, so a draft confirmed much later uploads them again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uploads: BTreeMap<String, Upload>,
+}
+
+/// A file of the draft on KIE's upload host, and the Telegram file it was
+/// made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Upload {
+    /// When it was uploaded (unix ms).
+    pub at: i64,
+    /// Telegram's file id, to fetch it again.
+    pub file_id: String,
+    /// Telegram's stable id of the file.
+    pub unique_id: String,
+    /// Its type.
+    pub mime: String,
+    /// Its name as sent.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// What confirming a draft costs whom, as the confirm screen states it.

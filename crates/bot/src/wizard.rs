@@ -28,7 +28,7 @@ use teloxide::net::Download;
 use teloxide::prelude::*;
 use teloxide::types::{FileId, InlineKeyboardMarkup};
 
-use crate::state::{Dialogue, Draft, Quote};
+use crate::state::{Dialogue, Draft, Quote, Upload};
 use crate::{Ctx, DIALOGUE_TTL};
 
 /// Telegram lets bots download files up to this size through `getFile`.
@@ -58,6 +58,14 @@ pub(crate) async fn start(
             )
             .await;
     }
+    if ctx.off_sale(&model.id).await {
+        return ctx
+            .show(
+                texts::model_off_sale(ctx.lang),
+                Some(keyboards::home(ctx.lang)),
+            )
+            .await;
+    }
     let mut steps: Vec<String> = model.wizard_fields().map(|f| f.name.clone()).collect();
     let mut values = BTreeMap::new();
     let mut advanced = false;
@@ -79,14 +87,29 @@ pub(crate) async fn start(
             steps.extend(advanced_fields(model).map(|f| f.name.clone()));
         }
     }
+    // A prefilled draft opens at its first step still to be answered (an
+    // upload too old to reuse), else at the confirm screen.
+    let pos = if prefilled {
+        steps
+            .iter()
+            .position(|name| {
+                model.field(name).is_some_and(|f| {
+                    f.required && f.default.is_none() && !values.contains_key(name)
+                })
+            })
+            .unwrap_or(steps.len())
+    } else {
+        0
+    };
     let draft = Draft {
         id: DraftId(rand::random()),
         model: model.id.to_string(),
         values,
-        pos: if prefilled { steps.len() } else { 0 },
+        pos,
         steps,
         advanced,
         quote: None,
+        uploads: BTreeMap::new(),
     };
     after_change(ctx, model, draft, None).await
 }
@@ -664,7 +687,20 @@ pub(crate) async fn on_file(
         return refuse(ctx, model, &draft, Refusal::OverTelegramLimit { mb }).await;
     }
     let url = match fetch_and_store(ctx, &file).await {
-        Ok(u) => u,
+        Ok(u) => {
+            draft.uploads.insert(
+                u.clone(),
+                Upload {
+                    at: kiebot_store::now_ms(),
+                    file_id: file.file_id.0.clone(),
+                    unique_id: file.unique_id.clone(),
+                    mime: file.mime.clone(),
+                    name: file.name.clone(),
+                    size: file.size,
+                },
+            );
+            u
+        }
         Err(e) => {
             tracing::warn!(user = %ctx.uid, error = format!("{e:#}"), "upload failed");
             return refuse(ctx, model, &draft, Refusal::UploadFailed).await;
@@ -707,11 +743,7 @@ async fn fetch_and_store(ctx: &Ctx, file: &IncomingFile) -> anyhow::Result<Strin
         }
         buf.extend_from_slice(&chunk);
     }
-    let name = if file.name.is_empty() {
-        file.unique_id.clone()
-    } else {
-        file.name.clone()
-    };
+    let name = upload_name(file);
     match &ctx.deps.kie {
         Some(kie) => {
             let up = kie
@@ -728,6 +760,80 @@ async fn fetch_and_store(ctx: &Ctx, file: &IncomingFile) -> anyhow::Result<Strin
         // validates.
         None => Ok(format!("https://dry-run.invalid/{}", file.unique_id)),
     }
+}
+
+/// A name for KIE's upload host that no other upload has: KIE overwrites an
+/// upload with the same name in the same folder (each user has one), so two
+/// photos both called `image.jpg` would otherwise become one. The original
+/// extension is kept (KIE and the models read the type from it).
+fn upload_name(file: &IncomingFile) -> String {
+    let ext = std::path::Path::new(&file.name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .filter(|e| e.len() <= 5 && e.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(str::to_ascii_lowercase)
+        .or_else(|| {
+            file.mime
+                .split_once('/')
+                .map(|(_, sub)| sub.trim_start_matches("x-").to_owned())
+                .filter(|e| e.len() <= 5 && e.bytes().all(|b| b.is_ascii_alphanumeric()))
+        })
+        .unwrap_or_else(|| "bin".to_owned());
+    let stem: String = file
+        .unique_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    format!(
+        "{stem}-{:x}-{:08x}.{ext}",
+        kiebot_store::now_ms(),
+        rand::random::<u32>()
+    )
+}
+
+/// Uploads older than this are uploaded again when the draft is confirmed:
+/// KIE keeps them about a day, and a confirmed generation can wait in line
+/// for KIE (at most its model's deadline, six hours at most) before its
+/// task is created.
+pub(crate) const REUPLOAD_AFTER_MS: i64 = 12 * 3600 * 1000;
+
+/// Uploads the draft's old files again from Telegram and puts the new URLs
+/// in place. `Err` when one cannot be fetched again (Telegram keeps files
+/// for a long time, but not forever).
+async fn refresh_uploads(ctx: &Ctx, draft: &Draft) -> anyhow::Result<Option<Draft>> {
+    let now = kiebot_store::now_ms();
+    let stale: Vec<(String, Upload)> = draft
+        .uploads
+        .iter()
+        .filter(|(_, u)| now - u.at > REUPLOAD_AFTER_MS)
+        .map(|(url, u)| (url.clone(), u.clone()))
+        .collect();
+    if stale.is_empty() {
+        return Ok(None);
+    }
+    let mut fresh = draft.clone();
+    for (old, up) in stale {
+        let file = IncomingFile {
+            file_id: FileId(up.file_id.clone()),
+            unique_id: up.unique_id.clone(),
+            size: up.size,
+            mime: up.mime.clone(),
+            name: up.name.clone(),
+        };
+        let new = fetch_and_store(ctx, &file).await?;
+        for v in fresh.values.values_mut() {
+            if let ParamValue::Files(urls) = v {
+                for u in urls.iter_mut().filter(|u| **u == old) {
+                    u.clone_from(&new);
+                }
+            }
+        }
+        fresh.uploads.remove(&old);
+        fresh.uploads.insert(new, Upload { at: now, ..up });
+    }
+    tracing::info!(user = %ctx.uid, "old uploads sent to KIE again before confirming");
+    Ok(Some(fresh))
 }
 
 /// How a confirmation came.
@@ -750,6 +856,24 @@ pub(crate) async fn on_confirm(ctx: &Ctx, model: &Model, draft: &Draft) -> anyho
 /// creates one), then queue it.
 async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyhow::Result<()> {
     let lang = ctx.lang;
+    let refreshed = match refresh_uploads(ctx, draft).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(user = %ctx.uid, error = format!("{e:#}"), "old upload not fetched again");
+            return refuse(ctx, model, draft, Refusal::UploadFailed).await;
+        }
+    };
+    if let Some(fresh) = &refreshed {
+        ctx.set_dialogue(&Dialogue::Wizard(fresh.clone())).await?;
+    }
+    let draft = refreshed.as_ref().unwrap_or(draft);
+    if ctx.off_sale(&model.id).await {
+        // Nothing is created or held; the draft stays for when it is back.
+        tracing::info!(user = %ctx.uid, model = %model.id, "confirmation of a model off sale refused");
+        return ctx
+            .show(texts::model_off_sale(lang), Some(keyboards::home(lang)))
+            .await;
+    }
     let params = match Params::validate(model, &draft.values) {
         Ok(p) => p,
         Err(e) => return refuse(ctx, model, draft, refusal_of(&e)).await,

@@ -156,6 +156,39 @@ pub struct Settings {
     /// and workers (Telegram's default budget is about 30; paid broadcasts
     /// allow more).
     pub delivery_rate: u32,
+    /// KIE's account limits as the pipeline keeps them.
+    pub kie_limits: KieLimits,
+    /// `KIE_WEBHOOK_HMAC_KEY`: the account's webhook HMAC key; when set, KIE
+    /// callbacks must carry a valid `X-Webhook-Signature`.
+    pub kie_webhook_hmac_key: Option<Secret>,
+    /// `CATALOG_CHECK_HOURS`: how often a worker fleet compares the catalog
+    /// with KIE's catalogue and takes broken models off sale (0: never).
+    pub catalog_check_hours: u32,
+}
+
+/// KIE's account limits (kie-api.md "Limits and retention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KieLimits {
+    /// `KIE_CREATES_PER_WINDOW`: new tasks per window (KIE: 20).
+    pub creates_per_window: u32,
+    /// `KIE_CREATE_WINDOW_SECS`: the window (KIE: 10 s).
+    pub create_window: std::time::Duration,
+    /// `KIE_MAX_IN_FLIGHT`: tasks at KIE at once (0: no cap).
+    pub max_in_flight: u32,
+    /// `KIE_POLLS_PER_SECOND`: status requests per second per key (KIE: 10);
+    /// the pipeline keeps to this many in any second.
+    pub polls_per_second: u32,
+}
+
+impl Default for KieLimits {
+    fn default() -> Self {
+        KieLimits {
+            creates_per_window: 20,
+            create_window: std::time::Duration::from_secs(10),
+            max_in_flight: 100,
+            polls_per_second: 10,
+        }
+    }
 }
 
 /// The variables this contract reads, for `--help` texts and docs.
@@ -186,6 +219,12 @@ pub const VARIABLES: &[&str] = &[
     "JOB_LEASE_SECS",
     "POLL_INITIAL_MS",
     "DELIVERY_RATE_PER_SECOND",
+    "KIE_CREATES_PER_WINDOW",
+    "KIE_CREATE_WINDOW_SECS",
+    "KIE_MAX_IN_FLIGHT",
+    "KIE_POLLS_PER_SECOND",
+    "KIE_WEBHOOK_HMAC_KEY",
+    "CATALOG_CHECK_HOURS",
 ];
 
 impl Settings {
@@ -404,6 +443,44 @@ impl Settings {
                 0,
                 60_000,
             )?),
+            kie_limits: KieLimits {
+                creates_per_window: parse_in::<u32>(
+                    get("KIE_CREATES_PER_WINDOW"),
+                    "KIE_CREATES_PER_WINDOW",
+                    20,
+                    1,
+                    1_000_000,
+                )?,
+                create_window: std::time::Duration::from_secs(parse_in::<u64>(
+                    get("KIE_CREATE_WINDOW_SECS"),
+                    "KIE_CREATE_WINDOW_SECS",
+                    10,
+                    1,
+                    3600,
+                )?),
+                max_in_flight: parse_in::<u32>(
+                    get("KIE_MAX_IN_FLIGHT"),
+                    "KIE_MAX_IN_FLIGHT",
+                    100,
+                    0,
+                    1_000_000,
+                )?,
+                polls_per_second: parse_in::<u32>(
+                    get("KIE_POLLS_PER_SECOND"),
+                    "KIE_POLLS_PER_SECOND",
+                    10,
+                    2,
+                    1_000_000,
+                )?,
+            },
+            kie_webhook_hmac_key: get("KIE_WEBHOOK_HMAC_KEY").map(Secret::new),
+            catalog_check_hours: parse_in::<u32>(
+                get("CATALOG_CHECK_HOURS"),
+                "CATALOG_CHECK_HOURS",
+                0,
+                0,
+                24 * 30,
+            )?,
         })
     }
 

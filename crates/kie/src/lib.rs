@@ -17,6 +17,8 @@
 //! - [`error`]: [`KieError`], split into retryable and final classes.
 //! - [`retry`]: [`retrying`], bounded exponential backoff with jitter over the
 //!   retryable class only.
+//! - [`webhook`]: the callback signature (`X-Webhook-Signature`), checked when
+//!   the account's HMAC key is configured.
 //!
 //! # The life of a call
 //! 1. The request goes out with `Authorization: Bearer <key>`; the key is held
@@ -49,6 +51,7 @@ pub mod error;
 pub mod retry;
 pub mod task;
 pub mod upload;
+pub mod webhook;
 
 pub use client::KieClient;
 pub use config::{ApiKey, KieConfig};

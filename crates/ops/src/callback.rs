@@ -1,10 +1,13 @@
 //! `POST /kie/callback/{secret}`: KIE says a task may have finished.
 //!
-//! KIE documents no signature for market callbacks, so the URL carries a
-//! secret, and even a request with the right secret is only a hint: it moves
-//! the generation's next poll to now and enqueues a `Poll`, and the poll
-//! re-reads the task from KIE before anything is decided. Nothing here
-//! finalizes, charges or delivers.
+//! The URL carries a secret, and when the operator configures the account's
+//! webhook HMAC key (`KIE_WEBHOOK_HMAC_KEY`) the callback must also carry
+//! KIE's signature (`X-Webhook-Signature` over the task id and
+//! `X-Webhook-Timestamp`; see [`kiebot_kie::webhook`]). Even a request that
+//! passes both is only a hint: it moves the generation's next poll to now and
+//! enqueues a `Poll`, and the poll re-reads the task from KIE before anything
+//! is decided. Nothing here finalizes, charges or delivers. The three KIE
+//! families' bodies (market, Veo, Suno) are all understood.
 //!
 //! The answer is fast and final for every well-formed callback (200, also for
 //! tasks we do not know or no longer wait for), so KIE does not retry
@@ -12,17 +15,18 @@
 //! KIE tries again later.
 //!
 //! Every callback is counted in [`KIE_CALLBACKS`] by `outcome`: `bad_secret`,
-//! `invalid`, `unknown_task`, `not_waiting`, `poll_queued`,
+//! `bad_signature`, `invalid`, `unknown_task`, `not_waiting`, `poll_queued`,
 //! `poll_scheduled` (the push failed; the reconciler will enqueue the poll
 //! the database now says is due) and `error`.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kiebot_domain::GenerationStatus;
 use kiebot_jobs::Job;
+use kiebot_kie::webhook;
 use serde_json::json;
 
 use crate::OpsState;
@@ -33,6 +37,7 @@ use crate::metrics::KIE_CALLBACKS;
 pub async fn kie_callback(
     State(state): State<OpsState>,
     Path(secret): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let expected = state.callback_secret.as_deref().filter(|s| !s.is_empty());
@@ -57,6 +62,24 @@ pub async fn kie_callback(
     };
     let task_id = record.task_id.as_str();
     let kie_state = record.state.name();
+    if let Some(key) = state.callback_hmac_key.as_deref().filter(|k| !k.is_empty()) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let now_secs = kiebot_store::now_ms() / 1000;
+        if let Err(why) = webhook::verify(
+            key,
+            task_id,
+            header(webhook::TIMESTAMP_HEADER),
+            header(webhook::SIGNATURE_HEADER),
+            now_secs,
+        ) {
+            tracing::warn!(task_id, error = %why, "KIE callback refused: bad signature");
+            return answer(
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                json!({"ok": false, "error": "bad signature"}),
+            );
+        }
+    }
     let gens = state.store.generations();
     let generation = match gens.by_task_id(task_id).await {
         Ok(Some(g)) => g,

@@ -83,6 +83,9 @@ pub struct OpsState {
     /// The secret in the KIE callback path. `None` disables the callback
     /// endpoint (404).
     pub callback_secret: Option<String>,
+    /// The account's webhook HMAC key (`KIE_WEBHOOK_HMAC_KEY`): when set, a
+    /// callback without a valid `X-Webhook-Signature` is refused (401).
+    pub callback_hmac_key: Option<String>,
     /// The Prometheus recorder's handle. `None` disables `/metrics` (404).
     pub metrics: Option<PrometheusHandle>,
     /// The Telegram webhook routes, merged as they are (built by the bot).
@@ -102,6 +105,10 @@ impl fmt::Debug for OpsState {
             .field(
                 "callback_secret",
                 &self.callback_secret.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "callback_hmac_key",
+                &self.callback_hmac_key.as_ref().map(|_| "<set>"),
             )
             .field("metrics", &self.metrics.is_some())
             .field("webhook", &self.webhook.is_some())

@@ -167,3 +167,45 @@ async fn callbacks_are_counted_by_outcome() {
         assert!(text.contains(&series), "{series} missing from\n{text}");
     }
 }
+
+#[tokio::test]
+async fn with_an_hmac_key_only_callbacks_signed_by_kie_move_the_poll() {
+    let mut opts = Options::new(Backend::Embedded);
+    opts.hmac_key = Some("account-webhook-key".into());
+    let app = TestApp::start(opts).await;
+    let user = funded_user(&app.store, 23, 10_000).await;
+    let id = submitted_generation(&app.store, user, 500, "task_signed").await;
+    let body = callback_body("task_signed", "success");
+    let now = (kiebot_store::now_ms() / 1000).to_string();
+
+    // Unsigned, signed with another key, signed for another task, replayed
+    // from long ago: refused, and the poll stays where it was.
+    let unsigned = app.callback(SECRET, &body).await;
+    assert_eq!(unsigned.status(), 401);
+    let forged = kiebot_kie::webhook::sign("guessed-key", "task_signed", &now);
+    assert_eq!(
+        app.signed_callback(SECRET, &body, &now, &forged).await.status(),
+        401
+    );
+    let other_task = kiebot_kie::webhook::sign("account-webhook-key", "task_other", &now);
+    assert_eq!(
+        app.signed_callback(SECRET, &body, &now, &other_task).await.status(),
+        401
+    );
+    let old = "1700000000";
+    let stale = kiebot_kie::webhook::sign("account-webhook-key", "task_signed", old);
+    assert_eq!(
+        app.signed_callback(SECRET, &body, old, &stale).await.status(),
+        401
+    );
+    let still = app.store.generations().get(id).await.unwrap().unwrap();
+    assert!(still.next_poll_at.unwrap() > kiebot_store::now_ms() + 60_000);
+    assert_eq!(app.depths().await, (0, 0, 0, 0));
+
+    // KIE's own signature: the poll is due now.
+    let good = kiebot_kie::webhook::sign("account-webhook-key", "task_signed", &now);
+    let res = app.signed_callback(SECRET, &body, &now, &good).await;
+    assert_eq!(res.status(), 200);
+    let after = app.store.generations().get(id).await.unwrap().unwrap();
+    assert!(after.next_poll_at.unwrap() <= kiebot_store::now_ms());
+}

@@ -177,6 +177,12 @@ pub struct Generation {
     pub funding_returned_at: Option<i64>,
     /// The W3C traceparent of the confirmation that created it.
     pub traceparent: Option<String>,
+    /// When the create dispatcher gave it one of KIE's create slots.
+    pub admitted_at: Option<i64>,
+    /// KIE's own run time of its task, once finished.
+    pub kie_run_ms: Option<i64>,
+    /// What KIE billed for it, in thousandths of a credit.
+    pub kie_credits: Option<i64>,
 }
 
 #[macro_export]
@@ -188,7 +194,7 @@ macro_rules! generation_columns {
          fail_reason, chat_id, progress_message_id, created_at, updated_at, submitted_at, \
          finished_at, delivered_at, delivery_attempts, next_delivery_at, claimed_until, \
          file_ids, delivery_error, free_day, budget_spent, funding_returned_at, \
-         traceparent"
+         traceparent, admitted_at, kie_run_ms, kie_credits"
     };
 }
 
@@ -1194,5 +1200,8 @@ pub(crate) fn generation_from_row(r: &AnyRow) -> Result<Generation> {
             .map(Money::from_minor),
         funding_returned_at: r.try_get("funding_returned_at")?,
         traceparent: r.try_get("traceparent")?,
+        admitted_at: r.try_get("admitted_at")?,
+        kie_run_ms: r.try_get("kie_run_ms")?,
+        kie_credits: r.try_get("kie_credits")?,
     })
 }

@@ -15,6 +15,8 @@
 //!   [`settings`]: the rest of the bot's state.
 //! - [`broadcasts`]: admin broadcasts and the lease that lets exactly one
 //!   front process send them.
+//! - [`model_holds`]: models taken off sale (by the catalog check or an
+//!   operator) until an operator puts them back.
 //!
 //! # One SQL text, two engines
 //!
@@ -84,6 +86,7 @@ mod error;
 pub mod free_usage;
 pub mod generations;
 pub mod ledger;
+pub mod model_holds;
 pub mod payments;
 pub mod pipeline;
 pub mod promos;
@@ -206,6 +209,7 @@ pub struct Store {
     engine: Engine,
     /// Settings read through [`Settings::get_recent`], shared by clones.
     recent_settings: std::sync::Arc<settings::RecentSettings>,
+    recent_holds: std::sync::Arc<model_holds::RecentHolds>,
     /// Confirmations waiting to be written together (PostgreSQL).
     confirms: std::sync::Arc<confirm_batch::ConfirmBatcher>,
 }
@@ -280,6 +284,7 @@ impl Store {
             pool,
             engine,
             recent_settings: Default::default(),
+            recent_holds: Default::default(),
             confirms: Default::default(),
         })
     }
@@ -373,6 +378,11 @@ impl Store {
     /// Operator settings (maintenance mode, FX rate).
     pub fn settings(&self) -> Settings<'_> {
         Settings::new(self)
+    }
+
+    /// Models taken off sale.
+    pub fn model_holds(&self) -> model_holds::ModelHolds<'_> {
+        model_holds::ModelHolds::new(self)
     }
 
     /// Opens a write transaction: `BEGIN IMMEDIATE` on SQLite (the write lock

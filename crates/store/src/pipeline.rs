@@ -99,6 +99,10 @@ impl Generation {
 
 const FINISHED: &str = "('succeeded', 'failed', 'expired', 'canceled')";
 
+/// How many of the oldest due pending rows the fair ranking of
+/// [`Generations::claim_due_submits`] looks at.
+pub const FAIR_WINDOW: u32 = 5000;
+
 impl Generations<'_> {
     /// Claims a pending generation for a submit attempt and counts the
     /// attempt, before KIE is called. `None`: not pending, or another worker
@@ -339,7 +343,13 @@ impl Generations<'_> {
     }
 
     /// Reconciler: pending rows nobody is submitting — never tried and older
-    /// than `grace_ms`, or due for a retry — claimed until `requeue_at`.
+    /// than `grace_ms`, or due for a retry — claimed until `requeue_at` and
+    /// marked admitted at `now`.
+    ///
+    /// Taken fairly across users: each user's first waiting row comes before
+    /// anyone's second (then by age), so one user's five confirmations do not
+    /// put twenty other users behind them while KIE's create limit holds the
+    /// line back. The ranking looks at the oldest [`FAIR_WINDOW`] due rows.
     pub async fn claim_due_submits(
         &self,
         now: i64,
@@ -349,10 +359,19 @@ impl Generations<'_> {
     ) -> Result<Vec<GenerationId>> {
         let due = "status = 'pending' AND COALESCE(next_poll_at, created_at + $2) <= $1 \
                    AND (claimed_until IS NULL OR claimed_until <= $1)";
+        // The candidates are locked before they are ranked: PostgreSQL allows
+        // no row lock in a query with a window function.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE generations SET next_poll_at = $3 \
-             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY id LIMIT $4{lock}) AND {due} \
-             RETURNING id",
+            "WITH candidates AS ( \
+                 SELECT id, user_id FROM generations WHERE {due} ORDER BY id LIMIT {FAIR_WINDOW}{lock}), \
+             chosen AS ( \
+                 SELECT id FROM ( \
+                     SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id) AS turn \
+                     FROM candidates) ranked \
+                 ORDER BY turn, id LIMIT $4) \
+             UPDATE generations SET next_poll_at = $3, admitted_at = $1 \
+             WHERE id IN (SELECT id FROM chosen) AND {due} \
+             RETURNING id, user_id",
             lock = self.store().skip_locked()
         )))
         .bind(now)
@@ -361,9 +380,110 @@ impl Generations<'_> {
         .bind(limit)
         .fetch_all(self.store().pool())
         .await?;
-        rows.iter()
-            .map(|r| Ok(GenerationId(r.try_get("id")?)))
-            .collect()
+        // RETURNING gives no order; the caller needs the fair one when it has
+        // create slots for only some of them.
+        let mut claimed: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("user_id")?)))
+            .collect::<Result<_>>()?;
+        claimed.sort_unstable();
+        let mut turns: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
+        let mut ranked: Vec<(u32, i64)> = claimed
+            .into_iter()
+            .map(|(id, user)| {
+                let turn = turns.entry(user).or_insert(0);
+                *turn += 1;
+                (*turn, id)
+            })
+            .collect();
+        ranked.sort_unstable();
+        Ok(ranked.into_iter().map(|(_, id)| GenerationId(id)).collect())
+    }
+
+    /// Pending rows due for a submit now (as
+    /// [`claim_due_submits`](Self::claim_due_submits) would take them),
+    /// counted up to `limit`.
+    pub async fn count_due_submits(&self, now: i64, grace_ms: i64, limit: u32) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM generations \
+                 WHERE status = 'pending' AND COALESCE(next_poll_at, created_at + $2) <= $1 \
+                 AND (claimed_until IS NULL OR claimed_until <= $1) LIMIT {limit}) t"
+        )))
+        .bind(now)
+        .bind(grace_ms)
+        .fetch_one(self.store().pool())
+        .await?;
+        Ok(crate::sql::count(n))
+    }
+
+    /// Gives a claimed pending row back without a create: the attempt counted
+    /// by [`claim_submit`](Self::claim_submit) is taken back (nothing was sent
+    /// to KIE, or KIE refused it for its rate, which proves no task was made),
+    /// and the row is due again at `at`, in the fair line.
+    pub async fn park_submit(&self, id: GenerationId, at: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE generations SET submit_attempts = CASE WHEN submit_attempts > 0 \
+                 THEN submit_attempts - 1 ELSE 0 END, \
+                 claimed_until = NULL, admitted_at = NULL, next_poll_at = $2, updated_at = $3 \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id.0)
+        .bind(at)
+        .bind(now_ms())
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Tasks at KIE now (submitted, no outcome yet), counted up to `cap`:
+    /// enough to know whether the in-flight cap is reached, without counting
+    /// a hundred thousand rows.
+    pub async fn count_in_flight(&self, cap: u32) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM generations \
+                 WHERE status = 'submitted' AND result IS NULL AND fail_code IS NULL LIMIT {cap}) t"
+        )))
+        .fetch_one(self.store().pool())
+        .await?;
+        Ok(crate::sql::count(n))
+    }
+
+    /// Keeps KIE's own account of a finished task: its run time (for the
+    /// model's poll plan) and what it billed (for margin reports).
+    pub async fn record_kie_facts(
+        &self,
+        id: GenerationId,
+        run_ms: Option<i64>,
+        credits_milli: Option<i64>,
+    ) -> Result<()> {
+        if run_ms.is_none() && credits_milli.is_none() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE generations SET kie_run_ms = COALESCE($2, kie_run_ms), \
+                 kie_credits = COALESCE($3, kie_credits) WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(run_ms)
+        .bind(credits_milli)
+        .execute(self.store().pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The run times (ms) of a model's most recent finished tasks, newest
+    /// first.
+    pub async fn recent_run_times(&self, model: &str, limit: u32) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT kie_run_ms FROM generations WHERE model = $1 AND kie_run_ms IS NOT NULL \
+             ORDER BY finished_at DESC LIMIT $2",
+        )
+        .bind(model)
+        .bind(i64::from(limit))
+        .fetch_all(self.store().pool())
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("kie_run_ms")?)).collect()
     }
 
     /// Reconciler: submitted rows whose next poll (or, with a recorded

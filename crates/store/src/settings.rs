@@ -56,6 +56,25 @@ impl<'a> Settings<'a> {
         Ok(())
     }
 
+    /// Takes the turn kept under `key` (a unix-ms time) when it is due at
+    /// `now`, moving it to `next`, in one statement: of many processes asking
+    /// at once, exactly one gets each turn. A key never set is due.
+    pub async fn take_turn(&self, key: &str, now: i64, next: i64) -> Result<bool> {
+        let taken = sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+             WHERE CAST(settings.value AS BIGINT) <= $2 \
+             RETURNING key",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(next.to_string())
+        .fetch_optional(self.store.pool())
+        .await?;
+        self.store.recent_settings.forget(key);
+        Ok(taken.is_some())
+    }
+
     /// Removes the value.
     pub async fn delete(&self, key: &str) -> Result<()> {
         sqlx::query("DELETE FROM settings WHERE key = $1")

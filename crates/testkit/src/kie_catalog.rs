@@ -201,10 +201,18 @@ mod tests {
         let all = recorded();
         let mut seen = std::collections::BTreeSet::new();
         for m in &all {
-            assert!(seen.insert((m.model.clone(), m.endpoint.clone())), "{} twice", m.model);
+            assert!(
+                seen.insert((m.model.clone(), m.endpoint.clone())),
+                "{} twice",
+                m.model
+            );
             assert!(!m.doc.is_empty(), "{} names no source page", m.model);
             for r in &m.required {
-                assert!(m.input.contains_key(r), "{}: required {r} is not a property", m.model);
+                assert!(
+                    m.input.contains_key(r),
+                    "{}: required {r} is not a property",
+                    m.model
+                );
             }
         }
     }

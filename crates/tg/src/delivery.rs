@@ -108,6 +108,21 @@ pub struct DeliveryRequest {
     pub caption: String,
     /// Buttons under the result (Repeat, History, Menu).
     pub keyboard: Option<InlineKeyboardMarkup>,
+    /// Music tracks' titles and covers, in the order of `urls` (empty for
+    /// other results): each track goes as an audio message with its title,
+    /// after the first cover as a photo.
+    pub tracks: Vec<TrackMeta>,
+}
+
+/// What a music player shows of one track.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrackMeta {
+    /// The title.
+    pub title: Option<String>,
+    /// The cover picture's URL.
+    pub cover: Option<String>,
+    /// Who made it (shown as the performer).
+    pub performer: Option<String>,
 }
 
 /// How a result reached the user; later variants are worse.
@@ -586,8 +601,9 @@ impl Sender<'_> {
         if single && utf16_len(&caption) <= MAX_CAPTION_UTF16 {
             let url = &request.urls[0];
             let caption = (!caption.is_empty()).then_some(caption.as_str());
+            let track = request.tracks.first().filter(|_| request.kind == DeliveryKind::Audio);
             match self
-                .single(Media::of(request.kind), url, caption, keyboard)
+                .single_with(Media::of(request.kind), url, caption, keyboard, track)
                 .await?
             {
                 Outcome::Sent(messages, r) => {
@@ -602,14 +618,32 @@ impl Sender<'_> {
             }
         } else {
             let mut links: Vec<&str> = Vec::new();
+            // Music: the cover first, as the record sleeve; a cover Telegram
+            // cannot fetch is left out rather than sent as a link.
+            if request.kind == DeliveryKind::Audio
+                && let Some(cover) = request.tracks.iter().find_map(|t| t.cover.as_deref())
+                && let Ok(parsed) = url::Url::parse(cover)
+            {
+                match self
+                    .send_media(Media::Photo, InputFile::url(parsed), None, None, None)
+                    .await
+                {
+                    Ok(message) => sent.push(message),
+                    Err(CallError::MediaRefused(reason)) => {
+                        tracing::info!(%reason, "Telegram refused the cover; tracks go without it");
+                    }
+                    Err(err) => return Err(err.into_delivery()),
+                }
+            }
             let groups: Vec<&[String]> = if request.kind == DeliveryKind::Image {
                 request.urls.chunks(MAX_ALBUM_ITEMS).collect()
             } else {
                 request.urls.chunks(1).collect()
             };
-            for group in groups {
+            for (i, group) in groups.into_iter().enumerate() {
+                let track = request.tracks.get(i).filter(|_| request.kind == DeliveryKind::Audio);
                 let outcome = if group.len() == 1 {
-                    self.single(Media::of(request.kind), &group[0], None, None)
+                    self.single_with(Media::of(request.kind), &group[0], None, None, track)
                         .await?
                 } else {
                     self.album(group).await?
@@ -674,9 +708,12 @@ impl Sender<'_> {
         file: InputFile,
         caption: Option<&str>,
         keyboard: Option<&InlineKeyboardMarkup>,
+        track: Option<&TrackMeta>,
     ) -> Result<Message, CallError> {
         let caption = caption.map(str::to_owned);
         let keyboard = keyboard.cloned();
+        let title = track.and_then(|t| t.title.clone());
+        let performer = track.and_then(|t| t.performer.clone());
         match media {
             Media::Photo => {
                 self.call("sendPhoto", || {
@@ -712,6 +749,12 @@ impl Sender<'_> {
             Media::Audio => {
                 self.call("sendAudio", || {
                     let mut req = self.bot.send_audio(self.chat, file.clone());
+                    if let Some(t) = &title {
+                        req = req.title(t.clone());
+                    }
+                    if let Some(p) = &performer {
+                        req = req.performer(p.clone());
+                    }
                     req = match &caption {
                         Some(c) => req.caption(c.clone()),
                         None => req,
@@ -741,16 +784,17 @@ impl Sender<'_> {
     }
 
     /// The ladder for one file.
-    async fn single(
+    async fn single_with(
         &self,
         media: Media,
         url: &str,
         caption: Option<&str>,
         keyboard: Option<&InlineKeyboardMarkup>,
+        track: Option<&TrackMeta>,
     ) -> Result<Outcome, DeliveryError> {
         match url::Url::parse(url) {
             Ok(parsed) => match self
-                .send_media(media, InputFile::url(parsed), caption, keyboard)
+                .send_media(media, InputFile::url(parsed), caption, keyboard, track)
                 .await
             {
                 Ok(message) => return Ok(Outcome::Sent(vec![message], Route::Url)),
@@ -783,7 +827,7 @@ impl Sender<'_> {
             media
         };
         let input = InputFile::memory(file.bytes).file_name(file.file_name);
-        match self.send_media(media, input, caption, keyboard).await {
+        match self.send_media(media, input, caption, keyboard, track).await {
             Ok(message) => Ok(Outcome::Sent(vec![message], Route::Upload)),
             Err(CallError::MediaRefused(reason)) => {
                 tracing::warn!(%reason, "Telegram refused the upload; sending a link");

@@ -792,6 +792,15 @@ pub fn stale_button(lang: Lang) -> String {
     )
 }
 
+/// The model is off sale for now (KIE changed it; an operator checks).
+pub fn model_off_sale(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Эта модель временно недоступна: сервис генерации изменил её, и мы проверяем изменения. Ничего не списано — выберите другую модель.",
+        "This model is temporarily unavailable: the generation service changed it and we are checking the change. Nothing was charged; please choose another model."
+    )
+}
+
 /// The model is no longer sold.
 pub fn model_unavailable(lang: Lang) -> String {
     tr!(

@@ -35,6 +35,7 @@ fn request(kind: DeliveryKind, urls: &[&str]) -> DeliveryRequest {
         text: None,
         caption: "Done: a red fox".to_owned(),
         keyboard: Some(keyboard()),
+        tracks: Vec::new(),
     }
 }
 

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use kiebot_config::{Mode, Settings};
+use kiebot_config::{KieLimits, Mode, Settings};
 use kiebot_jobs::Queues;
 use kiebot_jobs::names::QueueNames;
 use kiebot_kie::{ApiKey, KieClient, KieConfig};
+use kiebot_kie_gate::{GateConfig, KieGate, LocalGate, RedisGate};
 use kiebot_store::{PoolSize, Store};
 use kiebot_tg::rate_limit::{DeliveryLimiter, InProcessLimiter, LimiterConfig, RedisLimiter};
 use rand::Rng;
@@ -61,7 +62,8 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         global_per_second: settings.delivery_rate,
         ..LimiterConfig::default()
     };
-    let (queues, limiter): (Queues, Arc<dyn DeliveryLimiter>) = match mode {
+    let gate_config = gate_config(&settings.kie_limits);
+    let (queues, limiter, gate): (Queues, Arc<dyn DeliveryLimiter>, Arc<dyn KieGate>) = match mode {
         Mode::Fleet => {
             let url = settings
                 .redis_url
@@ -74,13 +76,21 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
                 RedisLimiter::connect(url, &format!("{}kiebot:tg", prefix(&namespace)), limits)
                     .await
                     .context("connecting the delivery rate limiter to REDIS_URL")?;
-            (queues, Arc::new(limiter))
+            let gate =
+                RedisGate::connect(url, &format!("{}kiebot:kie", prefix(&namespace)), gate_config)
+                    .await
+                    .context("connecting the KIE rate gate to REDIS_URL")?;
+            (queues, Arc::new(limiter), Arc::new(gate))
         }
         Mode::Embedded => {
             let queues = Queues::sqlite(&settings.database_url, names)
                 .await
                 .context("opening the embedded queue")?;
-            (queues, Arc::new(InProcessLimiter::new(limits)))
+            (
+                queues,
+                Arc::new(InProcessLimiter::new(limits)),
+                Arc::new(LocalGate::new(gate_config)),
+            )
         }
     };
     let kie = if settings.dry_run {
@@ -110,6 +120,10 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         poll_first: settings.poll_initial,
         ..PipelineConfig::default()
     });
+    config.max_in_flight = settings.kie_limits.max_in_flight;
+    config.catalog_check_every = (settings.catalog_check_hours > 0).then(|| {
+        std::time::Duration::from_secs(u64::from(settings.catalog_check_hours) * 3600)
+    });
     if let Some(public) = &settings.public_url {
         let secret = callback_secret(&store).await?;
         config.callback_url = Some(format!("{public}/kie/callback/{secret}"));
@@ -121,6 +135,8 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         catalog,
         bot,
         limiter,
+        gate,
+        run_times: Default::default(),
         config,
         last_vacuum_minute: Default::default(),
     }))
@@ -136,6 +152,19 @@ pub async fn callback_secret(store: &Store) -> anyhow::Result<String> {
             .collect()
     };
     Ok(store.setting_or_init(CALLBACK_SECRET_KEY, &fresh).await?)
+}
+
+/// KIE's limits as a gate keeps them: the per-second poll limit is split
+/// into a steady rate and a small burst that together never exceed it.
+pub fn gate_config(limits: &KieLimits) -> GateConfig {
+    let burst = if limits.polls_per_second >= 5 { 2 } else { 1 };
+    GateConfig {
+        creates_per_window: limits.creates_per_window,
+        window: limits.create_window,
+        polls_per_second: limits.polls_per_second.saturating_sub(burst).max(1),
+        poll_burst: burst,
+        ..GateConfig::default()
+    }
 }
 
 fn prefix(namespace: &str) -> String {

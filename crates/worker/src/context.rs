@@ -5,9 +5,15 @@ use std::time::Duration;
 
 use kiebot_domain::{Catalog, Family};
 use kiebot_jobs::Queues;
-use kiebot_kie::{KieClient, RetryPolicy};
+use kiebot_kie::KieClient;
+use kiebot_kie_gate::KieGate;
 use kiebot_store::Store;
 use kiebot_tg::rate_limit::DeliveryLimiter;
+
+use crate::plan::{PollPlan, RunEstimate, RunTimes};
+
+/// How stale the list of held models may be when a Submit reads it.
+const HOLDS_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the Unix epoch, the unit of every stored timestamp.
 pub fn now_ms() -> i64 {
@@ -39,12 +45,18 @@ pub struct PipelineConfig {
     pub poll_first: Duration,
     /// Longest delay between polls.
     pub poll_max: Duration,
-    /// In-handler retries of createTask for errors that prove no task was
-    /// created (429, 5xx, 455).
-    pub submit_retry: RetryPolicy,
-    /// Submit attempts before a generation fails (each may create a billed
-    /// KIE task when a reply is lost, so keep it small).
+    /// Between polls while a task is likely to finish (see [`crate::plan`]).
+    pub poll_hot_gap: Duration,
+    /// Plan polls around each model's expected run time. Off, every task is
+    /// taken to be likely to finish at once (tests and benchmarks whose fake
+    /// KIE answers at once).
+    pub estimate_runs: bool,
+    /// Submit attempts before a generation fails: calls that may have
+    /// created a billed KIE task (a server error, a timeout, a lost reply).
+    /// KIE's 429 and 455 prove nothing was made and are not counted.
     pub max_submit_attempts: i64,
+    /// Tasks at KIE at once (0: no cap); creates wait beyond it.
+    pub max_in_flight: u32,
     /// How long a claimed row is left alone before the reconciler may hand
     /// it to another worker (a worker died mid-job).
     pub lease: Duration,
@@ -61,6 +73,9 @@ pub struct PipelineConfig {
     /// (the queue never holds an unbounded backlog; the database does). Keep
     /// it below `kiebot_jobs::REDIS_BACKLOG`.
     pub queue_high_water: u64,
+    /// How often the fleet compares the catalog with KIE's catalogue and
+    /// takes broken models off sale (`None`: never).
+    pub catalog_check_every: Option<Duration>,
     /// How long after its deadline a submitted task is expired without a
     /// last word from KIE. The poll due at the deadline normally decides
     /// first (and expires a task KIE still runs); this bound ends tasks whose
@@ -74,8 +89,10 @@ impl Default for PipelineConfig {
             callback_url: None,
             poll_first: Duration::from_secs(3),
             poll_max: Duration::from_secs(30),
-            submit_retry: RetryPolicy::default(),
+            poll_hot_gap: Duration::from_secs(2),
+            estimate_runs: true,
             max_submit_attempts: 3,
+            max_in_flight: 100,
             lease: Duration::from_secs(60),
             pending_grace: Duration::from_secs(20),
             max_delivery_attempts: 8,
@@ -83,6 +100,7 @@ impl Default for PipelineConfig {
             reconcile_interval: Duration::from_secs(1),
             queue_high_water: 1_500,
             expiry_grace: Duration::from_secs(300),
+            catalog_check_every: None,
         }
     }
 }
@@ -100,6 +118,23 @@ impl PipelineConfig {
             }
         }
         d.min(self.poll_max)
+    }
+
+    /// The wait before the next create after `attempts` that may have made a
+    /// task (1-based): 2 s doubling, capped at a minute.
+    pub fn submit_backoff(&self, attempts: i64) -> Duration {
+        let secs = 2u64.saturating_pow(attempts.clamp(1, 10) as u32);
+        Duration::from_secs(secs.min(60))
+    }
+
+    /// The shape of the poll schedule (see [`crate::plan`]).
+    pub fn plan(&self) -> PollPlan {
+        PollPlan {
+            first: self.poll_first,
+            hot_gap: self.poll_hot_gap,
+            max_gap: self.poll_max,
+            callbacks: self.callback_url.is_some(),
+        }
     }
 
     /// The delay before delivery attempt `attempt` (1-based): 2 s doubling,
@@ -124,6 +159,10 @@ pub struct Ctx {
     pub bot: teloxide::Bot,
     /// The delivery rate limiter shared by all workers.
     pub limiter: Arc<dyn DeliveryLimiter>,
+    /// KIE's account limits shared by all workers.
+    pub gate: Arc<dyn KieGate>,
+    /// Each model's recent run times at KIE.
+    pub run_times: RunTimes,
     /// Timings and limits.
     pub config: PipelineConfig,
     /// The minute (since the epoch) of the last queue vacuum.
@@ -141,6 +180,8 @@ impl Ctx {
             catalog: self.catalog.clone(),
             bot: self.bot.clone(),
             limiter: self.limiter.clone(),
+            gate: self.gate.clone(),
+            run_times: RunTimes::default(),
             config: self.config.clone(),
             last_vacuum_minute: std::sync::atomic::AtomicI64::new(0),
         }
@@ -161,6 +202,51 @@ impl Ctx {
             .due_again(&[job.generation()], now_ms())
             .await?;
         Ok(())
+    }
+
+    /// Why `model` is off sale, if it is (taken off sale by the catalog check
+    /// or an operator). A failure to read counts as on sale: KIE refuses a
+    /// truly broken request anyway, and the hold is released then.
+    pub async fn off_sale(&self, model: &kiebot_domain::ModelId) -> Option<String> {
+        match self.store.model_holds().recent(HOLDS_MAX_AGE).await {
+            Ok(holds) => holds.get(model.as_str()).map(|h| h.reason.clone()),
+            Err(e) => {
+                tracing::warn!(error = %e, "model holds unreadable; taken as none");
+                None
+            }
+        }
+    }
+
+    /// How long `model`'s tasks take at KIE: its recent runs when there are
+    /// enough, else the catalog's estimate.
+    pub async fn run_estimate(&self, model: &kiebot_domain::ModelId) -> RunEstimate {
+        if !self.config.estimate_runs {
+            return RunEstimate::prior(Duration::ZERO);
+        }
+        let prior = || {
+            RunEstimate::prior(
+                self.catalog
+                    .get(model.as_str())
+                    .map_or(Duration::from_secs(60), kiebot_domain::Model::expected_run),
+            )
+        };
+        if let Some(known) = self.run_times.cached(model.as_str()) {
+            return known.unwrap_or_else(prior);
+        }
+        let read = self
+            .store
+            .generations()
+            .recent_run_times(model.as_str(), crate::plan::SAMPLES)
+            .await;
+        let estimate = match read {
+            Ok(samples) => RunEstimate::from_samples(&samples),
+            Err(e) => {
+                tracing::warn!(error = %e, "run times unreadable");
+                None
+            }
+        };
+        self.run_times.keep(model.as_str(), estimate);
+        estimate.unwrap_or_else(prior)
     }
 
     /// The KIE API family of a generation: its model's, or, for a model the

@@ -14,7 +14,7 @@ use kiebot_domain::{GenerationStatus, OutputKind};
 use kiebot_jobs::Deliver;
 use kiebot_store::generations::Generation;
 use kiebot_store::pipeline::DeliveryClaim;
-use kiebot_tg::delivery::{DeliveryError, DeliveryKind, DeliveryRequest, deliver};
+use kiebot_tg::delivery::{DeliveryError, DeliveryKind, DeliveryRequest, TrackMeta, deliver};
 use kiebot_tg::texts::{self, Lang};
 use tracing::{info, warn};
 
@@ -114,6 +114,7 @@ pub fn build_request(ctx: &Ctx, g: &Generation, lang: Lang) -> DeliveryRequest {
             text: Some(reason),
             caption: String::new(),
             keyboard: None,
+            tracks: Vec::new(),
         };
     }
     let result: serde_json::Value = g
@@ -149,12 +150,38 @@ pub fn build_request(ctx: &Ctx, g: &Generation, lang: Lang) -> DeliveryRequest {
         (Some(OutputKind::Text), _) => DeliveryKind::Text,
         _ => DeliveryKind::Image,
     };
+    // Music: each track's title and cover, in the order of its audio URL.
+    let tracks: Vec<TrackMeta> = if kind == DeliveryKind::Audio {
+        let stored = result.get("tracks").and_then(|t| t.as_array());
+        urls.iter()
+            .map(|url| {
+                let t = stored.and_then(|list| {
+                    list.iter()
+                        .find(|t| t.get("audioUrl").and_then(|u| u.as_str()) == Some(url))
+                });
+                let text = |k: &str| {
+                    t.and_then(|t| t.get(k))
+                        .and_then(|v| v.as_str())
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                };
+                TrackMeta {
+                    title: text("title"),
+                    cover: text("imageUrl"),
+                    performer: Some(model_name.to_owned()),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     DeliveryRequest {
         kind,
         urls,
         text,
         caption: texts::result_caption(lang, model_name, g.price),
         keyboard: Some(texts::result_keyboard(lang, g.id)),
+        tracks,
     }
 }
 

@@ -38,12 +38,8 @@ pub fn quick_pipeline() -> PipelineConfig {
     PipelineConfig {
         poll_first: Duration::from_millis(50),
         poll_max: Duration::from_millis(200),
-        submit_retry: kiebot_kie::RetryPolicy {
-            min_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(100),
-            max_attempts: 4,
-            jitter: true,
-        },
+        poll_hot_gap: Duration::from_millis(50),
+        estimate_runs: false,
         lease: Duration::from_secs(3),
         pending_grace: Duration::from_secs(2),
         ..PipelineConfig::default()
@@ -118,6 +114,16 @@ impl Harness {
         vars.insert("KIE_API_KEY".to_owned(), kie.api_key().to_owned());
         vars.insert("KIE_API_URL".to_owned(), kie.base_url());
         vars.insert("KIE_UPLOAD_URL".to_owned(), kie.upload_base());
+        // KIE's limits are off unless a test sets them: the fake enforces
+        // none unless told to.
+        for (k, v) in [
+            ("KIE_CREATES_PER_WINDOW", "1000000"),
+            ("KIE_CREATE_WINDOW_SECS", "1"),
+            ("KIE_MAX_IN_FLIGHT", "0"),
+            ("KIE_POLLS_PER_SECOND", "1000000"),
+        ] {
+            vars.insert(k.to_owned(), v.to_owned());
+        }
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -169,6 +175,26 @@ impl Harness {
                 self.settings.delivery_rate.to_string(),
             ),
         ];
+        // The same KIE limits as the harness's own context.
+        let limits = &self.settings.kie_limits;
+        env.extend([
+            (
+                "KIE_CREATES_PER_WINDOW".to_owned(),
+                limits.creates_per_window.to_string(),
+            ),
+            (
+                "KIE_CREATE_WINDOW_SECS".to_owned(),
+                limits.create_window.as_secs().to_string(),
+            ),
+            (
+                "KIE_MAX_IN_FLIGHT".to_owned(),
+                limits.max_in_flight.to_string(),
+            ),
+            (
+                "KIE_POLLS_PER_SECOND".to_owned(),
+                limits.polls_per_second.to_string(),
+            ),
+        ]);
         if let Some(r) = &self.settings.redis_url {
             env.push(("REDIS_URL".to_owned(), r.clone()));
         }

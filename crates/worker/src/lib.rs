@@ -29,12 +29,14 @@
 //! the source of truth.
 
 pub mod assemble;
+pub mod catalog_watch;
 pub mod context;
 pub mod deliver;
 pub mod finalize;
 #[cfg(feature = "harness")]
 pub mod harness;
 pub mod metrics_names;
+pub mod plan;
 pub mod poll;
 pub mod reconcile;
 pub mod runtime;

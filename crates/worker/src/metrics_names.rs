@@ -24,6 +24,22 @@ pub const DELIVERIES: &str = "kiebot_deliveries_total";
 pub const RECONCILED: &str = "kiebot_reconciled_jobs_total";
 /// Gauge: jobs waiting in a queue, by `queue`.
 pub const QUEUE_DEPTH: &str = "kiebot_queue_depth";
+/// Counter: KIE answered 429, by `endpoint`.
+pub const KIE_RATE_LIMITED: &str = "kiebot_kie_rate_limited_total";
+/// Counter: creates that waited for a slot (KIE's window, the in-flight cap,
+/// or the line).
+pub const KIE_CREATES_WAITED: &str = "kiebot_kie_creates_waited_total";
+/// Counter: polls that waited for the status budget.
+pub const KIE_POLLS_WAITED: &str = "kiebot_kie_polls_waited_total";
+/// Counter: KIE refusals the operator must act on (401, 402, 433), by `code`.
+pub const KIE_OPERATOR_ERRORS: &str = "kiebot_kie_operator_errors_total";
+/// Gauge: generations waiting for a KIE create slot (as the reconciler last
+/// saw them).
+pub const KIE_CREATE_LINE: &str = "kiebot_kie_create_line";
+/// Gauge: models off sale.
+pub const MODELS_OFF_SALE: &str = "kiebot_models_off_sale";
+/// Counter: catalog check findings, by `severity`.
+pub const CATALOG_FINDINGS: &str = "kiebot_catalog_findings_total";
 
 /// Records one KIE call.
 pub fn kie_call(endpoint: &'static str, outcome: &'static str, seconds: f64) {

@@ -4,16 +4,23 @@
 //! queue entries: the reconciler enqueues the due ones in bounded batches, so
 //! 100,000 generations in flight cost 100,000 rows, not 100,000 timers in
 //! Redis. A poll that finds the task still running only moves the row's next
-//! poll time; one that finds an outcome runs the finalizer in the same job
-//! (see [`finish`] for why, and for what happens when that fails).
+//! poll time, planned around the model's likely finish ([`crate::plan`]); one
+//! that finds an outcome keeps KIE's own run time and cost, and runs the
+//! finalizer in the same job (see [`finish`] for why, and for what happens
+//! when that fails).
+//!
+//! Every status request takes a token from the shared poll budget first
+//! (KIE answers at most 10 per second per key): a poll that finds none waits
+//! a moment, or is put back in the database for the next tick.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apalis::prelude::Data;
 use kiebot_domain::GenerationStatus;
 use kiebot_jobs::{Job, Poll};
 use kiebot_kie::{KieError, TaskId, TaskState};
+use kiebot_kie_gate::Admission;
 use kiebot_store::generations::Generation;
 use kiebot_store::pipeline::Outcome;
 use tracing::{info, warn};
@@ -77,10 +84,29 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         };
         return finish(ctx, &g, o).await;
     };
+    if let Some(wait) = poll_token(ctx).await {
+        metrics::counter!(metrics_names::KIE_POLLS_WAITED).increment(1);
+        gens.schedule_poll(id, now_ms() + Ctx::ms(wait)).await?;
+        return Ok(());
+    }
+    let request = serde_json::from_str(&g.request_json).unwrap_or_default();
+    let family = ctx.family_of(&g.model, &request);
     let started = Instant::now();
-    let family = ctx.family_of(&g.model, &serde_json::from_str(&g.request_json).unwrap_or_default());
     let reply = client.record_info(family, &task).await;
     let seconds = started.elapsed().as_secs_f64();
+    if let Ok(record) = &reply
+        && record.state.is_final()
+    {
+        // KIE's own run time; without one (Veo, Suno), ours from submission.
+        let run_ms = record
+            .run_ms
+            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX))
+            .or_else(|| g.submitted_at.map(|at| now_ms() - at));
+        let credits = record.credits_consumed.map(|c| c.milli());
+        if let Err(e) = gens.record_kie_facts(id, run_ms, credits).await {
+            warn!(error = %e, "KIE's run time and cost not kept");
+        }
+    }
     let still_running = matches!(
         &reply,
         Ok(r) if matches!(r.state, TaskState::Waiting | TaskState::Queuing | TaskState::Generating)
@@ -109,6 +135,10 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         }
         Err(e) => {
             metrics_names::kie_call("recordInfo", e.outcome(), seconds);
+            if e.is_rate_limited() {
+                metrics::counter!(metrics_names::KIE_RATE_LIMITED, "endpoint" => "recordInfo")
+                    .increment(1);
+            }
             if e.is_retryable() {
                 info!(error = %e, "recordInfo failed; polling again later");
                 None
@@ -133,7 +163,11 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
     };
     match outcome {
         None => {
-            let next = now + Ctx::ms(ctx.config.poll_delay(i64::from(g.poll_attempts) + 1));
+            let elapsed = g.submitted_at.map_or(Duration::ZERO, |at| {
+                Duration::from_millis(u64::try_from(now - at).unwrap_or(0))
+            });
+            let estimate = ctx.run_estimate(&g.model).await;
+            let next = now + Ctx::ms(ctx.config.plan().next(&estimate, elapsed));
             // The last poll falls on the deadline itself, so a task that
             // finishes just in time is delivered, not expired.
             let at = if now < deadline {
@@ -146,6 +180,31 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         Some(o) => finish(ctx, &g, o).await?,
     }
     Ok(())
+}
+
+/// Takes a token from the poll budget; `Some(wait)` when there is none soon
+/// enough to wait for here.
+async fn poll_token(ctx: &Ctx) -> Option<Duration> {
+    // Waiting up to this long inside the job beats a round trip through the
+    // database and the queue.
+    const WAIT_HERE: Duration = Duration::from_secs(1);
+    let mut waited = Duration::ZERO;
+    loop {
+        match ctx.gate.take_poll().await {
+            Ok(Admission::Go) => return None,
+            Ok(Admission::Wait(d)) if waited + d <= WAIT_HERE => {
+                // A little jitter, so waiting jobs do not all ask at once.
+                let d = d + Duration::from_millis(rand::random_range(0..20));
+                tokio::time::sleep(d).await;
+                waited += d;
+            }
+            Ok(Admission::Wait(d)) => return Some(d),
+            Err(e) => {
+                warn!(error = %e, "the poll budget cannot be reached; polling later");
+                return Some(Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// Runs the finalizer for the outcome this poll has just seen, in this job:
@@ -205,6 +264,21 @@ fn result_json(r: &kiebot_kie::TaskResult) -> String {
     }
     if let Some(t) = &r.text {
         obj.insert("text".into(), serde_json::json!(t));
+    }
+    if !r.tracks.is_empty() {
+        let tracks: Vec<serde_json::Value> = r
+            .tracks
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "audioUrl": t.audio_url,
+                    "imageUrl": t.image_url,
+                    "title": t.title,
+                    "duration": t.duration_secs,
+                })
+            })
+            .collect();
+        obj.insert("tracks".into(), serde_json::Value::Array(tracks));
     }
     serde_json::Value::Object(obj).to_string()
 }

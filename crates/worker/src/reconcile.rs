@@ -43,6 +43,9 @@ pub struct Report {
     pub deliveries: usize,
     /// Jobs the queue had no room for (their rows are due again at once).
     pub left_out: usize,
+    /// When generations were left waiting for a KIE create slot: how long
+    /// until the next frees (ms).
+    pub line_wait_ms: i64,
 }
 
 impl Report {
@@ -77,6 +80,7 @@ pub async fn handle(_tick: Tick, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
         .swap(minute, std::sync::atomic::Ordering::Relaxed)
         != minute
     {
+        crate::catalog_watch::maybe_start(&ctx).await;
         match ctx.queues.take_vacuum_turn(VACUUM_TURN).await {
             Ok(true) => match ctx.queues.vacuum(QUEUE_RETENTION).await {
                 Ok(n) if n > 0 => info!(removed = n, "vacuumed finished jobs from the queue"),
@@ -136,22 +140,20 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
     } else {
         cfg.pending_grace
     };
-    for id in gens
-        .claim_due_submits(
-            now,
-            Ctx::ms(grace),
-            requeue_at,
-            room.limit(&ctx.queues.names().submit, cfg),
-        )
-        .await?
-    {
-        jobs.push(Job::Submit(id));
-        report.submits += 1;
+    let (submits, next_slot) = dispatch_submits(ctx, now, grace, requeue_at, &room).await?;
+    report.submits = submits.len();
+    jobs.extend(submits.into_iter().map(Job::Submit));
+    if let Some(wait) = next_slot {
+        report.line_wait_ms = Ctx::ms(wait);
     }
 
+    // Polls beyond what KIE's status budget allows until the next tick would
+    // only wait in their jobs: leave them in the database.
+    let budget = poll_budget(ctx).await;
     let poll_room = room
         .limit(&ctx.queues.names().poll, cfg)
-        .min(room.limit(&ctx.queues.names().finalize, cfg));
+        .min(room.limit(&ctx.queues.names().finalize, cfg))
+        .min(budget);
     if poll_room > 0 {
         for (id, has_outcome) in gens.claim_due_polls(now, requeue_at, poll_room).await? {
             if has_outcome {
@@ -193,6 +195,72 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
         }
     }
     Ok(report)
+}
+
+/// Picks the pending generations to submit now, in fair order (each user's
+/// oldest first), no more than KIE's free create slots, the in-flight cap and
+/// the queue allow. Those the slots do not cover wait in the database until
+/// the next frees, and the line is marked so that fresh confirmations queue
+/// behind them. Returns the ids to enqueue and, when some wait, how long.
+async fn dispatch_submits(
+    ctx: &Ctx,
+    now: i64,
+    grace: std::time::Duration,
+    requeue_at: i64,
+    room: &QueueRoom,
+) -> Result<(Vec<kiebot_domain::GenerationId>, Option<std::time::Duration>), JobError> {
+    let gens = ctx.store.generations();
+    let cfg = &ctx.config;
+    let mut want = room.limit(&ctx.queues.names().submit, cfg);
+    let mut next_in = std::time::Duration::from_secs(1);
+    if cfg.max_in_flight > 0 {
+        let in_flight = gens.count_in_flight(cfg.max_in_flight).await?;
+        let free = u64::from(cfg.max_in_flight).saturating_sub(in_flight);
+        want = want.min(i64::try_from(free).unwrap_or(i64::MAX));
+    }
+    if !matches!(ctx.kie, crate::KieMode::DryRun) {
+        match ctx.gate.creates_available().await {
+            Ok(grant) => {
+                want = want.min(i64::from(grant.granted));
+                if grant.granted == 0 {
+                    next_in = grant.next_in.max(std::time::Duration::from_millis(100));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the create gate cannot be reached; no submits this tick");
+                want = 0;
+            }
+        }
+    }
+    let ids = if want > 0 {
+        gens.claim_due_submits(now, Ctx::ms(grace), requeue_at, want)
+            .await?
+    } else {
+        Vec::new()
+    };
+    // Whether anyone is left waiting: due rows the slots did not cover.
+    let waiting = gens.count_due_submits(now, Ctx::ms(grace), 1).await? > 0;
+    metrics::gauge!(metrics_names::KIE_CREATE_LINE).set(if waiting { 1.0 } else { 0.0 });
+    if waiting {
+        let _ = ctx.gate.mark_line(next_in + cfg.reconcile_interval * 2).await;
+        Ok((ids, Some(next_in)))
+    } else {
+        Ok((ids, None))
+    }
+}
+
+/// Status polls the budget allows until the next tick (the reconciler's
+/// interval at its rate, plus the burst).
+async fn poll_budget(ctx: &Ctx) -> i64 {
+    if matches!(ctx.kie, crate::KieMode::DryRun) {
+        return i64::MAX;
+    }
+    let gate = ctx.gate.config();
+    let per_tick = f64::from(gate.polls_per_second) * ctx.config.reconcile_interval.as_secs_f64();
+    match ctx.gate.polls_available().await {
+        Ok(now) => i64::from(now) + per_tick.ceil() as i64,
+        Err(_) => 0,
+    }
 }
 
 fn batch_u32(n: i64) -> u32 {

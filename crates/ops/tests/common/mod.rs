@@ -34,6 +34,7 @@ pub struct Options {
     pub backend: Backend,
     pub token: Option<String>,
     pub secret: Option<String>,
+    pub hmac_key: Option<String>,
     pub webhook: Option<axum::Router>,
 }
 
@@ -43,6 +44,7 @@ impl Options {
             backend,
             token: Some(TOKEN.into()),
             secret: Some(SECRET.into()),
+            hmac_key: None,
             webhook: None,
         }
     }
@@ -107,6 +109,7 @@ impl TestApp {
             queues: queues.clone(),
             dashboard_token: opts.token,
             callback_secret: opts.secret,
+            callback_hmac_key: opts.hmac_key,
             metrics: Some(kiebot_ops::install_metrics_recorder()),
             webhook: opts.webhook,
         };
@@ -166,6 +169,25 @@ impl TestApp {
         self.client
             .post(self.url(&format!("/kie/callback/{secret}")))
             .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs `body` to the KIE callback with `secret` and signature headers.
+    pub async fn signed_callback(
+        &self,
+        secret: &str,
+        body: &str,
+        timestamp: &str,
+        signature: &str,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/kie/callback/{secret}")))
+            .header("content-type", "application/json")
+            .header(kiebot_kie::webhook::TIMESTAMP_HEADER, timestamp)
+            .header(kiebot_kie::webhook::SIGNATURE_HEADER, signature)
             .body(body.to_owned())
             .send()
             .await
