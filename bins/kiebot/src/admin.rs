@@ -34,10 +34,15 @@ pub async fn ledger_check(settings: &Settings) -> anyhow::Result<ExitCode> {
         .await
         .context("recomputing wallets")?;
     if drift.is_empty() {
-        crate::out::say(format_args!("ledger-check: ok, every wallet matches its entries"));
+        crate::out::say(format_args!(
+            "ledger-check: ok, every wallet matches its entries"
+        ));
         return Ok(ExitCode::SUCCESS);
     }
-    crate::out::say(format_args!("ledger-check: {} wallet(s) drifted", drift.len()));
+    crate::out::say(format_args!(
+        "ledger-check: {} wallet(s) drifted",
+        drift.len()
+    ));
     for d in &drift {
         let stored = d.stored.map_or_else(
             || "no wallet".to_owned(),

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use kiebot_catalog_check::{CheckOptions, Severity, check, draft_entry, input_schema, parse_listing};
+use kiebot_catalog_check::{
+    CheckOptions, Severity, check, draft_entry, input_schema, parse_listing,
+};
 use kiebot_config::Settings;
 use kiebot_domain::pricing::price_list;
 use kiebot_domain::{Family, Money, Params};
@@ -141,9 +143,7 @@ pub async fn run_check(
 pub async fn import(settings: &Settings, model: &str, family: Family) -> anyhow::Result<ExitCode> {
     let kie = client(settings)?;
     let listing = match kie.list_models().await {
-        Ok(data) => parse_listing(&data)?
-            .into_iter()
-            .find(|l| l.model == model),
+        Ok(data) => parse_listing(&data)?.into_iter().find(|l| l.model == model),
         Err(e) => {
             eprintln!("kiebot: KIE's model list could not be read ({e}); drafting without it");
             None
@@ -225,7 +225,10 @@ pub async fn held(settings: &Settings) -> anyhow::Result<ExitCode> {
         out.line("no model is off sale")?;
     }
     for h in holds.values() {
-        if !out.line(format!("{} ({}, since {}): {}", h.model, h.source, h.held_at, h.reason))? {
+        if !out.line(format!(
+            "{} ({}, since {}): {}",
+            h.model, h.source, h.held_at, h.reason
+        ))? {
             break;
         }
     }

@@ -15,7 +15,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiebot_config::{LogFormat, Settings};
 
-
 use kiebot_domain::{Family, Money, UserId};
 
 #[derive(Parser)]
@@ -208,9 +207,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 json,
                 pace_ms,
                 hold,
-            }) => {
-                catalog::run_check(&settings, json, Duration::from_millis(pace_ms), hold).await
-            }
+            }) => catalog::run_check(&settings, json, Duration::from_millis(pace_ms), hold).await,
             Some(CatalogCommand::Import { model, family }) => {
                 let family = match family.as_str() {
                     "market" => Family::Market,

@@ -564,7 +564,8 @@ pub(crate) async fn on_choice(
         return Ok(false);
     }
     let v = match (&f.kind, value) {
-        (FieldKind::Enum { values, .. }, ChoiceValue::Index(i)) => match values.get(usize::from(i)) {
+        (FieldKind::Enum { values, .. }, ChoiceValue::Index(i)) => match values.get(usize::from(i))
+        {
             Some(v) => ParamValue::Choice(v.clone()),
             None => {
                 refuse(ctx, model, &draft, Refusal::NotAnOption).await?;

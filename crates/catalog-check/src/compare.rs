@@ -263,10 +263,7 @@ fn compare_field(model: &Model, field: &Field, prop: &Prop, out: &mut Vec<Findin
                     push(
                         Severity::Error,
                         Code::EnumValueRemoved,
-                        format!(
-                            "we offer {v:?}, KIE accepts only {}",
-                            theirs.join(", ")
-                        ),
+                        format!("we offer {v:?}, KIE accepts only {}", theirs.join(", ")),
                     );
                 }
             } else if *as_integer {
@@ -343,7 +340,10 @@ fn compare_field(model: &Model, field: &Field, prop: &Prop, out: &mut Vec<Findin
                 model,
                 name,
                 Code::EnumValueRemoved,
-                format!("the fixed value {text:?} is not among KIE's {}", theirs.join(", ")),
+                format!(
+                    "the fixed value {text:?} is not among KIE's {}",
+                    theirs.join(", ")
+                ),
             ));
         }
     }
@@ -406,10 +406,7 @@ pub fn compare_price(model: &Model, pricing_desc: &str) -> Finding {
             model,
             None,
             Code::PriceAgrees,
-            format!(
-                "sold free; KIE bills {} credits per unit",
-                shown(&theirs)
-            ),
+            format!("sold free; KIE bills {} credits per unit", shown(&theirs)),
         );
     }
     if theirs == ours {
@@ -567,7 +564,11 @@ default = "5"
         let c = codes(&f);
         assert!(c.contains(&(Severity::Error, Code::LimitExceeded, Some("prompt".into()))));
         assert!(c.contains(&(Severity::Error, Code::ShapeMismatch, Some("images".into()))));
-        assert!(c.contains(&(Severity::Error, Code::EnumValueRemoved, Some("duration".into()))));
+        assert!(c.contains(&(
+            Severity::Error,
+            Code::EnumValueRemoved,
+            Some("duration".into())
+        )));
         assert!(c.contains(&(Severity::Error, Code::RequiredNotSent, Some("seed".into()))));
 
         let mut renamed = good();
@@ -576,7 +577,10 @@ default = "5"
         renamed["input_urls"] = moved;
         let f = compare(&m, &schema(renamed, &[]));
         assert!(codes(&f).contains(&(Severity::Error, Code::FieldMissing, Some("images".into()))));
-        assert!(f.iter().any(|f| f.code == Code::FieldMissing && f.code.takes_off_sale()));
+        assert!(
+            f.iter()
+                .any(|f| f.code == Code::FieldMissing && f.code.takes_off_sale())
+        );
     }
 
     #[test]
@@ -589,7 +593,10 @@ values = ["4", "8"]
 default = "8"
 "#;
         let m = model(fields, "[model.price]\ncredits = 10");
-        let s = schema(json!({"duration": {"type": "integer", "enum": [4, 6, 8]}}), &[]);
+        let s = schema(
+            json!({"duration": {"type": "integer", "enum": [4, 6, 8]}}),
+            &[],
+        );
         assert!(codes(&compare(&m, &s)).contains(&(
             Severity::Error,
             Code::TypeMismatch,
@@ -626,8 +633,14 @@ default = "8"
             Code::PriceAgrees
         );
         let drift = compare_price(&m, "5 s: 45 credits; 10 s: 90 credits");
-        assert_eq!((drift.severity, drift.code), (Severity::Warning, Code::PriceDrift));
+        assert_eq!(
+            (drift.severity, drift.code),
+            (Severity::Warning, Code::PriceDrift)
+        );
         assert!(!drift.code.takes_off_sale());
-        assert_eq!(compare_price(&m, "$0.21 per video").code, Code::PriceUnparsed);
+        assert_eq!(
+            compare_price(&m, "$0.21 per video").code,
+            Code::PriceUnparsed
+        );
     }
 }

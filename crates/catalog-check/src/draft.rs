@@ -54,7 +54,11 @@ pub fn draft_entry(
     } else {
         format!(
             "[{}]",
-            types.iter().map(|t| quoted(t)).collect::<Vec<_>>().join(", ")
+            types
+                .iter()
+                .map(|t| quoted(t))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     };
     let _ = writeln!(out, "types = {types_line}");
@@ -73,7 +77,8 @@ pub fn draft_entry(
         quoted(&price_src)
     );
     // Required fields first, in KIE's name order, then the optional ones.
-    let mut names: Vec<(&String, &Prop)> = schema.props.iter().filter(|(_, p)| !p.deprecated).collect();
+    let mut names: Vec<(&String, &Prop)> =
+        schema.props.iter().filter(|(_, p)| !p.deprecated).collect();
     names.sort_by_key(|(n, _)| (!schema.required.contains(*n), n.as_str() != "prompt"));
     for (name, prop) in names {
         out.push('\n');
@@ -84,7 +89,9 @@ pub fn draft_entry(
         let _ = writeln!(out, "# KIE: {}", p.trim());
     }
     let amounts = crate::compare::credit_amounts(
-        listing.and_then(|l| l.pricing_desc.as_deref()).unwrap_or(""),
+        listing
+            .and_then(|l| l.pricing_desc.as_deref())
+            .unwrap_or(""),
     );
     let _ = writeln!(out, "[model.price]");
     match amounts.iter().next() {
@@ -92,7 +99,10 @@ pub fn draft_entry(
             let _ = writeln!(out, "credits = {}", kiebot_domain::Credits::from_milli(*m));
         }
         _ => {
-            let _ = writeln!(out, "credits = 0 # TODO: the price table (by = [...], table = {{...}})");
+            let _ = writeln!(
+                out,
+                "credits = 0 # TODO: the price table (by = [...], table = {{...}})"
+            );
         }
     }
     out
@@ -113,7 +123,11 @@ fn field_entry(out: &mut String, kie: &str, prop: &Prop, required: bool) {
         (Some((media, list)), _) => {
             let _ = writeln!(out, "type = \"upload\"");
             let _ = writeln!(out, "media = {}", quoted(media));
-            let _ = writeln!(out, "shape = {}", quoted(if list { "list" } else { "single" }));
+            let _ = writeln!(
+                out,
+                "shape = {}",
+                quoted(if list { "list" } else { "single" })
+            );
             if list {
                 let _ = writeln!(out, "max_items = {}", prop.max_items.unwrap_or(1));
             }
@@ -124,7 +138,11 @@ fn field_entry(out: &mut String, kie: &str, prop: &Prop, required: bool) {
             let _ = writeln!(
                 out,
                 "values = [{}]",
-                values.iter().map(|v| quoted(v)).collect::<Vec<_>>().join(", ")
+                values
+                    .iter()
+                    .map(|v| quoted(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             if matches!(prop.ty, PropType::Integer | PropType::Number) {
                 let _ = writeln!(out, "send_as = \"integer\"");
@@ -224,7 +242,11 @@ fn short_upload_name(kie: &str, media: &str, list: bool) -> String {
     } else {
         media
     };
-    if list { format!("{base}s") } else { base.to_owned() }
+    if list {
+        format!("{base}s")
+    } else {
+        base.to_owned()
+    }
 }
 
 fn guess_output(model: &str, types: &[&str], schema: &KieSchema) -> &'static str {
@@ -263,14 +285,14 @@ mod tests {
     #[test]
     fn a_draft_parses_after_its_todos_are_filled() {
         let doc = json!({"paths": {"/api/v1/jobs/createTask": {"post": {"requestBody": {"content": {
-            "application/json": {"schema": {"properties": {"input": {"required": ["prompt", "image_urls"], "properties": {
-                "prompt": {"type": "string", "maxLength": 2500},
-                "image_urls": {"type": "array", "items": {"type": "string"}, "maxItems": 1},
-                "duration": {"type": "string", "enum": ["5", "10"], "default": "5"},
-                "cfg_scale": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
-                "sound": {"type": "boolean", "default": false},
-                "seed": {"type": "integer"}
-            }}}}}}}}}}});
+        "application/json": {"schema": {"properties": {"input": {"required": ["prompt", "image_urls"], "properties": {
+            "prompt": {"type": "string", "maxLength": 2500},
+            "image_urls": {"type": "array", "items": {"type": "string"}, "maxItems": 1},
+            "duration": {"type": "string", "enum": ["5", "10"], "default": "5"},
+            "cfg_scale": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
+            "sound": {"type": "boolean", "default": false},
+            "seed": {"type": "integer"}
+        }}}}}}}}}}});
         let schema = input_schema(&doc, Family::Market).unwrap();
         let listing = Listing {
             model: "kling/x".into(),
@@ -278,11 +300,23 @@ mod tests {
             task_types: vec!["image-to-video".into()],
             pricing_desc: Some("5 s: 42 credits; 10 s: 84 credits".into()),
         };
-        let text = draft_entry("kling/x", Family::Market, Some(&listing), &schema, "2026-12-04");
-        assert!(text.contains("name = \"images\"\nkie = \"image_urls\"\ntype = \"upload\""), "{text}");
+        let text = draft_entry(
+            "kling/x",
+            Family::Market,
+            Some(&listing),
+            &schema,
+            "2026-12-04",
+        );
+        assert!(
+            text.contains("name = \"images\"\nkie = \"image_urls\"\ntype = \"upload\""),
+            "{text}"
+        );
         assert!(text.contains("output = \"video\""));
         let filled = text
-            .replace("credits = 0 # TODO: the price table (by = [...], table = {...})", "credits = 42")
+            .replace(
+                "credits = 0 # TODO: the price table (by = [...], table = {...})",
+                "credits = 42",
+            )
             .replace("TODO", "x");
         let c = kiebot_catalog::parse(&filled).unwrap_or_else(|e| panic!("{e}\n{filled}"));
         let m = &c.models()[0];
@@ -292,7 +326,9 @@ mod tests {
         // What was drafted from the schema is exactly what the schema allows.
         let findings = crate::compare(m, &schema);
         assert!(
-            findings.iter().all(|f| f.severity != crate::Severity::Error),
+            findings
+                .iter()
+                .all(|f| f.severity != crate::Severity::Error),
             "{findings:?}"
         );
     }

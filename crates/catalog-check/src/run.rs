@@ -111,12 +111,11 @@ impl Report {
         }
         let mut out = BTreeMap::new();
         for f in self.findings.iter().filter(|f| f.code.takes_off_sale()) {
-            out.entry(f.model.clone()).or_insert_with(|| {
-                match &f.field {
+            out.entry(f.model.clone())
+                .or_insert_with(|| match &f.field {
                     Some(field) => format!("{field}: {}", f.message),
                     None => f.message.clone(),
-                }
-            });
+                });
         }
         out
     }
@@ -160,7 +159,11 @@ pub fn parse_listing(data: &Value) -> Result<Vec<Listing>, CheckError> {
                 .to_owned();
             let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
             let task_types = match m.get("taskType") {
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
                 Some(Value::String(s)) => vec![s.clone()],
                 _ => Vec::new(),
             };

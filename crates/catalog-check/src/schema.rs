@@ -183,7 +183,12 @@ pub fn input_schema(openapi: &Value, family: Family) -> Result<KieSchema, Schema
         let required = v
             .get("required")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok((props, required))
     };
@@ -271,12 +276,14 @@ mod tests {
 
     #[test]
     fn a_market_input_is_read_with_its_limits() {
-        let doc = market(json!({"type": "object", "required": ["prompt"], "properties": {
-            "prompt": {"type": "string", "maxLength": 5000},
-            "duration": {"type": "string", "enum": ["5", "10"], "default": "5"},
-            "image_urls": {"type": "array", "items": {"type": "string", "format": "uri"}, "maxItems": 1},
-            "seed": {"type": "integer", "minimum": 0, "maximum": 100}
-        }}));
+        let doc = market(
+            json!({"type": "object", "required": ["prompt"], "properties": {
+                "prompt": {"type": "string", "maxLength": 5000},
+                "duration": {"type": "string", "enum": ["5", "10"], "default": "5"},
+                "image_urls": {"type": "array", "items": {"type": "string", "format": "uri"}, "maxItems": 1},
+                "seed": {"type": "integer", "minimum": 0, "maximum": 100}
+            }}),
+        );
         let s = input_schema(&doc, Family::Market).unwrap();
         assert_eq!(s.required, BTreeSet::from(["prompt".to_owned()]));
         assert_eq!(s.props["prompt"].max_length, Some(5000));
@@ -296,7 +303,8 @@ mod tests {
     #[test]
     fn references_are_followed_and_broken_ones_reported() {
         let mut doc = market(json!({"$ref": "#/components/schemas/In"}));
-        doc["components"] = json!({"schemas": {"In": {"properties": {"prompt": {"type": "string"}}}}});
+        doc["components"] =
+            json!({"schemas": {"In": {"properties": {"prompt": {"type": "string"}}}}});
         let s = input_schema(&doc, Family::Market).unwrap();
         assert!(s.props.contains_key("prompt"));
         let broken = market(json!({"$ref": "#/components/schemas/Nope"}));
@@ -309,12 +317,12 @@ mod tests {
     #[test]
     fn a_dedicated_family_reads_the_body_less_its_envelope() {
         let doc = json!({"paths": {"/api/v1/veo/generate": {"post": {"requestBody": {"content": {
-            "application/json": {"schema": {"required": ["prompt", "model", "callBackUrl"], "properties": {
-                "prompt": {"type": "string"},
-                "model": {"type": "string", "enum": ["veo3", "veo3_fast"]},
-                "callBackUrl": {"type": "string"},
-                "duration": {"type": "integer", "enum": [4, 6, 8]}
-            }}}}}}}}});
+        "application/json": {"schema": {"required": ["prompt", "model", "callBackUrl"], "properties": {
+            "prompt": {"type": "string"},
+            "model": {"type": "string", "enum": ["veo3", "veo3_fast"]},
+            "callBackUrl": {"type": "string"},
+            "duration": {"type": "integer", "enum": [4, 6, 8]}
+        }}}}}}}}});
         let s = input_schema(&doc, Family::Veo).unwrap();
         assert_eq!(s.props.keys().collect::<Vec<_>>(), ["duration", "prompt"]);
         assert_eq!(s.required, BTreeSet::from(["prompt".to_owned()]));

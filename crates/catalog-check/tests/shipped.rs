@@ -49,7 +49,11 @@ fn every_sold_model_matches_its_recorded_kie_schema() {
     let mut problems = Vec::new();
     for m in sold() {
         let Some(r) = fixture(&all, &m) else {
-            problems.push(format!("{}: no recorded KIE schema for {:?}", m.id, m.kie_model()));
+            problems.push(format!(
+                "{}: no recorded KIE schema for {:?}",
+                m.id,
+                m.kie_model()
+            ));
             continue;
         };
         let schema = match input_schema(&r.openapi(), m.family) {
@@ -90,7 +94,11 @@ fn every_sold_model_names_the_source_of_its_fields_and_price() {
             .source
             .as_ref()
             .unwrap_or_else(|| panic!("{} names no source", m.id));
-        assert!(!source.schema.trim().is_empty(), "{}: no schema source", m.id);
+        assert!(
+            !source.schema.trim().is_empty(),
+            "{}: no schema source",
+            m.id
+        );
         assert!(!source.price.trim().is_empty(), "{}: no price source", m.id);
     }
 }

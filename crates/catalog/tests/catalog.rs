@@ -278,7 +278,12 @@ fn per_second_per_image_and_per_megapixel_prices_follow_their_drivers() {
         28_000
     );
     assert_eq!(credits("ideogram/v3-text-to-image", &[]), 7_000);
-    assert!(c.get("google/imagen4").unwrap().field("num_images").is_none());
+    assert!(
+        c.get("google/imagen4")
+            .unwrap()
+            .field("num_images")
+            .is_none()
+    );
     assert_eq!(
         credits(
             "bytedance/seedream-v4-text-to-image",

@@ -387,7 +387,10 @@ impl TryFrom<RawField> for Field {
                 .ok_or_else(|| err(&format!("number field needs `{what}`")))
         };
         if r.send_as.is_some() && r.ty != "enum" {
-            return Err(err(&format!("`send_as` does not apply to a {} field", r.ty)));
+            return Err(err(&format!(
+                "`send_as` does not apply to a {} field",
+                r.ty
+            )));
         }
         let kind = match r.ty.as_str() {
             "string" => {

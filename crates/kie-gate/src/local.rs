@@ -250,7 +250,11 @@ mod tests {
         let g = LocalGate::new(small());
         g.mark_line(Duration::from_millis(100)).await.unwrap();
         assert!(matches!(g.admit_fresh().await.unwrap(), Admission::Wait(_)));
-        assert_eq!(g.take_creates(1).await.unwrap().granted, 1, "the dispatcher still goes");
+        assert_eq!(
+            g.take_creates(1).await.unwrap().granted,
+            1,
+            "the dispatcher still goes"
+        );
         g.pause(Duration::from_millis(100)).await.unwrap();
         assert_eq!(g.take_creates(1).await.unwrap().granted, 0);
         tokio::time::sleep(Duration::from_millis(110)).await;

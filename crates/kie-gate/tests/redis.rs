@@ -1,6 +1,8 @@
 //! The fleet's gate against a real Redis (`TEST_REDIS_URL`), several
 //! processes' worth of gates sharing one prefix.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,13 +95,23 @@ async fn three_processes_never_count_more_than_the_limit_in_any_window() {
 async fn a_pause_and_the_line_are_seen_by_every_process() {
     let prefix = prefix();
     let gates = gates(&prefix, 2).await;
-    gates[0].mark_line(Duration::from_millis(300)).await.unwrap();
-    assert!(matches!(gates[1].admit_fresh().await.unwrap(), Admission::Wait(_)));
+    gates[0]
+        .mark_line(Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(matches!(
+        gates[1].admit_fresh().await.unwrap(),
+        Admission::Wait(_)
+    ));
     assert_eq!(gates[1].take_creates(1).await.unwrap().granted, 1);
     gates[1].pause(Duration::from_millis(300)).await.unwrap();
     let grant = gates[0].take_creates(3).await.unwrap();
     assert_eq!(grant.granted, 0);
-    assert!(grant.next_in > Duration::from_millis(100), "{:?}", grant.next_in);
+    assert!(
+        grant.next_in > Duration::from_millis(100),
+        "{:?}",
+        grant.next_in
+    );
     tokio::time::sleep(Duration::from_millis(320)).await;
     assert_eq!(gates[0].admit_fresh().await.unwrap(), Admission::Go);
     cleanup(&prefix).await;

@@ -31,6 +31,9 @@ const DOWNLOAD_URL: &str = "/api/v1/common/download-url";
 const FILE_STREAM_UPLOAD: &str = "/api/file-stream-upload";
 const FILE_URL_UPLOAD: &str = "/api/file-url-upload";
 
+/// A family's reader of status replies.
+type ParseRecord = fn(&Value) -> Result<TaskRecord, KieError>;
+
 /// The callback URL sent when none is configured but the family requires one
 /// (Suno): a reserved domain that never resolves, so KIE's post goes nowhere
 /// and the task is found by polling.
@@ -166,7 +169,9 @@ impl KieClient {
             (None, _) => {}
         }
         let call = async {
-            let data = self.exchange(self.http.post(url.clone()).json(&body)).await?;
+            let data = self
+                .exchange(self.http.post(url.clone()).json(&body))
+                .await?;
             data.get("taskId")
                 .and_then(Value::as_str)
                 .and_then(TaskId::parse)
@@ -191,16 +196,15 @@ impl KieClient {
         family: Family,
         task_id: &TaskId,
     ) -> Result<TaskRecord, KieError> {
-        let (base, path, parse): (&Url, &str, fn(&Value) -> Result<TaskRecord, KieError>) =
-            match family {
-                Family::Market => (&self.record_info_url, RECORD_INFO, parse_record),
-                Family::Veo => (&self.veo_record_info_url, VEO_RECORD_INFO, parse_veo_record),
-                Family::Suno => (
-                    &self.suno_record_info_url,
-                    SUNO_RECORD_INFO,
-                    parse_suno_record,
-                ),
-            };
+        let (base, path, parse): (&Url, &str, ParseRecord) = match family {
+            Family::Market => (&self.record_info_url, RECORD_INFO, parse_record),
+            Family::Veo => (&self.veo_record_info_url, VEO_RECORD_INFO, parse_veo_record),
+            Family::Suno => (
+                &self.suno_record_info_url,
+                SUNO_RECORD_INFO,
+                parse_suno_record,
+            ),
+        };
         let span = tracing::info_span!(
             "kie.record_info",
             endpoint = path,
@@ -263,14 +267,22 @@ impl KieClient {
     /// slash inside a model id is sent as it is).
     pub async fn model_schema(&self, model: &str) -> Result<Value, KieError> {
         let url = self.model_url(model, "schema")?;
-        observe(catalogue_span("/api/v1/models/{model}/schema"), self.exchange(self.get(url))).await
+        observe(
+            catalogue_span("/api/v1/models/{model}/schema"),
+            self.exchange(self.get(url)),
+        )
+        .await
     }
 
     /// One model's price (`GET /api/v1/models/<model>/price`): `data` as KIE
     /// sends it (a `pricingDesc` text, or an object holding one).
     pub async fn model_price(&self, model: &str) -> Result<Value, KieError> {
         let url = self.model_url(model, "price")?;
-        observe(catalogue_span("/api/v1/models/{model}/price"), self.exchange(self.get(url))).await
+        observe(
+            catalogue_span("/api/v1/models/{model}/price"),
+            self.exchange(self.get(url)),
+        )
+        .await
     }
 
     /// A direct, short-lived (about 20 minutes) download link for a file KIE

@@ -137,7 +137,9 @@ impl KieError {
     pub fn needs_operator(&self) -> bool {
         matches!(
             self,
-            KieError::Unauthorized | KieError::InsufficientCredits(_) | KieError::KeyLimitReached(_)
+            KieError::Unauthorized
+                | KieError::InsufficientCredits(_)
+                | KieError::KeyLimitReached(_)
         )
     }
 

@@ -54,9 +54,9 @@ pub mod upload;
 pub mod webhook;
 
 pub use client::KieClient;
+pub use client::NO_CALLBACK;
 pub use config::{ApiKey, KieConfig};
 pub use error::KieError;
 pub use retry::{RetryPolicy, retrying, retrying_if};
 pub use task::{TaskId, TaskRecord, TaskResult, TaskState, Track, parse_callback};
-pub use client::NO_CALLBACK;
 pub use upload::UploadedFile;

@@ -191,7 +191,12 @@ pub fn parse_callback(body: &[u8]) -> Result<TaskRecord, KieError> {
             .get("info")
             .and_then(|i| i.get("resultUrls"))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         let state = if code == 200 && !urls.is_empty() {
             TaskState::Success(TaskResult {
@@ -268,7 +273,8 @@ fn credits_of(v: Option<&Value>) -> Option<Credits> {
         Value::String(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     }?;
-    (x.is_finite() && x >= 0.0 && x < 1e12).then(|| Credits::from_milli((x * 1000.0).round() as i64))
+    (x.is_finite() && (0.0..1e12).contains(&x))
+        .then(|| Credits::from_milli((x * 1000.0).round() as i64))
 }
 
 /// KIE's own run time: `completeTime - createTime` (unix milliseconds), else
@@ -321,7 +327,11 @@ pub(crate) fn parse_veo_record(data: &Value) -> Result<TaskRecord, KieError> {
             code: text_of(obj.get("errorCode")),
             message: text_of(obj.get("errorMessage")),
         },
-        other => return Err(KieError::BadResponse(format!("unknown Veo successFlag {other}"))),
+        other => {
+            return Err(KieError::BadResponse(format!(
+                "unknown Veo successFlag {other}"
+            )));
+        }
     };
     Ok(TaskRecord {
         task_id,
@@ -367,7 +377,9 @@ pub(crate) fn parse_suno_record(data: &Value) -> Result<TaskRecord, KieError> {
                 ..TaskResult::default()
             })
         }
-        "CREATE_TASK_FAILED" | "GENERATE_AUDIO_FAILED" | "CALLBACK_EXCEPTION"
+        "CREATE_TASK_FAILED"
+        | "GENERATE_AUDIO_FAILED"
+        | "CALLBACK_EXCEPTION"
         | "SENSITIVE_WORD_ERROR" => TaskState::Fail {
             code: status.to_ascii_lowercase(),
             message: text_of(obj.get("errorMessage")),
@@ -553,7 +565,10 @@ mod tests {
     #[test]
     fn veo_records_follow_the_success_flag() {
         let running = json!({"taskId": "v", "successFlag": 0});
-        assert_eq!(parse_veo_record(&running).unwrap().state, TaskState::Generating);
+        assert_eq!(
+            parse_veo_record(&running).unwrap().state,
+            TaskState::Generating
+        );
         let done = json!({"taskId": "v", "successFlag": 1,
             "response": {"resultUrls": ["https://x/1.mp4"], "resolution": "1080p"}});
         let TaskState::Success(r) = parse_veo_record(&done).unwrap().state else {
@@ -561,19 +576,28 @@ mod tests {
         };
         assert_eq!(r.result_urls, ["https://x/1.mp4"]);
         assert_eq!(r.extra.get("resolution"), Some(&json!("1080p")));
-        let failed = json!({"taskId": "v", "successFlag": 3, "errorCode": 400, "errorMessage": "flagged"});
+        let failed =
+            json!({"taskId": "v", "successFlag": 3, "errorCode": 400, "errorMessage": "flagged"});
         assert_eq!(
             parse_veo_record(&failed).unwrap().state,
-            TaskState::Fail { code: "400".into(), message: "flagged".into() }
+            TaskState::Fail {
+                code: "400".into(),
+                message: "flagged".into()
+            }
         );
         assert!(parse_veo_record(&json!({"taskId": "v", "successFlag": 9})).is_err());
-        assert!(parse_veo_record(&json!({"taskId": "v", "successFlag": 1, "response": {}})).is_err());
+        assert!(
+            parse_veo_record(&json!({"taskId": "v", "successFlag": 1, "response": {}})).is_err()
+        );
     }
 
     #[test]
     fn suno_records_carry_two_tracks_with_titles_and_covers() {
         let first = json!({"taskId": "s", "status": "FIRST_SUCCESS"});
-        assert_eq!(parse_suno_record(&first).unwrap().state, TaskState::Generating);
+        assert_eq!(
+            parse_suno_record(&first).unwrap().state,
+            TaskState::Generating
+        );
         let done = json!({"taskId": "s", "status": "SUCCESS", "response": {"sunoData": [
             {"audioUrl": "https://x/a.mp3", "imageUrl": "https://x/a.jpg", "title": "One", "duration": 198.4},
             {"audioUrl": "https://x/b.mp3", "imageUrl": "https://x/b.jpg", "title": "Two"}]}});
@@ -588,7 +612,10 @@ mod tests {
             parse_suno_record(&bad).unwrap().state,
             TaskState::Fail { .. }
         ));
-        assert!(parse_suno_record(&json!({"taskId": "s", "status": "SUCCESS", "response": {}})).is_err());
+        assert!(
+            parse_suno_record(&json!({"taskId": "s", "status": "SUCCESS", "response": {}}))
+                .is_err()
+        );
     }
 
     #[test]
@@ -598,8 +625,12 @@ mod tests {
         assert_eq!(r.task_id.as_str(), "v1");
         assert!(matches!(r.state, TaskState::Success(_)));
         let veo_failed = br#"{"code":400,"msg":"flagged","data":{"taskId":"v2"}}"#;
-        assert!(matches!(parse_callback(veo_failed).unwrap().state, TaskState::Fail { .. }));
-        let suno = br#"{"code":200,"msg":"ok","data":{"callbackType":"first","task_id":"s1","data":[]}}"#;
+        assert!(matches!(
+            parse_callback(veo_failed).unwrap().state,
+            TaskState::Fail { .. }
+        ));
+        let suno =
+            br#"{"code":200,"msg":"ok","data":{"callbackType":"first","task_id":"s1","data":[]}}"#;
         let r = parse_callback(suno).unwrap();
         assert_eq!((r.task_id.as_str(), r.state.name()), ("s1", "generating"));
     }

@@ -78,17 +78,44 @@ mod tests {
     #[test]
     fn a_signature_made_with_the_key_verifies_and_nothing_else_does() {
         let sig = sign("k3y", "task_1", "1700000000");
-        assert_eq!(verify("k3y", "task_1", Some("1700000000"), Some(&sig), 1_700_000_010), Ok(()));
         assert_eq!(
-            verify("other", "task_1", Some("1700000000"), Some(&sig), 1_700_000_010),
+            verify(
+                "k3y",
+                "task_1",
+                Some("1700000000"),
+                Some(&sig),
+                1_700_000_010
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                "other",
+                "task_1",
+                Some("1700000000"),
+                Some(&sig),
+                1_700_000_010
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify("k3y", "task_2", Some("1700000000"), Some(&sig), 1_700_000_010),
+            verify(
+                "k3y",
+                "task_2",
+                Some("1700000000"),
+                Some(&sig),
+                1_700_000_010
+            ),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            verify("k3y", "task_1", Some("1700000000"), Some(&sig), 1_700_009_999),
+            verify(
+                "k3y",
+                "task_1",
+                Some("1700000000"),
+                Some(&sig),
+                1_700_009_999
+            ),
             Err(SignatureError::Stale)
         );
         assert_eq!(
@@ -96,7 +123,13 @@ mod tests {
             Err(SignatureError::Missing)
         );
         assert_eq!(
-            verify("k3y", "task_1", Some("1700000000"), Some("!!"), 1_700_000_010),
+            verify(
+                "k3y",
+                "task_1",
+                Some("1700000000"),
+                Some("!!"),
+                1_700_000_010
+            ),
             Err(SignatureError::Mismatch)
         );
     }

@@ -51,7 +51,10 @@ fn quick_policy(max_attempts: usize) -> RetryPolicy {
 async fn poll_to_end(client: &KieClient, id: &TaskId) -> (TaskRecord, Vec<&'static str>) {
     let mut seen = Vec::new();
     for _ in 0..200 {
-        let record = client.record_info(Family::Market, id).await.expect("recordInfo");
+        let record = client
+            .record_info(Family::Market, id)
+            .await
+            .expect("recordInfo");
         seen.push(record.state.name());
         if record.state.is_final() {
             return (record, seen);
@@ -101,7 +104,10 @@ async fn a_task_polled_to_success_returns_result_urls_whose_files_download() {
     fake.set_model_outcome("google/nano-banana", Outcome::succeed_after_polls(4, 2));
     let client = client_for(&fake);
 
-    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
+    let id = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap();
     assert_eq!(id.as_str(), "task_1");
     let (record, seen) = poll_to_end(&client, &id).await;
 
@@ -128,7 +134,10 @@ async fn a_video_task_finished_by_time_has_watermarked_variants() {
     let client = client_for(&fake);
     let request = json!({"model": "sora-2-text-to-video", "input": {"prompt": "waves"}});
 
-    let id = client.create_task(Family::Market, &request, None).await.unwrap();
+    let id = client
+        .create_task(Family::Market, &request, None)
+        .await
+        .unwrap();
     let (record, _) = poll_to_end(&client, &id).await;
 
     let TaskState::Success(result) = record.state else {
@@ -146,7 +155,10 @@ async fn a_speech_to_text_task_returns_its_transcript() {
     let request =
         json!({"model": "elevenlabs/speech-to-text", "input": {"audio_url": "http://x/a.mp3"}});
 
-    let id = client.create_task(Family::Market, &request, None).await.unwrap();
+    let id = client
+        .create_task(Family::Market, &request, None)
+        .await
+        .unwrap();
     let record = client.record_info(Family::Market, &id).await.unwrap();
 
     let TaskState::Success(result) = record.state else {
@@ -166,7 +178,10 @@ async fn a_failed_task_reports_its_code_and_message() {
     });
     let client = client_for(&fake);
 
-    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
+    let id = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap();
     let (record, _) = poll_to_end(&client, &id).await;
 
     assert_eq!(
@@ -185,9 +200,11 @@ async fn a_429_burst_is_ridden_out_by_retrying() {
     let client = client_for(&fake);
     let request = cat_request();
 
-    let id = retrying(quick_policy(4), || client.create_task(Family::Market, &request, None))
-        .await
-        .unwrap();
+    let id = retrying(quick_policy(4), || {
+        client.create_task(Family::Market, &request, None)
+    })
+    .await
+    .unwrap();
 
     assert_eq!(fake.calls(Endpoint::CreateTask), 3);
     assert_eq!(fake.created_count(), 1);
@@ -202,9 +219,11 @@ async fn server_errors_and_maintenance_are_retryable_and_bounded() {
         let client = client_for(&fake);
         let request = cat_request();
 
-        let err = retrying(quick_policy(3), || client.create_task(Family::Market, &request, None))
-            .await
-            .unwrap_err();
+        let err = retrying(quick_policy(3), || {
+            client.create_task(Family::Market, &request, None)
+        })
+        .await
+        .unwrap_err();
 
         assert!(err.is_retryable(), "{err}");
         assert_eq!(err.code(), Some(i64::from(code)));
@@ -220,9 +239,11 @@ async fn a_422_is_final_and_not_retried() {
     let client = client_for(&fake);
     let request = cat_request();
 
-    let err = retrying(quick_policy(5), || client.create_task(Family::Market, &request, None))
-        .await
-        .unwrap_err();
+    let err = retrying(quick_policy(5), || {
+        client.create_task(Family::Market, &request, None)
+    })
+    .await
+    .unwrap_err();
 
     match &err {
         KieError::Validation(msg) => assert_eq!(msg, "prompt is required"),
@@ -238,7 +259,10 @@ async fn a_wrong_key_is_unauthorized_and_final() {
     let fake = FakeKie::start().await;
     let client = KieClient::new(config_for(&fake, "not-the-key")).unwrap();
 
-    let err = client.create_task(Family::Market, &cat_request(), None).await.unwrap_err();
+    let err = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, KieError::Unauthorized), "{err:?}");
     assert!(!err.is_retryable());
     assert_eq!(err.code(), Some(401));
@@ -255,7 +279,10 @@ async fn an_account_out_of_credits_is_a_final_402() {
     fake.reject_creates_with(402, "The current credits are insufficient. Please top up.");
     let client = client_for(&fake);
 
-    let err = client.create_task(Family::Market, &cat_request(), None).await.unwrap_err();
+    let err = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, KieError::InsufficientCredits(_)), "{err:?}");
     assert!(!err.is_retryable());
@@ -290,13 +317,23 @@ async fn every_bad_reply_kind_is_a_final_bad_response() {
         let fake = FakeKie::start().await;
         fake.set_default_outcome(Outcome::Never);
         let client = client_for(&fake);
-        let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
+        let id = client
+            .create_task(Family::Market, &cat_request(), None)
+            .await
+            .unwrap();
         fake.bad_replies(kind);
         let err = client.record_info(Family::Market, &id).await.unwrap_err();
         assert!(matches!(err, KieError::BadResponse(_)), "{kind:?}: {err:?}");
         assert!(!err.is_retryable(), "{kind:?}");
         fake.good_replies();
-        assert!(!client.record_info(Family::Market, &id).await.unwrap().state.is_final());
+        assert!(
+            !client
+                .record_info(Family::Market, &id)
+                .await
+                .unwrap()
+                .state
+                .is_final()
+        );
     }
     // Credits too.
     let fake = FakeKie::start().await;
@@ -323,12 +360,22 @@ async fn a_gateway_error_page_is_retryable_by_its_status() {
 async fn a_failing_poll_is_retryable() {
     let fake = FakeKie::start().await;
     let client = client_for(&fake);
-    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
+    let id = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap();
     fake.fail_next_polls(1, 500);
 
     let err = client.record_info(Family::Market, &id).await.unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
-    assert!(client.record_info(Family::Market, &id).await.unwrap().state.is_final());
+    assert!(
+        client
+            .record_info(Family::Market, &id)
+            .await
+            .unwrap()
+            .state
+            .is_final()
+    );
 }
 
 #[tokio::test]
@@ -349,7 +396,10 @@ async fn a_dropped_create_reply_times_out_retryably_though_the_task_was_created(
     config.timeout = Duration::from_millis(300);
     let client = KieClient::new(config).unwrap();
 
-    let err = client.create_task(Family::Market, &cat_request(), None).await.unwrap_err();
+    let err = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, KieError::Timeout), "{err:?}");
     assert!(err.is_retryable());
@@ -357,7 +407,10 @@ async fn a_dropped_create_reply_times_out_retryably_though_the_task_was_created(
     assert_eq!(fake.created_count(), 1);
     assert_eq!(fake.tasks()[0].id, "task_1");
     // The next create is answered.
-    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
+    let id = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap();
     assert_eq!(id.as_str(), "task_2");
 }
 
@@ -413,14 +466,24 @@ async fn a_forged_callback_parses_but_record_info_tells_the_truth() {
     fake.set_default_outcome(Outcome::Never);
     let (url, received) = callback_receiver().await;
     let client = client_for(&fake);
-    let id = client.create_task(Family::Market, &cat_request(), None).await.unwrap();
+    let id = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap();
 
     let status = fake.send_forged_callback(&url, id.as_str()).await.unwrap();
     assert_eq!(status, 200);
     let forged = parse_callback(&wait_for_bodies(&received, 1).await[0]).unwrap();
 
     assert!(forged.state.is_final());
-    assert!(!client.record_info(Family::Market, &id).await.unwrap().state.is_final());
+    assert!(
+        !client
+            .record_info(Family::Market, &id)
+            .await
+            .unwrap()
+            .state
+            .is_final()
+    );
 }
 
 #[tokio::test]

@@ -184,18 +184,24 @@ async fn with_an_hmac_key_only_callbacks_signed_by_kie_move_the_poll() {
     assert_eq!(unsigned.status(), 401);
     let forged = kiebot_kie::webhook::sign("guessed-key", "task_signed", &now);
     assert_eq!(
-        app.signed_callback(SECRET, &body, &now, &forged).await.status(),
+        app.signed_callback(SECRET, &body, &now, &forged)
+            .await
+            .status(),
         401
     );
     let other_task = kiebot_kie::webhook::sign("account-webhook-key", "task_other", &now);
     assert_eq!(
-        app.signed_callback(SECRET, &body, &now, &other_task).await.status(),
+        app.signed_callback(SECRET, &body, &now, &other_task)
+            .await
+            .status(),
         401
     );
     let old = "1700000000";
     let stale = kiebot_kie::webhook::sign("account-webhook-key", "task_signed", old);
     assert_eq!(
-        app.signed_callback(SECRET, &body, old, &stale).await.status(),
+        app.signed_callback(SECRET, &body, old, &stale)
+            .await
+            .status(),
         401
     );
     let still = app.store.generations().get(id).await.unwrap().unwrap();

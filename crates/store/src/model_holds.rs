@@ -108,7 +108,7 @@ impl<'a> ModelHolds<'a> {
     /// clones): menus and confirmations read it on every update. A hold made
     /// through this store is seen at once, one made by another process
     /// within `max_age`.
-    pub async fn recent(&self, max_age: Duration) -> Result<std::sync::Arc<BTreeMap<String, ModelHold>>> {
+    pub async fn recent(&self, max_age: Duration) -> Result<Holds> {
         if let Some(holds) = self.store.recent_holds.fresh(max_age) {
             return Ok(holds);
         }
@@ -118,21 +118,24 @@ impl<'a> ModelHolds<'a> {
     }
 }
 
+/// Every held model, by id, as one read found them.
+pub type Holds = std::sync::Arc<BTreeMap<String, ModelHold>>;
+
 /// The last read of the holds, shared by a store's clones.
 #[derive(Debug, Default)]
 pub(crate) struct RecentHolds {
-    last: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<BTreeMap<String, ModelHold>>)>>,
+    last: std::sync::Mutex<Option<(std::time::Instant, Holds)>>,
 }
 
 impl RecentHolds {
-    fn fresh(&self, max_age: Duration) -> Option<std::sync::Arc<BTreeMap<String, ModelHold>>> {
+    fn fresh(&self, max_age: Duration) -> Option<Holds> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.as_ref()
             .filter(|(at, _)| at.elapsed() <= max_age)
             .map(|(_, h)| h.clone())
     }
 
-    fn keep(&self, holds: std::sync::Arc<BTreeMap<String, ModelHold>>) {
+    fn keep(&self, holds: Holds) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((std::time::Instant::now(), holds));
     }

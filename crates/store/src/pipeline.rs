@@ -436,6 +436,31 @@ impl Generations<'_> {
         Ok(n > 0)
     }
 
+    /// Whether `user` has another generation sent to KIE since `since`, or
+    /// being sent now: a fresh create of theirs then joins the fair line
+    /// instead of taking a second slot of the same window.
+    pub async fn user_created_since(
+        &self,
+        user: kiebot_domain::UserId,
+        except: GenerationId,
+        since: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM generations WHERE user_id = $1 AND id <> $2 AND ( \
+                 (status = 'submitted' AND submitted_at >= $3) \
+                 OR (status = 'pending' AND claimed_until > $4 AND submit_attempts > 0)) \
+             LIMIT 1",
+        )
+        .bind(user.0)
+        .bind(except.0)
+        .bind(since)
+        .bind(now)
+        .fetch_optional(self.store().pool())
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// Tasks at KIE now (submitted, no outcome yet), counted up to `cap`:
     /// enough to know whether the in-flight cap is reached, without counting
     /// a hundred thousand rows.

@@ -601,7 +601,10 @@ impl Sender<'_> {
         if single && utf16_len(&caption) <= MAX_CAPTION_UTF16 {
             let url = &request.urls[0];
             let caption = (!caption.is_empty()).then_some(caption.as_str());
-            let track = request.tracks.first().filter(|_| request.kind == DeliveryKind::Audio);
+            let track = request
+                .tracks
+                .first()
+                .filter(|_| request.kind == DeliveryKind::Audio);
             match self
                 .single_with(Media::of(request.kind), url, caption, keyboard, track)
                 .await?
@@ -641,7 +644,10 @@ impl Sender<'_> {
                 request.urls.chunks(1).collect()
             };
             for (i, group) in groups.into_iter().enumerate() {
-                let track = request.tracks.get(i).filter(|_| request.kind == DeliveryKind::Audio);
+                let track = request
+                    .tracks
+                    .get(i)
+                    .filter(|_| request.kind == DeliveryKind::Audio);
                 let outcome = if group.len() == 1 {
                     self.single_with(Media::of(request.kind), &group[0], None, None, track)
                         .await?
@@ -827,7 +833,10 @@ impl Sender<'_> {
             media
         };
         let input = InputFile::memory(file.bytes).file_name(file.file_name);
-        match self.send_media(media, input, caption, keyboard, track).await {
+        match self
+            .send_media(media, input, caption, keyboard, track)
+            .await
+        {
             Ok(message) => Ok(Outcome::Sent(vec![message], Route::Upload)),
             Err(CallError::MediaRefused(reason)) => {
                 tracing::warn!(%reason, "Telegram refused the upload; sending a link");

@@ -76,10 +76,13 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
                 RedisLimiter::connect(url, &format!("{}kiebot:tg", prefix(&namespace)), limits)
                     .await
                     .context("connecting the delivery rate limiter to REDIS_URL")?;
-            let gate =
-                RedisGate::connect(url, &format!("{}kiebot:kie", prefix(&namespace)), gate_config)
-                    .await
-                    .context("connecting the KIE rate gate to REDIS_URL")?;
+            let gate = RedisGate::connect(
+                url,
+                &format!("{}kiebot:kie", prefix(&namespace)),
+                gate_config,
+            )
+            .await
+            .context("connecting the KIE rate gate to REDIS_URL")?;
             (queues, Arc::new(limiter), Arc::new(gate))
         }
         Mode::Embedded => {
@@ -121,9 +124,8 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         ..PipelineConfig::default()
     });
     config.max_in_flight = settings.kie_limits.max_in_flight;
-    config.catalog_check_every = (settings.catalog_check_hours > 0).then(|| {
-        std::time::Duration::from_secs(u64::from(settings.catalog_check_hours) * 3600)
-    });
+    config.catalog_check_every = (settings.catalog_check_hours > 0)
+        .then(|| std::time::Duration::from_secs(u64::from(settings.catalog_check_hours) * 3600));
     if let Some(public) = &settings.public_url {
         let secret = callback_secret(&store).await?;
         config.callback_url = Some(format!("{public}/kie/callback/{secret}"));
@@ -155,9 +157,9 @@ pub async fn callback_secret(store: &Store) -> anyhow::Result<String> {
 }
 
 /// KIE's limits as a gate keeps them: the per-second poll limit is split
-/// into a steady rate and a small burst that together never exceed it.
+/// into a steady rate and a burst (a fifth) that together never exceed it.
 pub fn gate_config(limits: &KieLimits) -> GateConfig {
-    let burst = if limits.polls_per_second >= 5 { 2 } else { 1 };
+    let burst = (limits.polls_per_second / 5).max(1);
     GateConfig {
         creates_per_window: limits.creates_per_window,
         window: limits.create_window,

@@ -60,7 +60,11 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<kiebot_catalog_check::Report> {
         metrics::counter!(metrics_names::CATALOG_FINDINGS, "severity" => severity.as_str())
             .increment(report.count(severity) as u64);
     }
-    for f in report.findings.iter().filter(|f| f.severity != Severity::Info) {
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.severity != Severity::Info)
+    {
         warn!(
             model = %f.model,
             field = f.field.as_deref().unwrap_or("-"),
@@ -78,7 +82,10 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<kiebot_catalog_check::Report> {
     let holds = ctx.store.model_holds();
     for (model, reason) in report.off_sale() {
         if holds.hold(&model, &reason, HoldSource::Check).await? {
-            error!(model, reason, "model taken off sale until an operator releases it");
+            error!(
+                model,
+                reason, "model taken off sale until an operator releases it"
+            );
         }
     }
     let held = holds.all().await?.len();

@@ -193,7 +193,8 @@ mod tests {
     #[test]
     fn estimates_need_enough_runs_and_read_their_percentiles() {
         assert_eq!(RunEstimate::from_samples(&[1000, 2000]), None);
-        let e = RunEstimate::from_samples(&[10_000, 11_000, 12_000, 13_000, 14_000, 30_000]).unwrap();
+        let e =
+            RunEstimate::from_samples(&[10_000, 11_000, 12_000, 13_000, 14_000, 30_000]).unwrap();
         assert_eq!(e.p50, Duration::from_millis(13_000));
         assert_eq!(e.p90, Duration::from_millis(30_000));
         assert!(e.measured);
@@ -205,11 +206,17 @@ mod tests {
         let est = measured(114, 120, 126);
         let times = schedule(&plan, &est, s(140));
         let before: Vec<_> = times.iter().filter(|t| **t < s(112)).collect();
-        let inside = times.iter().filter(|t| **t >= s(112) && **t <= s(128)).count();
+        let inside = times
+            .iter()
+            .filter(|t| **t >= s(112) && **t <= s(128))
+            .count();
         assert!(before.len() <= 5, "{times:?}");
         assert!(inside >= 6, "{times:?}");
         // In the window no two polls are further apart than the hot gap.
-        let window: Vec<_> = times.iter().filter(|t| **t >= s(113) && **t <= s(126)).collect();
+        let window: Vec<_> = times
+            .iter()
+            .filter(|t| **t >= s(113) && **t <= s(126))
+            .collect();
         for w in window.windows(2) {
             assert!(*w[1] - *w[0] <= plan.hot_gap, "{times:?}");
         }

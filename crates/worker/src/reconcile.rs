@@ -208,10 +208,17 @@ async fn dispatch_submits(
     grace: std::time::Duration,
     requeue_at: i64,
     room: &QueueRoom,
-) -> Result<(Vec<kiebot_domain::GenerationId>, Option<std::time::Duration>), JobError> {
+) -> Result<
+    (
+        Vec<kiebot_domain::GenerationId>,
+        Option<std::time::Duration>,
+    ),
+    JobError,
+> {
     let gens = ctx.store.generations();
     let cfg = &ctx.config;
-    let mut want = room.limit(&ctx.queues.names().submit, cfg);
+    let queue_room = room.limit(&ctx.queues.names().submit, cfg);
+    let mut want = queue_room;
     let mut next_in = std::time::Duration::from_secs(1);
     if cfg.max_in_flight > 0 {
         let in_flight = gens.count_in_flight(cfg.max_in_flight).await?;
@@ -232,6 +239,9 @@ async fn dispatch_submits(
             }
         }
     }
+    // KIE's limits (not the queue's room) hold generations back: only then
+    // do they form a line that fresh confirmations must queue behind.
+    let kie_bound = want < queue_room;
     let ids = if want > 0 {
         gens.claim_due_submits(now, Ctx::ms(grace), requeue_at, want)
             .await?
@@ -239,10 +249,13 @@ async fn dispatch_submits(
         Vec::new()
     };
     // Whether anyone is left waiting: due rows the slots did not cover.
-    let waiting = gens.count_due_submits(now, Ctx::ms(grace), 1).await? > 0;
+    let waiting = kie_bound && gens.count_due_submits(now, Ctx::ms(grace), 1).await? > 0;
     metrics::gauge!(metrics_names::KIE_CREATE_LINE).set(if waiting { 1.0 } else { 0.0 });
     if waiting {
-        let _ = ctx.gate.mark_line(next_in + cfg.reconcile_interval * 2).await;
+        let _ = ctx
+            .gate
+            .mark_line(next_in + cfg.reconcile_interval * 2)
+            .await;
         Ok((ids, Some(next_in)))
     } else {
         Ok((ids, None))

@@ -12,9 +12,10 @@
 //! with 429 without queueing them. Every call first takes a slot from the
 //! shared [`kiebot_kie_gate::KieGate`]: a generation the reconciler
 //! dispatched in its fair turn takes a free slot; one straight from its
-//! confirmation goes only when nobody waits (else it joins the line). With
-//! no slot, or at the in-flight cap, the row is parked (its attempt not
-//! counted) until a slot frees. A 429 proves no task was made: it is not an
+//! confirmation goes only when nobody waits and its user has not created
+//! another task in the same window (else it joins the line). With no slot,
+//! or at the in-flight cap, the row is parked (its attempt not counted)
+//! until a slot frees. A 429 proves no task was made: it is not an
 //! attempt, and it pauses every worker's creates until KIE's window passes.
 
 use std::sync::Arc;
@@ -138,7 +139,10 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
             }
             metrics::counter!(metrics_names::KIE_RATE_LIMITED, "endpoint" => "createTask")
                 .increment(1);
-            info!(wait_ms = Ctx::ms(window), "KIE's create window is full; in line again");
+            info!(
+                wait_ms = Ctx::ms(window),
+                "KIE's create window is full; in line again"
+            );
             gens.park_submit(id, now_ms() + Ctx::ms(window)).await?;
             Ok(())
         }
@@ -153,7 +157,10 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
             // exist, so this attempt stays counted (max_submit_attempts bounds
             // the duplicates); the next one comes after a growing wait.
             let retry_at = now_ms()
-                + Ctx::ms(ctx.config.submit_backoff(i64::from(generation.submit_attempts)));
+                + Ctx::ms(
+                    ctx.config
+                        .submit_backoff(i64::from(generation.submit_attempts)),
+                );
             info!(error = %e, retry_at, "createTask failed, will retry");
             gens.retry_submit_at(id, retry_at).await?;
             Ok(())
@@ -190,6 +197,21 @@ async fn slot(ctx: &Ctx, g: &Generation, now: i64) -> Result<Option<Duration>, J
     let dispatched = g
         .admitted_at
         .is_some_and(|at| now - at < Ctx::ms(ctx.config.lease));
+    // A user's second create in one window waits its fair turn: five
+    // confirmations at once must not take five of twenty slots from everyone
+    // else.
+    if !dispatched && !ctx.gate.config().is_unlimited() {
+        let window = ctx.gate.config().counted_window();
+        let since = now - Ctx::ms(window);
+        if ctx
+            .store
+            .generations()
+            .user_created_since(g.user, g.id, since, now)
+            .await?
+        {
+            return Ok(Some(ctx.config.reconcile_interval));
+        }
+    }
     let answer = if dispatched {
         ctx.gate.take_creates(1).await.map(|g| {
             if g.granted == 1 {
