@@ -492,6 +492,10 @@ pub(crate) fn refusal_of(e: &ParamError) -> Refusal {
             max_mb: max / (1024 * 1024),
         },
         ParamError::ItemCount { min, .. } => Refusal::NeedMoreFiles { min: *min },
+        ParamError::Excluded { reason, reason_ru } => Refusal::Combination {
+            en: reason.clone(),
+            ru: reason_ru.clone(),
+        },
         other => Refusal::Invalid(other.to_string()),
     }
 }

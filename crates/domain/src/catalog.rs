@@ -602,6 +602,32 @@ pub struct Model {
     /// Where the fields and the price were checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
+    /// Combinations of values KIE refuses although each value alone is fine
+    /// (a 4K square where 4K needs another ratio), refused before anything
+    /// is held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<Exclusion>,
+}
+
+/// Values that KIE refuses together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exclusion {
+    /// Field name to value (an enum value, or `true`/`false`): all must match.
+    pub when: BTreeMap<String, String>,
+    /// Why, for the user.
+    pub reason: Localized,
+}
+
+impl Exclusion {
+    /// Whether `params` has every value of `when`.
+    pub fn matches(&self, params: &BTreeMap<String, ParamValue>) -> bool {
+        self.when.iter().all(|(name, want)| match params.get(name) {
+            Some(ParamValue::Choice(c)) => c == want,
+            Some(ParamValue::Bool(b)) => b.to_string() == *want,
+            _ => false,
+        })
+    }
 }
 
 fn yes() -> bool {
@@ -785,6 +811,34 @@ fn check_model(m: &Model) -> Result<(), CatalogError> {
                 &f.name,
                 "a fixed field needs a default (it is never asked)".into(),
             ));
+        }
+    }
+    for x in &m.excludes {
+        if x.when.is_empty() {
+            return Err(model_err("an exclusion names no field".into()));
+        }
+        for (name, value) in &x.when {
+            let ok = match m.field(name).map(|f| &f.kind) {
+                Some(FieldKind::Enum { values, .. }) => values.contains(value),
+                Some(FieldKind::Boolean) => value == "true" || value == "false",
+                Some(_) => {
+                    return Err(field_err(
+                        name,
+                        "an exclusion may name only enum and boolean fields".into(),
+                    ));
+                }
+                None => {
+                    return Err(model_err(format!(
+                        "an exclusion names unknown field {name}"
+                    )));
+                }
+            };
+            if !ok {
+                return Err(field_err(
+                    name,
+                    format!("the exclusion's value {value:?} is not one of the field's"),
+                ));
+            }
         }
     }
     if let Some(p) = &m.price {

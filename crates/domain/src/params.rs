@@ -103,6 +103,14 @@ pub enum ParamError {
         /// The limit.
         max: u64,
     },
+    /// Values KIE refuses together (see [`crate::catalog::Exclusion`]).
+    #[error("this combination is not available: {reason}")]
+    Excluded {
+        /// Why, in English (the bot shows the user's language).
+        reason: String,
+        /// Why, in Russian.
+        reason_ru: String,
+    },
     /// A file URL that is not http(s).
     #[error("{field}: {url:?} is not an http(s) URL")]
     BadUrl {
@@ -353,6 +361,12 @@ impl Params {
                 None if f.required => return Err(ParamError::Missing(f.name.clone())),
                 None => {}
             }
+        }
+        if let Some(x) = model.excludes.iter().find(|x| x.matches(&out)) {
+            return Err(ParamError::Excluded {
+                reason: x.reason.en.clone(),
+                reason_ru: x.reason.ru.clone(),
+            });
         }
         Ok(Params(out))
     }
@@ -658,6 +672,43 @@ mod tests {
                 proptest::prop_assert!(crate::pricing::Pricing::default().price(&m, &p).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn values_refused_together_are_refused_before_anything_is_sent() {
+        let mut m = sample_model();
+        m.excludes = vec![crate::catalog::Exclusion {
+            when: [("ratio", "16:9"), ("sound", "true")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            reason: crate::catalog::Localized {
+                en: "wide videos are silent".into(),
+                ru: "широкие видео без звука".into(),
+            },
+        }];
+        Catalog::new(vec![m.clone()]).unwrap();
+        let base = [
+            ("prompt", ParamValue::Text("a cat".into())),
+            (
+                "image_input",
+                ParamValue::Files(vec!["https://x/a.png".into()]),
+            ),
+        ];
+        let mut both = given(&base);
+        both.insert("ratio".into(), ParamValue::Choice("16:9".into()));
+        both.insert("sound".into(), ParamValue::Bool(true));
+        assert!(matches!(
+            Params::validate(&m, &both),
+            Err(ParamError::Excluded { .. })
+        ));
+        // Either value alone is fine.
+        both.insert("sound".into(), ParamValue::Bool(false));
+        assert!(Params::validate(&m, &both).is_ok());
+        // An exclusion naming a value the field does not have is a broken catalog.
+        let mut broken = m.clone();
+        broken.excludes[0].when.insert("ratio".into(), "4:3".into());
+        assert!(Catalog::new(vec![broken]).is_err());
     }
 
     #[test]

@@ -590,3 +590,70 @@ async fn a_request_without_a_model_is_refused_before_sending() {
     assert!(matches!(err, KieError::Validation(_)), "{err:?}");
     assert_eq!(fake.calls(Endpoint::CreateTask), 0);
 }
+
+#[tokio::test]
+async fn every_request_says_it_is_json_even_without_a_body() {
+    let fake = FakeKie::start().await;
+    let client = client_for(&fake);
+    let id = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap();
+    client.record_info(Family::Market, &id).await.unwrap();
+    client.credits().await.unwrap();
+    client.list_models().await.unwrap();
+    client.model_schema("google/nano-banana").await.unwrap();
+    assert_eq!(fake.requests_without_json_content_type(), 0);
+}
+
+#[tokio::test]
+async fn an_error_s_text_is_read_from_msg_or_message() {
+    let fake = FakeKie::start().await;
+    let client = client_for(&fake);
+    fake.set_error_text_key("message");
+    fake.reject_creates_with(422, "prompt is too long");
+    let err = client
+        .create_task(Family::Market, &cat_request(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, KieError::Validation(ref m) if m == "prompt is too long"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn veo_and_suno_tasks_are_created_and_read_through_their_own_endpoints() {
+    let fake = FakeKie::start().await;
+    let client = client_for(&fake);
+    let veo = json!({"model": "veo3_fast", "prompt": "a dog", "generationType": "TEXT_2_VIDEO",
+        "aspectRatio": "16:9", "resolution": "720p", "duration": 8});
+    let id = client.create_task(Family::Veo, &veo, None).await.unwrap();
+    assert_eq!(fake.calls(Endpoint::VeoGenerate), 1);
+    // Another family's status endpoint does not know the task.
+    assert!(client.record_info(Family::Market, &id).await.is_err());
+    let record = client.record_info(Family::Veo, &id).await.unwrap();
+    let TaskState::Success(result) = record.state else {
+        panic!("not finished: {:?}", record.state)
+    };
+    assert_eq!(result.result_urls.len(), 1);
+
+    let suno = json!({"model": "V5", "prompt": "a calm piano piece", "customMode": false,
+        "instrumental": false});
+    // Suno requires a callback URL: without one configured, a placeholder
+    // that never resolves is sent and the task is polled.
+    let id = client.create_task(Family::Suno, &suno, None).await.unwrap();
+    let task = fake.task(id.as_str()).unwrap();
+    assert_eq!(task.callback_url.as_deref(), Some(kiebot_kie::NO_CALLBACK));
+    let record = client.record_info(Family::Suno, &id).await.unwrap();
+    let TaskState::Success(result) = record.state else {
+        panic!("not finished: {:?}", record.state)
+    };
+    assert_eq!(result.tracks.len(), 2);
+    assert!(
+        result
+            .tracks
+            .iter()
+            .all(|t| t.title.is_some() && t.image_url.is_some())
+    );
+}

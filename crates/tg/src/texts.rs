@@ -529,6 +529,13 @@ pub enum Refusal {
     UploadFailed,
     /// The parameters are invalid (a detail for the operator's log).
     Invalid(String),
+    /// Values the model refuses together; the reason in each language.
+    Combination {
+        /// In English.
+        en: String,
+        /// In Russian.
+        ru: String,
+    },
 }
 
 /// The message for a refused input.
@@ -610,6 +617,14 @@ pub fn refusal(lang: Lang, r: &Refusal) -> String {
             "Параметры не подходят модели. Проверьте шаги и попробуйте снова.",
             "The parameters do not fit the model. Please check the steps and try again."
         ),
+        Refusal::Combination { en, ru } => {
+            let why = if lang == Lang::Ru { ru } else { en };
+            tr!(
+                lang,
+                "Такое сочетание параметров недоступно: {why}. Измените один из них и подтвердите снова.",
+                "This combination is not available: {why}. Change one of them and confirm again."
+            )
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub async fn maybe_start(ctx: &Arc<Ctx>) {
         Ok(true) => {
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                if let Err(e) = run(&ctx).await {
+                if let Err(e) = run(&ctx, &CheckOptions::default()).await {
                     warn!(error = %e, "catalog check failed; the next turn tries again");
                 }
             });
@@ -51,11 +51,14 @@ pub async fn maybe_start(ctx: &Arc<Ctx>) {
 
 /// Runs one check and takes broken models off sale.
 #[tracing::instrument(name = "job.catalog_check", skip_all)]
-pub async fn run(ctx: &Ctx) -> anyhow::Result<kiebot_catalog_check::Report> {
+pub async fn run(
+    ctx: &Ctx,
+    options: &CheckOptions,
+) -> anyhow::Result<kiebot_catalog_check::Report> {
     let KieMode::Live(client) = &ctx.kie else {
         anyhow::bail!("DRY_RUN: KIE's catalogue is not read");
     };
-    let report = check(&ctx.catalog, client.as_ref(), &CheckOptions::default()).await?;
+    let report = check(&ctx.catalog, client.as_ref(), options).await?;
     for severity in [Severity::Error, Severity::Warning, Severity::Info] {
         metrics::counter!(metrics_names::CATALOG_FINDINGS, "severity" => severity.as_str())
             .increment(report.count(severity) as u64);
