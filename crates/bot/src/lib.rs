@@ -206,6 +206,15 @@ impl Ctx {
         self.held_models().await.contains_key(model.as_str())
     }
 
+    /// Tells the user the model is off sale for now, with the way home.
+    pub async fn show_off_sale(&self) -> anyhow::Result<()> {
+        self.show(
+            kiebot_tg::texts::model_off_sale(self.lang),
+            Some(kiebot_tg::keyboards::home(self.lang)),
+        )
+        .await
+    }
+
     /// Every model off sale now.
     pub async fn held_models(
         &self,

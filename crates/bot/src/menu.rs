@@ -97,12 +97,7 @@ pub(crate) async fn models_of(ctx: &Ctx, t: GenerationType) -> anyhow::Result<()
 pub(crate) async fn card(ctx: &Ctx, model: &Model) -> anyhow::Result<()> {
     let code = ctx.lang.code();
     if ctx.off_sale(&model.id).await {
-        return ctx
-            .show(
-                texts::model_off_sale(ctx.lang),
-                Some(keyboards::home(ctx.lang)),
-            )
-            .await;
+        return ctx.show_off_sale().await;
     }
     let Some(price) = default_price(model, &ctx.deps.pricing).filter(|_| model.is_sold()) else {
         return ctx

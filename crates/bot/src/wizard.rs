@@ -59,12 +59,7 @@ pub(crate) async fn start(
             .await;
     }
     if ctx.off_sale(&model.id).await {
-        return ctx
-            .show(
-                texts::model_off_sale(ctx.lang),
-                Some(keyboards::home(ctx.lang)),
-            )
-            .await;
+        return ctx.show_off_sale().await;
     }
     let mut steps: Vec<String> = model.wizard_fields().map(|f| f.name.clone()).collect();
     let mut values = BTreeMap::new();
@@ -875,9 +870,7 @@ async fn confirm(ctx: &Ctx, model: &Model, draft: &Draft, via: Trigger) -> anyho
     if ctx.off_sale(&model.id).await {
         // Nothing is created or held; the draft stays for when it is back.
         tracing::info!(user = %ctx.uid, model = %model.id, "confirmation of a model off sale refused");
-        return ctx
-            .show(texts::model_off_sale(lang), Some(keyboards::home(lang)))
-            .await;
+        return ctx.show_off_sale().await;
     }
     let params = match Params::validate(model, &draft.values) {
         Ok(p) => p,

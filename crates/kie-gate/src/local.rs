@@ -78,20 +78,13 @@ impl LocalGate {
                 next_in: (until - now).min(Duration::from_secs(1)),
             };
         }
-        self.expire(&mut s, now);
-        let limit = self.config.creates_per_window as usize;
-        let room = limit.saturating_sub(s.creates.len());
+        let (room, _) = self.room(&mut s, now);
         let granted = room.min(n as usize);
         for _ in 0..granted {
             s.creates.push_back(now);
         }
         let next_in = if granted < n as usize {
-            // The oldest counted create leaves the window first.
-            s.creates.front().map_or(Duration::ZERO, |oldest| {
-                self.config
-                    .counted_window()
-                    .saturating_sub(now.duration_since(*oldest))
-            })
+            self.room(&mut s, now).1
         } else {
             Duration::ZERO
         };
@@ -99,6 +92,20 @@ impl LocalGate {
             granted: u32::try_from(granted).unwrap_or(u32::MAX),
             next_in,
         }
+    }
+
+    /// Free slots now, and how long until the oldest counted create leaves
+    /// the window (the next slot frees then).
+    fn room(&self, s: &mut State, now: Instant) -> (usize, Duration) {
+        self.expire(s, now);
+        let limit = self.config.creates_per_window as usize;
+        let room = limit.saturating_sub(s.creates.len());
+        let next_in = s.creates.front().map_or(Duration::ZERO, |oldest| {
+            self.config
+                .counted_window()
+                .saturating_sub(now.duration_since(*oldest))
+        });
+        (room, next_in)
     }
 
     fn refill(&self, s: &mut State, now: Instant) {
@@ -126,18 +133,8 @@ impl KieGate for LocalGate {
                     next_in: until - now,
                 }
             } else {
-                self.expire(&mut s, now);
-                let limit = self.config.creates_per_window as usize;
-                let room = limit.saturating_sub(s.creates.len());
-                let next_in = if room == 0 {
-                    s.creates.front().map_or(Duration::ZERO, |oldest| {
-                        self.config
-                            .counted_window()
-                            .saturating_sub(now.duration_since(*oldest))
-                    })
-                } else {
-                    Duration::ZERO
-                };
+                let (room, next) = self.room(&mut s, now);
+                let next_in = if room == 0 { next } else { Duration::ZERO };
                 Grant {
                     granted: u32::try_from(room).unwrap_or(u32::MAX),
                     next_in,

@@ -5,16 +5,28 @@
 //! [`parse_callback`]) tells how the task ends. This crate speaks only HTTP and
 //! JSON; what a generation means for a user's money lives elsewhere.
 //!
+//! Three task families share that abstraction ([`kiebot_domain::Family`]):
+//! the market (`/api/v1/jobs/createTask`, `recordInfo` with `state` and a
+//! JSON-inside-JSON `resultJson`), Veo 3.1 (`/api/v1/veo/generate`,
+//! `record-info` with `successFlag`) and Suno (`/api/v1/generate`,
+//! `record-info` with `status` and two tracks). Each method takes the family
+//! and returns the same [`TaskRecord`], so callers stay one path. The
+//! catalogue endpoints (`/api/v1/models`, each model's schema and price) feed
+//! the catalog check.
+//!
 //! # Map
 //! - [`config`]: [`KieConfig`] (hosts, timeouts) and the [`ApiKey`] that never
 //!   prints.
 //! - [`client`]: [`KieClient`], one method per endpoint, each with a timeout and
 //!   a tracing span (`kie.create_task`, `kie.record_info`, `kie.credits`,
-//!   `kie.upload_stream`, `kie.upload_url`).
-//! - [`task`]: [`TaskRecord`], [`TaskState`], [`TaskResult`] and the parsing of
-//!   recordInfo replies and callbacks (including the JSON-inside-JSON
-//!   `resultJson`).
-//! - [`error`]: [`KieError`], split into retryable and final classes.
+//!   `kie.upload_stream`, `kie.upload_url`, `kie.download_url`,
+//!   `kie.catalogue`). Every request says `Content-Type: application/json`;
+//!   an error's text is read from `msg` or `message`.
+//! - [`task`]: [`TaskRecord`], [`TaskState`], [`TaskResult`] (with Suno's
+//!   [`Track`]s) and the parsing of each family's status replies and
+//!   callbacks, with KIE's own run time and `creditsConsumed`.
+//! - [`error`]: [`KieError`], split into retryable and final classes (and those
+//!   an operator must act on: 401, 402, 433).
 //! - [`retry`]: [`retrying`], bounded exponential backoff with jitter over the
 //!   retryable class only.
 //! - [`webhook`]: the callback signature (`X-Webhook-Signature`), checked when

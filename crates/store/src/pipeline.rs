@@ -99,6 +99,11 @@ impl Generation {
 
 const FINISHED: &str = "('succeeded', 'failed', 'expired', 'canceled')";
 
+/// A pending row due for a submit at `$1` (never tried rows after the grace
+/// `$2`), claimed by no handler.
+const DUE_SUBMIT: &str = "status = 'pending' AND COALESCE(next_poll_at, created_at + $2) <= $1 \
+                          AND (claimed_until IS NULL OR claimed_until <= $1)";
+
 /// How many of the oldest due pending rows the fair ranking of
 /// [`Generations::claim_due_submits`] looks at.
 pub const FAIR_WINDOW: u32 = 5000;
@@ -130,13 +135,25 @@ impl Generations<'_> {
     /// Gives up a submit claim after a retryable failure; the reconciler
     /// re-enqueues the row at `at`.
     pub async fn retry_submit_at(&self, id: GenerationId, at: i64) -> Result<bool> {
+        self.give_back_submit(id, at, false).await
+    }
+
+    /// Drops a submit claim; the row is due again at `at`. `uncount` also
+    /// takes back the attempt [`claim_submit`](Self::claim_submit) counted,
+    /// and the dispatcher's pick.
+    async fn give_back_submit(&self, id: GenerationId, at: i64, uncount: bool) -> Result<bool> {
         let n = sqlx::query(
-            "UPDATE generations SET claimed_until = NULL, next_poll_at = $2, updated_at = $3 \
+            "UPDATE generations SET \
+                 submit_attempts = CASE WHEN $4 AND submit_attempts > 0 \
+                     THEN submit_attempts - 1 ELSE submit_attempts END, \
+                 admitted_at = CASE WHEN $4 THEN NULL ELSE admitted_at END, \
+                 claimed_until = NULL, next_poll_at = $2, updated_at = $3 \
              WHERE id = $1 AND status = 'pending'",
         )
         .bind(id.0)
         .bind(at)
         .bind(now_ms())
+        .bind(uncount)
         .execute(self.store().pool())
         .await?
         .rows_affected();
@@ -357,8 +374,7 @@ impl Generations<'_> {
         requeue_at: i64,
         limit: i64,
     ) -> Result<Vec<GenerationId>> {
-        let due = "status = 'pending' AND COALESCE(next_poll_at, created_at + $2) <= $1 \
-                   AND (claimed_until IS NULL OR claimed_until <= $1)";
+        let due = DUE_SUBMIT;
         // The candidates are locked before they are ranked: PostgreSQL allows
         // no row lock in a query with a window function.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -405,9 +421,7 @@ impl Generations<'_> {
     /// counted up to `limit`.
     pub async fn count_due_submits(&self, now: i64, grace_ms: i64, limit: u32) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM generations \
-                 WHERE status = 'pending' AND COALESCE(next_poll_at, created_at + $2) <= $1 \
-                 AND (claimed_until IS NULL OR claimed_until <= $1) LIMIT {limit}) t"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM generations WHERE {DUE_SUBMIT} LIMIT {limit}) t"
         )))
         .bind(now)
         .bind(grace_ms)
@@ -421,19 +435,7 @@ impl Generations<'_> {
     /// to KIE, or KIE refused it for its rate, which proves no task was made),
     /// and the row is due again at `at`, in the fair line.
     pub async fn park_submit(&self, id: GenerationId, at: i64) -> Result<bool> {
-        let n = sqlx::query(
-            "UPDATE generations SET submit_attempts = CASE WHEN submit_attempts > 0 \
-                 THEN submit_attempts - 1 ELSE 0 END, \
-                 claimed_until = NULL, admitted_at = NULL, next_poll_at = $2, updated_at = $3 \
-             WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(id.0)
-        .bind(at)
-        .bind(now_ms())
-        .execute(self.store().pool())
-        .await?
-        .rows_affected();
-        Ok(n > 0)
+        self.give_back_submit(id, at, true).await
     }
 
     /// Whether `user` has another generation sent to KIE since `since`, or

@@ -6,6 +6,13 @@
 //! - [`db`]: [`TestDb`], a database of its own for every test: a fresh
 //!   PostgreSQL database on the server at `TEST_POSTGRES_URL`, or a SQLite
 //!   file in a temporary directory. Both are removed when the value is dropped.
+//! - [`kie`]: [`kie::FakeKie`], KIE over real HTTP on loopback: the market,
+//!   Veo and Suno task families, uploads, the catalogue API, KIE's rate limits
+//!   and scriptable faults.
+//! - [`kie_catalog`]: KIE's catalogue as recorded from its per-model OpenAPI
+//!   pages (fixtures), which the fake serves and the catalog's tests compare
+//!   with.
+//! - [`telegram`]: [`telegram::FakeTelegram`], the Bot API over real HTTP.
 
 pub mod db;
 pub mod kie;

@@ -3,13 +3,16 @@
 //!
 //! # The life of a generation here
 //! 1. [`submit`]: a `Submit` job claims the pending row (counting the attempt
-//!    *before* calling KIE, since createTask has no idempotency key), creates
-//!    the KIE task and records its id with the first poll time and the
-//!    deadline.
+//!    *before* calling KIE, since createTask has no idempotency key), takes a
+//!    create slot from KIE's shared limits ([`kiebot_kie_gate`]; without one
+//!    the row waits in the fair line the [`reconcile`] tick hands slots out
+//!    from), creates the KIE task with its family's endpoint and records its
+//!    id with the first poll time and the deadline.
 //! 2. [`poll`]: the [`reconcile`] tick claims rows whose `next_poll_at` is due
 //!    and enqueues `Poll` jobs in bounded batches; a KIE callback only moves
-//!    the poll time to now. A poll asks KIE once and either schedules the next
-//!    poll (backing off from a few seconds to thirty) or records the outcome
+//!    the poll time to now. A poll takes a token of KIE's status budget, asks
+//!    KIE once and either schedules the next poll around the model's likely
+//!    finish ([`plan`]) or records the outcome (with KIE's run time and cost)
 //!    and runs the finalizer.
 //! 3. [`finalize`]: one transaction moves the row to `succeeded` and captures
 //!    the hold, or to `failed` and releases it; then the user is told.
@@ -22,6 +25,9 @@
 //! a row whose inline continuation was cut short (a crash, a database error,
 //! a Telegram failure waiting for its retry), so a generation costs two queue
 //! round trips (Submit, Poll) instead of four.
+//!
+//! [`catalog_watch`] compares the catalog with KIE's catalogue every
+//! `CATALOG_CHECK_HOURS` and takes broken models off sale.
 //!
 //! Every step reads the database first and treats "already done" as success,
 //! because apalis delivers jobs at least once and the reconciler re-enqueues
