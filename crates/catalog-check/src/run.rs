@@ -196,6 +196,9 @@ struct Pacer {
     requests: usize,
 }
 
+/// How often a catalogue request KIE refused for its rate is asked again.
+const RATE_RETRIES: u32 = 3;
+
 impl Pacer {
     async fn wait(&mut self) {
         if let Some(last) = self.last {
@@ -203,6 +206,31 @@ impl Pacer {
         }
         self.last = Some(Instant::now());
         self.requests += 1;
+    }
+
+    /// One paced request, asked again (a pace later each time) while KIE
+    /// refuses it for its rate: requests sent a pace apart can still arrive
+    /// closer, and a refusal for pace says nothing about the model.
+    async fn call<T, F>(&mut self, mut request: impl FnMut() -> F) -> Result<T, KieError>
+    where
+        F: Future<Output = Result<T, KieError>>,
+    {
+        let mut refused = 0;
+        loop {
+            self.wait().await;
+            match request().await {
+                Err(e) if e.is_rate_limited() && refused < RATE_RETRIES => {
+                    refused += 1;
+                    tracing::debug!(
+                        refused,
+                        "KIE's catalogue refused a request for its rate; asking again"
+                    );
+                    // Leave a whole extra pace before the next try.
+                    self.last = Some(Instant::now() + self.pace);
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -218,8 +246,7 @@ pub async fn check(
         last: None,
         requests: 0,
     };
-    pacer.wait().await;
-    let listings = parse_listing(&kie.list().await.map_err(CheckError::List)?)?;
+    let listings = parse_listing(&pacer.call(|| kie.list()).await.map_err(CheckError::List)?)?;
     let by_model: BTreeMap<&str, &Listing> =
         listings.iter().map(|l| (l.model.as_str(), l)).collect();
     let sold: Vec<&Model> = catalog.models().iter().filter(|m| m.is_sold()).collect();
@@ -260,9 +287,8 @@ pub async fn check(
             continue;
         };
         if !schemas.contains_key(kie_model) {
-            pacer.wait().await;
-            let got = kie
-                .schema(kie_model)
+            let got = pacer
+                .call(|| kie.schema(kie_model))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|data| {
@@ -298,8 +324,11 @@ pub async fn check(
                 Some(p) => Some(p.clone()),
                 None => {
                     if !prices.contains_key(kie_model) {
-                        pacer.wait().await;
-                        let p = kie.price(kie_model).await.ok().and_then(|d| price_text(&d));
+                        let p = pacer
+                            .call(|| kie.price(kie_model))
+                            .await
+                            .ok()
+                            .and_then(|d| price_text(&d));
                         prices.insert(kie_model.to_owned(), p);
                     }
                     prices[kie_model].clone()

@@ -599,6 +599,12 @@ impl FakeKie {
         self.lock().catalogue_min_interval = interval;
     }
 
+    /// The next `n` catalogue requests are refused with HTTP 429, whatever
+    /// their pace.
+    pub fn refuse_next_catalogue_requests(&self, n: u32) {
+        self.lock().catalogue_refusals = n;
+    }
+
     /// Changes what the catalogue endpoints serve (they start with
     /// [`crate::kie_catalog::recorded`]): rename a field, drop an enum value
     /// or a model, turn a list into a single value.

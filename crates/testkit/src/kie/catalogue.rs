@@ -47,7 +47,8 @@ impl Shared {
         ) {
             (Some(min), Some(last)) => now.saturating_duration_since(*last) < min,
             _ => false,
-        };
+        } || state.catalogue_refusals > 0;
+        state.catalogue_refusals = state.catalogue_refusals.saturating_sub(1);
         state.catalogue_requests.push(now);
         drop(state);
         if too_soon {

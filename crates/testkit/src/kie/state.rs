@@ -114,6 +114,8 @@ pub(super) struct State {
     pub(super) catalogue: Option<Vec<RecordedModel>>,
     pub(super) catalogue_min_interval: Option<Duration>,
     pub(super) catalogue_requests: Vec<Instant>,
+    /// The next this many catalogue requests are refused for rate.
+    pub(super) catalogue_refusals: u32,
 }
 
 impl State {
@@ -141,6 +143,7 @@ impl State {
             catalogue: None,
             catalogue_min_interval: None,
             catalogue_requests: Vec::new(),
+            catalogue_refusals: 0,
         }
     }
 }
