@@ -24,7 +24,9 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 
 use kiebot_domain::{GenerationId, Money, UserId};
-use kiebot_store::{AdminRefusal, FinanceLimits, PaymentStatus, Permission, Role, StoreError, now_ms};
+use kiebot_store::{
+    AdminRefusal, FinanceLimits, PaymentStatus, Permission, Role, StoreError, now_ms,
+};
 use kiebot_tg::callback::AdminCb;
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang};
@@ -72,7 +74,10 @@ pub(crate) const COMMANDS: [(&str, Need); 15] = [
 
 /// What the command `name` needs (`None`: not an admin command).
 pub(crate) fn need_of_command(name: &str) -> Option<Need> {
-    COMMANDS.iter().find(|(n, _)| *n == name).map(|(_, need)| *need)
+    COMMANDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, need)| *need)
 }
 
 /// What an admin button needs.
@@ -338,7 +343,14 @@ async fn failed(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 async fn toggle_maintenance(ctx: &Ctx) -> anyhow::Result<()> {
-    let on = ctx.deps.store.settings().get(MAINTENANCE_KEY).await?.as_deref() == Some("1");
+    let on = ctx
+        .deps
+        .store
+        .settings()
+        .get(MAINTENANCE_KEY)
+        .await?
+        .as_deref()
+        == Some("1");
     let action = if on {
         "maintenance_off"
     } else {
@@ -530,8 +542,14 @@ async fn grant(ctx: &Ctx, user: UserId, p: Permission, give: bool) -> anyhow::Re
         admins.revoke(ctx.uid, user, p, by_config).await
     };
     match changed {
-        Ok(fresh) if give => ctx.send(texts::granted(lang, user, p.as_str(), fresh), None).await,
-        Ok(fresh) => ctx.send(texts::revoked(lang, user, p.as_str(), fresh), None).await,
+        Ok(fresh) if give => {
+            ctx.send(texts::granted(lang, user, p.as_str(), fresh), None)
+                .await
+        }
+        Ok(fresh) => {
+            ctx.send(texts::revoked(lang, user, p.as_str(), fresh), None)
+                .await
+        }
         Err(e) => refused(ctx, e).await,
     }
 }

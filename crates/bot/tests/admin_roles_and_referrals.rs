@@ -44,7 +44,15 @@ async fn staffed(limits: AdminPolicy) -> App {
         ..Options::default()
     })
     .await;
-    for u in [OWNER, SUPPORT, FINANCE, BROADCAST, MAINTENANCE, PLAIN, TARGET] {
+    for u in [
+        OWNER,
+        SUPPORT,
+        FINANCE,
+        BROADCAST,
+        MAINTENANCE,
+        PLAIN,
+        TARGET,
+    ] {
         app.onboard(u).await;
     }
     for (u, p) in [
@@ -130,7 +138,11 @@ async fn every_admin_command_and_button_is_allowed_or_refused_by_role() {
         ("/grant 300 bogus", Some("owner"), None),
         ("/revoke 300 support", Some("owner"), None),
         ("/admins", Some("owner"), None),
-        ("/grant 300 support", Some("owner"), Some("/revoke 300 support")),
+        (
+            "/grant 300 support",
+            Some("owner"),
+            Some("/revoke 300 support"),
+        ),
         ("/revoke 300 finance", Some("owner"), None),
     ];
     for (cmd, need, undo) in commands {
@@ -179,16 +191,25 @@ async fn every_admin_command_and_button_is_allowed_or_refused_by_role() {
         (AdminCb::Block(t), "support", Some(AdminCb::Unblock(t))),
         (AdminCb::Unblock(t), "support", None),
         (AdminCb::Broadcast, "broadcast", None),
-        (AdminCb::Maintenance, "maintenance", Some(AdminCb::Maintenance)),
+        (
+            AdminCb::Maintenance,
+            "maintenance",
+            Some(AdminCb::Maintenance),
+        ),
     ];
     for (button, need, undo) in buttons {
         for (who, expect) in matrix(Some(need)) {
             let before = audit_rows(&app).await;
             let under = app.last(who).message_id;
-            app.press_data(who, under, &Cb::Admin(button).encode()).await;
+            app.press_data(who, under, &Cb::Admin(button).encode())
+                .await;
             check(&app, who, &format!("{button:?}"), expect);
             if expect != Expect::Allowed {
-                assert_eq!(audit_rows(&app).await, before, "{button:?} by {who} was audited");
+                assert_eq!(
+                    audit_rows(&app).await,
+                    before,
+                    "{button:?} by {who} was audited"
+                );
             }
             if let (Expect::Allowed, Some(undo)) = (expect, undo) {
                 let under = app.last(who).message_id;
@@ -320,14 +341,21 @@ async fn finance_stays_within_its_caps_and_the_owner_hears_of_large_adjustments(
     };
 
     app.send(FINANCE, "/adjust 300 100.01 too much").await;
-    assert!(app.last_text(FINANCE).contains("single-action cap (100.00"), "{}", app.last_text(FINANCE));
+    assert!(
+        app.last_text(FINANCE).contains("single-action cap (100.00"),
+        "{}",
+        app.last_text(FINANCE)
+    );
     assert_eq!(adjusts(&app).await, 0);
 
     app.send(FINANCE, "/adjust 300 60 goodwill").await;
     assert!(app.last_text(FINANCE).contains("adjusted by 60.00"));
     assert_eq!(notices(&app), 1, "above 50.00: the owner is told");
     let notice = app.tg.messages_to(OWNER).pop().unwrap().text.unwrap();
-    assert!(notice.contains("admin 3") && notice.contains("300") && notice.contains("goodwill"), "{notice}");
+    assert!(
+        notice.contains("admin 3") && notice.contains("300") && notice.contains("goodwill"),
+        "{notice}"
+    );
 
     app.send(FINANCE, "/adjust 300 -40 correction").await;
     assert!(app.last_text(FINANCE).contains("adjusted by -40.00"));
@@ -336,7 +364,8 @@ async fn finance_stays_within_its_caps_and_the_owner_hears_of_large_adjustments(
     // 150.00 a day, 100.00 used (both signs count): 50.01 is refused.
     app.send(FINANCE, "/adjust 300 50.01 more").await;
     assert!(
-        app.last_text(FINANCE).contains("daily budget: 50.00 ₽ of 150.00 ₽ left"),
+        app.last_text(FINANCE)
+            .contains("daily budget: 50.00 ₽ of 150.00 ₽ left"),
         "{}",
         app.last_text(FINANCE)
     );
@@ -345,15 +374,27 @@ async fn finance_stays_within_its_caps_and_the_owner_hears_of_large_adjustments(
         .successful_payment(TARGET, "v1:300:100:0123456789abcdef", "ch-300", 100);
     app.pump().await;
     app.send(FINANCE, "/refund ch-300").await;
-    assert!(app.last_text(FINANCE).contains("single-action cap"), "{}", app.last_text(FINANCE));
+    assert!(
+        app.last_text(FINANCE).contains("single-action cap"),
+        "{}",
+        app.last_text(FINANCE)
+    );
     assert!(app.tg.refunds().is_empty());
     assert_eq!(adjusts(&app).await, 2);
 
     // The owner is not limited and not told of their own.
     app.send(OWNER, "/adjust 300 1000 owner").await;
-    assert!(app.last_text(OWNER).contains("adjusted by 1000.00"), "{}", app.last_text(OWNER));
+    assert!(
+        app.last_text(OWNER).contains("adjusted by 1000.00"),
+        "{}",
+        app.last_text(OWNER)
+    );
     app.send(OWNER, "/refund ch-300").await;
-    assert!(app.last_text(OWNER).contains("Refunded 100"), "{}", app.last_text(OWNER));
+    assert!(
+        app.last_text(OWNER).contains("Refunded 100"),
+        "{}",
+        app.last_text(OWNER)
+    );
     assert_eq!(notices(&app), 1);
     assert_eq!(adjusts(&app).await, 3);
     assert_eq!(app.available(TARGET).await, m(6_000 - 4_000 + 100_000));
@@ -371,7 +412,11 @@ fn bonus_notices(app: &App, inviter: i64) -> usize {
     app.tg
         .messages_to(inviter)
         .into_iter()
-        .filter(|msg| msg.text.as_deref().is_some_and(|t| t.contains("A friend you invited")))
+        .filter(|msg| {
+            msg.text
+                .as_deref()
+                .is_some_and(|t| t.contains("A friend you invited"))
+        })
         .count()
 }
 
@@ -390,26 +435,45 @@ async fn a_referral_pays_once_for_a_qualifying_top_up_and_is_reversed_once_on_re
 
     pay(&mut app, invitee, "c-3", 100).await;
     pay(&mut app, invitee, "c-4", 500).await;
-    assert_eq!(app.available(inviter).await, kiebot_bot::DEFAULT_REFERRAL_BONUS);
+    assert_eq!(
+        app.available(inviter).await,
+        kiebot_bot::DEFAULT_REFERRAL_BONUS
+    );
     assert_eq!(bonus_notices(&app, inviter), 1);
 
     // Refunding a payment that did not qualify leaves the bonus.
     app.send(OWNER, "/refund c-2").await;
-    assert_eq!(app.available(inviter).await, kiebot_bot::DEFAULT_REFERRAL_BONUS);
+    assert_eq!(
+        app.available(inviter).await,
+        kiebot_bot::DEFAULT_REFERRAL_BONUS
+    );
     // Refunding the qualifying one reverses it, once.
     app.send(OWNER, "/refund c-3").await;
     app.send(OWNER, "/refund c-3").await;
     assert!(app.last_text(OWNER).contains("already refunded"));
     assert_eq!(app.available(inviter).await, Money::ZERO);
     assert_eq!(app.tg.refunds().len(), 2);
-    let r = app.store().referrals().get(UserId(invitee)).await.unwrap().unwrap();
+    let r = app
+        .store()
+        .referrals()
+        .get(UserId(invitee))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(r.reversed_at.is_some());
     assert_eq!(r.shortfall, Some(Money::ZERO));
     assert!(app.store().ledger().check().await.unwrap().is_empty());
 
     // Inviting oneself records nothing.
     app.send(72, "/start ref_72").await;
-    assert!(app.store().referrals().get(UserId(72)).await.unwrap().is_none());
+    assert!(
+        app.store()
+            .referrals()
+            .get(UserId(72))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,26 +523,50 @@ async fn spending_qualifies_a_referral_when_configured() {
     app.press(invitee, "English").await;
     // A top-up too small to qualify; then a generation paid from it.
     pay(&mut app, invitee, "c-1", 50).await;
-    assert_eq!(kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(), 0);
+    assert_eq!(
+        kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(),
+        0
+    );
     app.flux_confirm(invitee).await;
     app.press(invitee, "Confirm").await;
     let g = app.generations(invitee).await[0].clone();
     assert!(g.price.is_positive());
     // Held is not spent.
-    assert_eq!(kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(), 0);
+    assert_eq!(
+        kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(),
+        0
+    );
     let gens = app.store().generations();
     assert!(gens.mark_submitted(g.id, "t1", 0, i64::MAX).await.unwrap());
     assert!(gens.finish_success(g.id, "{}").await.unwrap());
     assert_eq!(
-        app.store().generations().get(g.id).await.unwrap().unwrap().status,
+        app.store()
+            .generations()
+            .get(g.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         GenerationStatus::Succeeded
     );
-    assert_eq!(kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(), 1);
-    assert_eq!(kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(), 0);
-    assert_eq!(app.available(inviter).await, kiebot_bot::DEFAULT_REFERRAL_BONUS);
+    assert_eq!(
+        kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        kiebot_bot::settle_referral_spend(&app.deps).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        app.available(inviter).await,
+        kiebot_bot::DEFAULT_REFERRAL_BONUS
+    );
     assert_eq!(bonus_notices(&app, inviter), 1);
     // A qualifying top-up later pays nothing more.
     pay(&mut app, invitee, "c-2", 100).await;
-    assert_eq!(app.available(inviter).await, kiebot_bot::DEFAULT_REFERRAL_BONUS);
+    assert_eq!(
+        app.available(inviter).await,
+        kiebot_bot::DEFAULT_REFERRAL_BONUS
+    );
     let _ = Permission::ALL;
 }

@@ -443,8 +443,12 @@ impl Settings {
                 1,
                 1_000_000,
             )?,
-            min_spend: Some(money_in(get("REFERRAL_MIN_SPEND"), "REFERRAL_MIN_SPEND", Money::ZERO)?)
-                .filter(|m| m.is_positive()),
+            min_spend: Some(money_in(
+                get("REFERRAL_MIN_SPEND"),
+                "REFERRAL_MIN_SPEND",
+                Money::ZERO,
+            )?)
+            .filter(|m| m.is_positive()),
             monthly_cap: parse_in::<u32>(
                 get("REFERRAL_MONTHLY_CAP"),
                 "REFERRAL_MONTHLY_CAP",

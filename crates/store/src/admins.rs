@@ -159,8 +159,16 @@ impl<'a> Admins<'a> {
                     false => Err(StoreError::not_found("user", user)),
                 };
             }
-            audit::record_in(conn, actor, "grant", Some(user), None, permission.as_str(), now)
-                .await?;
+            audit::record_in(
+                conn,
+                actor,
+                "grant",
+                Some(user),
+                None,
+                permission.as_str(),
+                now,
+            )
+            .await?;
             sqlx::query("UPDATE users SET role = 'admin' WHERE id = $1 AND role = 'user'")
                 .bind(user.0)
                 .execute(&mut *conn)
@@ -181,19 +189,26 @@ impl<'a> Admins<'a> {
     ) -> Result<bool> {
         write_tx!(self.store, |conn| {
             let now = now_ms();
-            let deleted = sqlx::query(
-                "DELETE FROM admin_permissions WHERE user_id = $1 AND permission = $2",
-            )
-            .bind(user.0)
-            .bind(permission.as_str())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            let deleted =
+                sqlx::query("DELETE FROM admin_permissions WHERE user_id = $1 AND permission = $2")
+                    .bind(user.0)
+                    .bind(permission.as_str())
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
             if deleted == 0 {
                 return Ok(false);
             }
-            audit::record_in(conn, actor, "revoke", Some(user), None, permission.as_str(), now)
-                .await?;
+            audit::record_in(
+                conn,
+                actor,
+                "revoke",
+                Some(user),
+                None,
+                permission.as_str(),
+                now,
+            )
+            .await?;
             if !keep_admin {
                 sqlx::query(
                     "UPDATE users SET role = 'user' WHERE id = $1 AND role = 'admin' \
@@ -264,8 +279,16 @@ impl<'a> Admins<'a> {
         write_tx!(self.store, |conn| {
             let now = now_ms();
             within_limits(conn, actor, amount, limits, now).await?;
-            audit::record_in(conn, actor, "refund_request", Some(payer), Some(amount), charge, now)
-                .await
+            audit::record_in(
+                conn,
+                actor,
+                "refund_request",
+                Some(payer),
+                Some(amount),
+                charge,
+                now,
+            )
+            .await
         })
     }
 

@@ -153,8 +153,16 @@ impl<'a> Broadcasts<'a> {
             // Audited with the row that starts it, in the same transaction.
             if id.is_some() {
                 let reason: String = new.text.chars().take(200).collect();
-                crate::audit::record_in(conn, new.created_by, "broadcast", None, None, &reason, now)
-                    .await?;
+                crate::audit::record_in(
+                    conn,
+                    new.created_by,
+                    "broadcast",
+                    None,
+                    None,
+                    &reason,
+                    now,
+                )
+                .await?;
             }
             Ok(id.map(BroadcastId))
         })

@@ -187,8 +187,12 @@ impl<'a> Payments<'a> {
                     };
                     let applied = ledger::change_balance_in(conn, &e, now).await?;
                     // The referral bonus this payment qualified goes back with it.
-                    crate::referrals::reverse_for_payment_in(conn, PaymentId(r.try_get("id")?), now)
-                        .await?;
+                    crate::referrals::reverse_for_payment_in(
+                        conn,
+                        PaymentId(r.try_get("id")?),
+                        now,
+                    )
+                    .await?;
                     Ok(applied)
                 }
                 None => {

@@ -177,9 +177,11 @@ impl<'a> Referrals<'a> {
                 inviter: UserId(r.try_get("inviter_id")?),
                 outcome: match outcome {
                     None => None,
-                    Some(s) => Some(ReferralOutcome::parse(&s).ok_or_else(|| {
-                        StoreError::Corrupt(format!("referral outcome {s:?}"))
-                    })?),
+                    Some(s) => {
+                        Some(ReferralOutcome::parse(&s).ok_or_else(|| {
+                            StoreError::Corrupt(format!("referral outcome {s:?}"))
+                        })?)
+                    }
                 },
                 payment: r.try_get::<Option<i64>, _>("payment_id")?.map(PaymentId),
                 bonus: r.try_get::<Option<i64>, _>("bonus")?.map(Money::from_minor),
@@ -301,13 +303,14 @@ async fn settle_in(
         return Ok(None);
     };
     // Locks the inviter's row: their invitees are counted one at a time.
-    let blocked = sqlx::query("UPDATE users SET last_seen_at = last_seen_at WHERE id = $1 RETURNING blocked")
-        .bind(inviter.0)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|r| crate::sql::get_bool(&r, "blocked"))
-        .transpose()?
-        .ok_or_else(|| StoreError::not_found("user", inviter))?;
+    let blocked =
+        sqlx::query("UPDATE users SET last_seen_at = last_seen_at WHERE id = $1 RETURNING blocked")
+            .bind(inviter.0)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| crate::sql::get_bool(&r, "blocked"))
+            .transpose()?
+            .ok_or_else(|| StoreError::not_found("user", inviter))?;
     let (from, to) = month_of(now);
     let paid_this_month: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM referrals WHERE inviter_id = $1 AND outcome = 'paid' \
@@ -415,7 +418,10 @@ pub fn month_of(now_ms: i64) -> (i64, i64) {
     const DAY: i64 = 86_400_000;
     let (y, m, _) = civil_from_days(now_ms.div_euclid(DAY));
     let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    (days_from_civil(y, m, 1) * DAY, days_from_civil(ny, nm, 1) * DAY)
+    (
+        days_from_civil(y, m, 1) * DAY,
+        days_from_civil(ny, nm, 1) * DAY,
+    )
 }
 
 // Howard Hinnant's civil-calendar algorithms (proleptic Gregorian).
