@@ -10,7 +10,11 @@
 //! - [`generations`]: the generation rows and their lifecycle; the state change
 //!   and its money step (hold, capture, release) share one transaction.
 //! - [`payments`], [`promos`], [`referrals`]: where money comes from; each
-//!   credits through the ledger, once per external key.
+//!   credits through the ledger, once per external key (a referral bonus
+//!   only under the referral rules, and taken back with its payment's
+//!   refund).
+//! - [`admins`]: admin permissions, and the admin actions that are capped
+//!   and audited in the transaction that makes them.
 //! - [`users`], [`free_usage`], [`audit`], [`dialogues`], [`updates`],
 //!   [`settings`]: the rest of the bot's state.
 //! - [`broadcasts`]: admin broadcasts and the lease that lets exactly one
