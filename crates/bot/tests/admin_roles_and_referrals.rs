@@ -578,13 +578,20 @@ async fn a_broadcast_is_audited_when_it_starts() {
     assert!(app.last_text(BROADCAST).contains("Broadcast started"));
     let audit = app.store().audit().recent(1).await.unwrap();
     assert_eq!(
-        (audit[0].actor, audit[0].action.as_str(), audit[0].reason.as_str()),
+        (
+            audit[0].actor,
+            audit[0].action.as_str(),
+            audit[0].reason.as_str()
+        ),
         (UserId(BROADCAST), "broadcast", "hello everyone")
     );
     // Let it finish before the app goes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while app.store().broadcasts().running().await.unwrap().is_some() {
-        assert!(std::time::Instant::now() < deadline, "the broadcast did not finish");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broadcast did not finish"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.deps.broadcasts.stop().await;

@@ -251,6 +251,9 @@ impl<'a> Admins<'a> {
         };
         write_tx!(self.store, |conn| {
             let now = now_ms();
+            // The actor's row first: a retry racing its original waits for
+            // it here, and then finds its entry.
+            lock_actor(conn, actor).await?;
             // A retry of an adjustment that was applied returns it as it was,
             // whatever is left of the budget now.
             if ledger::entry_by_key(conn, key).await?.is_some() {
@@ -345,6 +348,17 @@ impl<'a> Admins<'a> {
     }
 }
 
+/// Locks the admin's user row until the transaction ends (PostgreSQL; a
+/// SQLite write transaction holds the whole database): their actions are
+/// checked and applied one at a time.
+async fn lock_actor(conn: &mut AnyConnection, actor: UserId) -> Result<()> {
+    sqlx::query("UPDATE users SET last_seen_at = last_seen_at WHERE id = $1")
+        .bind(actor.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn user_exists(conn: &mut AnyConnection, user: UserId) -> Result<bool> {
     let found: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
         .bind(user.0)
@@ -384,10 +398,7 @@ async fn within_limits(
             max: limits.max_single,
         }));
     }
-    sqlx::query("UPDATE users SET last_seen_at = last_seen_at WHERE id = $1")
-        .bind(actor.0)
-        .execute(&mut *conn)
-        .await?;
+    lock_actor(conn, actor).await?;
     let spent = spent_in(conn, actor, now).await?;
     let left = Money::from_minor((limits.daily_budget.minor() - spent.minor()).max(0));
     if size > left {

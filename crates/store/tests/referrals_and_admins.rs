@@ -501,6 +501,27 @@ async fn concurrent_adjustments_never_exceed_the_daily_budget(store: Store) {
     assert_eq!(ok, 2, "25.00 a day holds two adjustments of 10.00");
     assert_eq!(wallet(&store, user).await, (20_000, 0));
     assert_eq!(audit_count(&store, "adjust").await, 2);
+
+    // One command delivered four times at once: applied and audited once.
+    funded_user(&store, 1, 0).await;
+    let retries: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .admins()
+                    .adjust(UserId(1), user, m(700), "same-update", "x", None)
+                    .await
+            })
+        })
+        .collect();
+    let mut fresh = 0;
+    for r in retries {
+        fresh += usize::from(r.await.unwrap().unwrap().fresh);
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(wallet(&store, user).await, (20_700, 0));
+    assert_eq!(audit_count(&store, "adjust").await, 3);
     assert_books_balance(&store).await;
 }
 
