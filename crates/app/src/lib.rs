@@ -59,6 +59,16 @@ pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
         stars_rate: settings.stars_rate,
         limiter: ctx.limiter.clone(),
         broadcasts: kiebot_bot::BroadcastRunners::default(),
+        referral: kiebot_bot::ReferralPolicy {
+            min_stars: settings.referral.min_stars,
+            min_spend: settings.referral.min_spend,
+            monthly_cap: settings.referral.monthly_cap,
+        },
+        admin_limits: kiebot_bot::AdminPolicy {
+            max_single: settings.admin_limits.max_single,
+            daily_budget: settings.admin_limits.daily_budget,
+            notify_above: settings.admin_limits.notify_above,
+        },
     }
 }
 

@@ -221,6 +221,8 @@ impl Env {
                         per_chat_burst: 100,
                     })),
                     broadcasts: kiebot_bot::BroadcastRunners::default(),
+                    referral: kiebot_bot::ReferralPolicy::default(),
+                    admin_limits: kiebot_bot::AdminPolicy::default(),
                 }
             })
             .await

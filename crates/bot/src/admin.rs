@@ -2,12 +2,31 @@
 //! statistics, user lookup, audited balance adjustments, limited admins'
 //! budgets (the owner only), block/unblock, failed generations, Stars refunds
 //! and maintenance mode. Callers check [`Ctx::is_admin`] first.
+//!
+//! # Who may do what
+//!
+//! The owner (the first of `ADMIN_IDS`, or a user with the `owner` role) may
+//! do everything, without limits. Other admins may do what the owner granted
+//! them (`/grant ID PERMISSION`): `support` (statistics, failures, user
+//! look-up, resend, block/unblock; the other `ADMIN_IDS` have it by
+//! configuration), `finance` (adjust and refund, within `ADMIN_MAX_ADJUST`
+//! per action and `ADMIN_DAILY_BUDGET` per 24 hours), `broadcast`,
+//! `maintenance`. Budgets, grants and the admin list are the owner's alone.
+//! [`need_of_command`] and [`need_of_button`] are the one table of what
+//! each command and button needs; every one is checked before it runs and
+//! refused with a message otherwise. No admin acts on their own account:
+//! adjusting, refunding or blocking oneself is refused. Each action's audit
+//! row is written in the transaction that makes it (ahead of the change),
+//! and an adjustment above `ADMIN_NOTIFY_ABOVE` by anyone but the owner is
+//! reported to the owner.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
 
-use kiebot_domain::{Money, UserId};
-use kiebot_store::{Role, StoreError, now_ms};
+use kiebot_domain::{GenerationId, Money, UserId};
+use kiebot_store::{
+    AdminRefusal, FinanceLimits, PaymentStatus, Permission, Role, StoreError, now_ms,
+};
 use kiebot_tg::callback::AdminCb;
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang};
@@ -22,11 +41,120 @@ fn say(lang: Lang, ru: String, en: String) -> String {
     texts::admin_report(lang, &ru, &en)
 }
 
+/// What an admin command or button needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Any admin (the admin screen and its help).
+    Admin,
+    /// An admin with this permission (the owner has all).
+    Permission(Permission),
+    /// The owner.
+    Owner,
+}
+
+/// The admin commands, each with what it needs: the one table the checks
+/// and the help follow.
+pub(crate) const COMMANDS: [(&str, Need); 15] = [
+    ("admin", Need::Admin),
+    ("stats", Need::Permission(Permission::Support)),
+    ("failed", Need::Permission(Permission::Support)),
+    ("user", Need::Permission(Permission::Support)),
+    ("resend", Need::Permission(Permission::Support)),
+    ("block", Need::Permission(Permission::Support)),
+    ("unblock", Need::Permission(Permission::Support)),
+    ("adjust", Need::Permission(Permission::Finance)),
+    ("refund", Need::Permission(Permission::Finance)),
+    ("broadcast", Need::Permission(Permission::Broadcast)),
+    ("maintenance", Need::Permission(Permission::Maintenance)),
+    ("budget", Need::Owner),
+    ("grant", Need::Owner),
+    ("revoke", Need::Owner),
+    ("admins", Need::Owner),
+];
+
+/// What the command `name` needs (`None`: not an admin command).
+pub(crate) fn need_of_command(name: &str) -> Option<Need> {
+    COMMANDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, need)| *need)
+}
+
+/// What an admin button needs.
+pub(crate) fn need_of_button(a: &AdminCb) -> Need {
+    match a {
+        AdminCb::Stats
+        | AdminCb::Failed
+        | AdminCb::User(_)
+        | AdminCb::Block(_)
+        | AdminCb::Unblock(_) => Need::Permission(Permission::Support),
+        AdminCb::Maintenance => Need::Permission(Permission::Maintenance),
+        AdminCb::Broadcast => Need::Permission(Permission::Broadcast),
+    }
+}
+
+/// Whether the admin may do what `need` says; tells them why not.
+async fn permitted(ctx: &Ctx, need: Need) -> anyhow::Result<bool> {
+    let refusal = match need {
+        Need::Admin => None,
+        Need::Owner => (!ctx.is_owner()).then(|| texts::owner_only(ctx.lang)),
+        Need::Permission(p) => (!ctx.permissions().await?.contains(&p))
+            .then(|| texts::admin_lacks(ctx.lang, p.as_str())),
+    };
+    match refusal {
+        None => Ok(true),
+        Some(t) => {
+            tracing::info!(admin = %ctx.uid, ?need, "admin action refused: no permission");
+            ctx.send(t, None).await?;
+            Ok(false)
+        }
+    }
+}
+
+/// The finance limits of this admin (`None`: the owner, unlimited).
+fn limits(ctx: &Ctx) -> Option<FinanceLimits> {
+    (!ctx.is_owner()).then_some(FinanceLimits {
+        max_single: ctx.deps.admin_limits.max_single,
+        daily_budget: ctx.deps.admin_limits.daily_budget,
+    })
+}
+
+/// Tells the admin why the store refused their action; `Err` for any other
+/// failure.
+async fn refused(ctx: &Ctx, e: StoreError) -> anyhow::Result<()> {
+    let t = match e {
+        StoreError::AdminRefused(AdminRefusal::SelfTarget) => texts::admin_self_target(ctx.lang),
+        StoreError::AdminRefused(AdminRefusal::OverSingleCap { max }) => {
+            texts::admin_over_single(ctx.lang, max)
+        }
+        StoreError::AdminRefused(AdminRefusal::OverDailyBudget { left, budget }) => {
+            texts::admin_over_budget(ctx.lang, left, budget)
+        }
+        StoreError::NotFound { what: "user", id } => {
+            return ctx
+                .send(
+                    say(
+                        ctx.lang,
+                        format!("Пользователь {id} не найден."),
+                        format!("User {id} not found."),
+                    ),
+                    None,
+                )
+                .await;
+        }
+        other => return Err(other.into()),
+    };
+    ctx.send(t, None).await
+}
+
 /// An admin command (`name` without the slash).
 pub(crate) async fn command(ctx: &Ctx, name: &str, args: &str) -> anyhow::Result<()> {
     let lang = ctx.lang;
     let mut words = args.split_whitespace();
     let target = |w: Option<&str>| w.and_then(|s| s.parse::<i64>().ok()).map(UserId);
+    if !permitted(ctx, need_of_command(name).unwrap_or(Need::Admin)).await? {
+        return Ok(());
+    }
     match name {
         "admin" => {
             ctx.send(texts::admin_menu(lang), Some(keyboards::admin(lang)))
@@ -89,6 +217,19 @@ pub(crate) async fn command(ctx: &Ctx, name: &str, args: &str) -> anyhow::Result
             }
         }
         "broadcast" => crate::broadcast::start(ctx, args).await,
+        "grant" | "revoke" => {
+            let user = target(words.next());
+            let perm = words.next().and_then(|p| p.parse::<Permission>().ok());
+            match (user, perm, words.next()) {
+                (Some(u), Some(p), None) => grant(ctx, u, p, name == "grant").await,
+                _ => ctx.send(texts::grant_usage(lang, name), None).await,
+            }
+        }
+        "admins" => admins(ctx).await,
+        "resend" => match words.next().and_then(|w| w.parse::<i64>().ok()) {
+            Some(g) => resend(ctx, GenerationId(g)).await,
+            None => ctx.send(texts::resend_usage(lang), None).await,
+        },
         "refund" => match words.next() {
             Some(charge) => refund(ctx, charge).await,
             None => {
@@ -112,6 +253,9 @@ pub(crate) async fn command(ctx: &Ctx, name: &str, args: &str) -> anyhow::Result
 
 /// An admin button.
 pub(crate) async fn on_button(ctx: &Ctx, a: AdminCb) -> anyhow::Result<bool> {
+    if !permitted(ctx, need_of_button(&a)).await? {
+        return Ok(true);
+    }
     match a {
         AdminCb::Stats => stats(ctx).await?,
         AdminCb::Failed => failed(ctx).await?,
@@ -199,22 +343,24 @@ async fn failed(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 async fn toggle_maintenance(ctx: &Ctx) -> anyhow::Result<()> {
-    let settings = ctx.deps.store.settings();
-    let on = settings.get(MAINTENANCE_KEY).await?.as_deref() == Some("1");
-    if on {
-        settings.delete(MAINTENANCE_KEY).await?;
-    } else {
-        settings.set(MAINTENANCE_KEY, "1").await?;
-    }
+    let on = ctx
+        .deps
+        .store
+        .settings()
+        .get(MAINTENANCE_KEY)
+        .await?
+        .as_deref()
+        == Some("1");
     let action = if on {
         "maintenance_off"
     } else {
         "maintenance_on"
     };
+    // Audited in the transaction that switches it.
     ctx.deps
         .store
-        .audit()
-        .record(ctx.uid, action, None, None, "")
+        .admins()
+        .switch(ctx.uid, MAINTENANCE_KEY, action, !on)
         .await?;
     let t = if on {
         say(
@@ -281,24 +427,21 @@ async fn user_card(ctx: &Ctx, user: UserId) -> anyhow::Result<()> {
 
 async fn set_blocked(ctx: &Ctx, user: UserId, blocked: bool) -> anyhow::Result<()> {
     if ctx.deps.store.users().get(user).await?.is_none() {
-        return ctx
-            .send(
-                say(
-                    ctx.lang,
-                    format!("Пользователь {user} не найден."),
-                    format!("User {user} not found."),
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::admin_no_user(ctx.lang, user), None).await;
     }
-    ctx.deps.store.users().set_blocked(user, blocked).await?;
-    let action = if blocked { "block" } else { "unblock" };
-    ctx.deps
+    if blocked && user != ctx.uid && ctx.deps.owner() == Some(user) {
+        return ctx.send(texts::admin_owner_protected(ctx.lang), None).await;
+    }
+    // Audited in the same transaction; one's own account is refused.
+    if let Err(e) = ctx
+        .deps
         .store
-        .audit()
-        .record(ctx.uid, action, Some(user), None, "")
-        .await?;
+        .admins()
+        .set_blocked(ctx.uid, user, blocked)
+        .await
+    {
+        return refused(ctx, e).await;
+    }
     let t = if blocked {
         say(
             ctx.lang,
@@ -318,27 +461,19 @@ async fn set_blocked(ctx: &Ctx, user: UserId, blocked: bool) -> anyhow::Result<(
 
 async fn adjust(ctx: &Ctx, user: UserId, amount: Money, reason: &str) -> anyhow::Result<()> {
     if ctx.deps.store.users().get(user).await?.is_none() {
-        return ctx
-            .send(
-                say(
-                    ctx.lang,
-                    format!("Пользователь {user} не найден."),
-                    format!("User {user} not found."),
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::admin_no_user(ctx.lang, user), None).await;
     }
-    // Keyed by the update: a redelivered command cannot apply twice.
+    // Keyed by the update: a redelivered command cannot apply twice. The
+    // audit row and the ledger entry are one transaction, within the limits.
     let key = format!("adjust:{}:{}", ctx.uid, ctx.update_id);
     match ctx
         .deps
         .store
-        .ledger()
-        .adjust(user, amount, &key, ctx.uid, reason)
+        .admins()
+        .adjust(ctx.uid, user, amount, &key, reason, limits(ctx))
         .await
     {
-        Ok(_) => {
+        Ok(applied) => {
             let w = ctx.deps.store.ledger().wallet(user).await?;
             let a = texts::money(amount);
             let b = texts::money(w.balance);
@@ -350,7 +485,12 @@ async fn adjust(ctx: &Ctx, user: UserId, amount: Money, reason: &str) -> anyhow:
                 ),
                 None,
             )
-            .await
+            .await?;
+            let size = Money::from_minor(amount.minor().saturating_abs());
+            if applied.fresh && !ctx.is_owner() && size > ctx.deps.admin_limits.notify_above {
+                tell_owner(ctx, user, amount, reason).await;
+            }
+            Ok(())
         }
         Err(StoreError::InsufficientFunds { available, .. }) => {
             let a = texts::money(available);
@@ -364,7 +504,125 @@ async fn adjust(ctx: &Ctx, user: UserId, amount: Money, reason: &str) -> anyhow:
             )
             .await
         }
-        Err(e) => Err(e.into()),
+        Err(e) => refused(ctx, e).await,
+    }
+}
+
+/// Reports a large adjustment to the owner (best effort: the audit row is
+/// the record).
+async fn tell_owner(ctx: &Ctx, user: UserId, amount: Money, reason: &str) {
+    let Some(owner) = ctx.deps.owner() else {
+        tracing::warn!(admin = %ctx.uid, "large adjustment, but no owner to tell (ADMIN_IDS)");
+        return;
+    };
+    let lang = match ctx.deps.store.users().get(owner).await {
+        Ok(Some(u)) => u.language.as_deref().map_or(Lang::En, Lang::parse),
+        _ => Lang::En,
+    };
+    let text = texts::admin_adjust_notice(lang, ctx.uid, user, amount, reason);
+    if let Err(e) = ctx.deps.bot.send_message(ChatId(owner.0), text).await {
+        tracing::warn!(owner = %owner, error = %e, "owner not told of a large adjustment");
+    }
+}
+
+/// `/grant` (`give`) or `/revoke` a permission (the owner only).
+async fn grant(ctx: &Ctx, user: UserId, p: Permission, give: bool) -> anyhow::Result<()> {
+    let lang = ctx.lang;
+    let Some(u) = ctx.deps.store.users().get(user).await? else {
+        return ctx.send(texts::admin_no_user(lang, user), None).await;
+    };
+    if ctx.deps.owner() == Some(user) || u.role == Role::Owner {
+        return ctx.send(texts::owner_has_everything(lang), None).await;
+    }
+    let admins = ctx.deps.store.admins();
+    let changed = if give {
+        admins.grant(ctx.uid, user, p).await
+    } else {
+        let by_config = ctx.deps.admin_ids.contains(&user);
+        admins.revoke(ctx.uid, user, p, by_config).await
+    };
+    match changed {
+        Ok(fresh) if give => {
+            ctx.send(texts::granted(lang, user, p.as_str(), fresh), None)
+                .await
+        }
+        Ok(fresh) => {
+            ctx.send(texts::revoked(lang, user, p.as_str(), fresh), None)
+                .await
+        }
+        Err(e) => refused(ctx, e).await,
+    }
+}
+
+/// `/admins`: the owner and every admin with their permissions.
+async fn admins(ctx: &Ctx) -> anyhow::Result<()> {
+    let granted = ctx.deps.store.admins().granted().await?;
+    let mut lines = Vec::new();
+    for id in ctx.deps.admin_ids.iter().skip(1) {
+        if !granted.iter().any(|(u, _)| u == id) {
+            lines.push(format!("{id}: support (ADMIN_IDS)"));
+        }
+    }
+    for (u, perms) in granted {
+        let mut names: Vec<&str> = perms.iter().map(|p| p.as_str()).collect();
+        if ctx.deps.admin_ids.contains(&u) && !perms.contains(&Permission::Support) {
+            names.insert(0, "support (ADMIN_IDS)");
+        }
+        lines.push(format!("{u}: {}", names.join(", ")));
+    }
+    ctx.send(texts::admins_list(ctx.lang, ctx.deps.owner(), &lines), None)
+        .await
+}
+
+/// `/resend GEN_ID`: the generation's result to its owner once more.
+async fn resend(ctx: &Ctx, id: GenerationId) -> anyhow::Result<()> {
+    let Some(g) = ctx.deps.store.generations().get(id).await? else {
+        return ctx
+            .send(
+                say(
+                    ctx.lang,
+                    format!("Генерация #{id} не найдена."),
+                    format!("Generation #{id} not found."),
+                ),
+                None,
+            )
+            .await;
+    };
+    let lang = match ctx.deps.store.users().get(g.user).await? {
+        Some(u) => u.language.as_deref().map_or(Lang::En, Lang::parse),
+        None => Lang::En,
+    };
+    let sent = crate::menu::send_result(ctx, &g, ChatId(g.user.0), lang).await?;
+    if sent {
+        ctx.deps
+            .store
+            .audit()
+            .record(ctx.uid, "resend", Some(g.user), None, &id.to_string())
+            .await?;
+    }
+    ctx.send(texts::resent(ctx.lang, g.user, sent), None).await
+}
+
+/// Checks a refund against the admin's limits and records it as
+/// requested (audited, spending the budget) before any money moves.
+/// `false`: refused, and the admin was told why.
+async fn authorize_refund(ctx: &Ctx, charge: &str) -> anyhow::Result<bool> {
+    let Some(p) = ctx.deps.store.payments().get(charge).await? else {
+        // The refund itself says so.
+        return Ok(true);
+    };
+    if p.status == PaymentStatus::Refunded {
+        return Ok(true);
+    }
+    match ctx
+        .deps
+        .store
+        .admins()
+        .authorize_refund(ctx.uid, p.user, p.amount, charge, limits(ctx))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) => refused(ctx, e).await.map(|()| false),
     }
 }
 
@@ -440,6 +698,9 @@ async fn set_budget(
 /// shows is never paid out twice), then Telegram; if Telegram refuses, the
 /// debit is reversed with an audited adjustment.
 async fn refund(ctx: &Ctx, charge: &str) -> anyhow::Result<()> {
+    if !authorize_refund(ctx, charge).await? {
+        return Ok(());
+    }
     let lang = ctx.lang;
     let store = &ctx.deps.store;
     let Some(p) = store.payments().get(charge).await? else {

@@ -145,13 +145,18 @@ pub async fn resume_broadcast_with_lease(deps: &BotDeps, lease: Duration) {
 /// Watches for a running broadcast this process may send (a new one, or one
 /// whose runner died) until `shutdown` resolves, then stops this process's
 /// runners ([`BroadcastRunners::stop`]). Every front process runs one; the
-/// lease lets exactly one of them send.
+/// lease lets exactly one of them send. On the same beat it pays referral
+/// bonuses that spending qualified ([`crate::settle_referral_spend`]).
 pub async fn watch_broadcasts(deps: BotDeps, shutdown: impl Future<Output = ()>) {
     let runners = deps.broadcasts.clone();
     let stop = runners.stop.clone();
     runners.spawn(async move {
         while !stop.is_cancelled() {
             resume_broadcast(&deps).await;
+            // The same beat pays referral bonuses that spending qualified.
+            if let Err(e) = crate::payments::settle_referral_spend(&deps).await {
+                tracing::warn!(error = format!("{e:#}"), "referral spend check failed");
+            }
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(CHECK_EVERY) => {}

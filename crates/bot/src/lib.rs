@@ -22,7 +22,8 @@
 //! - `payments`: Telegram Stars invoices, `pre_checkout_query`,
 //!   `successful_payment`, promo codes, the referral bonus.
 //! - `admin`: statistics, user lookup, balance adjustments, block, refunds,
-//!   failed generations, maintenance mode, limited admins' budgets;
+//!   failed generations, maintenance mode, limited admins' budgets, and who
+//!   may do which (the owner, and admins with granted permissions);
 //!   `broadcast`: a rate-limited message to every user with a report, sent
 //!   by one front process at a time under a lease in the database, and taken
 //!   over from where it stopped when that process dies.
@@ -77,7 +78,7 @@ pub use broadcast::{
     BROADCAST_LEASE, BroadcastRunners, resume_broadcast, resume_broadcast_with_lease,
     watch_broadcasts,
 };
-pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
+pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS, settle_referral_spend};
 pub use polling::run_polling;
 
 /// Database connections a process running the front bot keeps open while
@@ -122,6 +123,55 @@ pub struct BotDeps {
     pub limiter: Arc<dyn DeliveryLimiter>,
     /// This process's broadcast runners, stopped with it.
     pub broadcasts: BroadcastRunners,
+    /// When an invitee's activity pays their inviter (`REFERRAL_*`).
+    pub referral: ReferralPolicy,
+    /// What admins other than the owner may move (`ADMIN_*`).
+    pub admin_limits: AdminPolicy,
+}
+
+/// When an invitee's activity pays their inviter; the bonus itself is the
+/// `referral_bonus_minor` setting (default [`DEFAULT_REFERRAL_BONUS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferralPolicy {
+    /// The smallest top-up, in Stars, that qualifies.
+    pub min_stars: u32,
+    /// Captured spending that qualifies too (`None`: off).
+    pub min_spend: Option<Money>,
+    /// Paid referrals per inviter per calendar month (UTC).
+    pub monthly_cap: u32,
+}
+
+impl Default for ReferralPolicy {
+    fn default() -> Self {
+        ReferralPolicy {
+            min_stars: 100,
+            min_spend: None,
+            monthly_cap: 10,
+        }
+    }
+}
+
+/// What admins other than the owner may move; the owner is not limited
+/// (every action of theirs is audited all the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminPolicy {
+    /// The largest single adjustment (either sign) or refund.
+    pub max_single: Money,
+    /// What one admin's adjustments and refunds may add up to over 24 h.
+    pub daily_budget: Money,
+    /// Adjustments larger than this by anyone but the owner are reported
+    /// to the owner.
+    pub notify_above: Money,
+}
+
+impl Default for AdminPolicy {
+    fn default() -> Self {
+        AdminPolicy {
+            max_single: Money::from_minor(100_000),
+            daily_budget: Money::from_minor(500_000),
+            notify_above: Money::from_minor(50_000),
+        }
+    }
 }
 
 impl BotDeps {
@@ -238,6 +288,22 @@ impl Ctx {
 
     pub fn is_owner(&self) -> bool {
         self.deps.owner() == Some(self.uid) || self.user.role == kiebot_store::Role::Owner
+    }
+
+    /// What this user may do as an admin: everything for the owner; what
+    /// the owner granted otherwise, plus `support` for the other
+    /// `ADMIN_IDS` (they could look users up before permissions existed).
+    pub async fn permissions(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeSet<kiebot_store::Permission>> {
+        if self.is_owner() {
+            return Ok(kiebot_store::Permission::ALL.into_iter().collect());
+        }
+        let mut granted = self.deps.store.admins().permissions(self.uid).await?;
+        if self.deps.admin_ids.contains(&self.uid) {
+            granted.insert(kiebot_store::Permission::Support);
+        }
+        Ok(granted)
     }
 
     /// Shows a screen: edits the message the button was under, or sends a

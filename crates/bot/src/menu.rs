@@ -229,14 +229,28 @@ pub(crate) async fn resend(ctx: &Ctx, id: GenerationId) -> anyhow::Result<bool> 
     if g.user != ctx.uid {
         return Ok(false);
     }
-    let ids = file_ids(g.file_ids.as_deref()).unwrap_or_default();
-    if ids.is_empty() {
+    if !send_result(ctx, &g, ctx.chat, ctx.lang).await? {
         ctx.send(
             texts::nothing_to_resend(ctx.lang),
             Some(keyboards::home(ctx.lang)),
         )
         .await?;
-        return Ok(true);
+    }
+    Ok(true)
+}
+
+/// Sends the generation's delivered files again to `chat` (its owner's, or
+/// the admin's own for support's `/resend`). `false`: it has none.
+pub(crate) async fn send_result(
+    ctx: &Ctx,
+    g: &kiebot_store::Generation,
+    chat: ChatId,
+    lang: Lang,
+) -> anyhow::Result<bool> {
+    let id = g.id;
+    let ids = file_ids(g.file_ids.as_deref()).unwrap_or_default();
+    if ids.is_empty() {
+        return Ok(false);
     }
     let output = ctx
         .deps
@@ -247,31 +261,31 @@ pub(crate) async fn resend(ctx: &Ctx, id: GenerationId) -> anyhow::Result<bool> 
     let last = ids.len() - 1;
     for (i, fid) in ids.into_iter().enumerate() {
         let file = InputFile::file_id(FileId(fid));
-        let kb = (i == last).then(|| texts::result_keyboard(ctx.lang, id));
+        let kb = (i == last).then(|| texts::result_keyboard(lang, id));
         match output {
             OutputKind::Image => {
-                let mut r = bot.send_photo(ctx.chat, file);
+                let mut r = bot.send_photo(chat, file);
                 if let Some(kb) = kb {
                     r = r.reply_markup(kb);
                 }
                 r.await?;
             }
             OutputKind::Video => {
-                let mut r = bot.send_video(ctx.chat, file);
+                let mut r = bot.send_video(chat, file);
                 if let Some(kb) = kb {
                     r = r.reply_markup(kb);
                 }
                 r.await?;
             }
             OutputKind::Audio => {
-                let mut r = bot.send_audio(ctx.chat, file);
+                let mut r = bot.send_audio(chat, file);
                 if let Some(kb) = kb {
                     r = r.reply_markup(kb);
                 }
                 r.await?;
             }
             OutputKind::Text => {
-                let mut r = bot.send_document(ctx.chat, file);
+                let mut r = bot.send_document(chat, file);
                 if let Some(kb) = kb {
                     r = r.reply_markup(kb);
                 }

@@ -190,8 +190,7 @@ async fn command(ctx: &Ctx, cmd: &str) -> anyhow::Result<()> {
                 .await
         }
         "promo" => payments::promo(ctx, arg).await,
-        "admin" | "stats" | "user" | "adjust" | "budget" | "block" | "unblock" | "refund"
-        | "failed" | "maintenance" | "broadcast" => {
+        n if admin::need_of_command(n).is_some() => {
             if !ctx.is_admin() {
                 return ctx.send(texts::admin_only(ctx.lang), None).await;
             }

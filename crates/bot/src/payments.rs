@@ -25,7 +25,8 @@ pub const STAR_PRESETS: [u32; 5] = [50, 100, 250, 500, 1000];
 /// Smallest and largest custom top-up, in Stars.
 pub const CUSTOM_STARS: (u32, u32) = (1, 10_000);
 
-/// What the inviter gets after the invitee's first top-up, unless the
+/// What the inviter gets when the invitee first qualifies (a top-up of
+/// `REFERRAL_MIN_STARS`, or spending of `REFERRAL_MIN_SPEND`), unless the
 /// `referral_bonus_minor` setting says otherwise.
 pub const DEFAULT_REFERRAL_BONUS: Money = Money::from_minor(5_000);
 
@@ -166,7 +167,8 @@ pub(crate) async fn pre_checkout(deps: Arc<BotDeps>, q: PreCheckoutQuery) -> any
     Ok(())
 }
 
-/// `successful_payment`: credit once per charge id, then the referral bonus.
+/// `successful_payment`: credit once per charge id, then the referral bonus
+/// if this top-up qualifies.
 pub(crate) async fn successful_payment(
     deps: Arc<BotDeps>,
     msg: Message,
@@ -216,7 +218,23 @@ pub(crate) async fn successful_payment(
         )
         .reply_markup(keyboards::home(lang))
         .await?;
-    // The inviter's bonus, once per invitee, after their first top-up.
+    // The inviter's bonus, when this is the invitee's first qualifying
+    // top-up (see `kiebot_store::referrals` for the rules).
+    if let (Some(rules), Some(payment)) = (referral_rules(&deps).await?, applied.entry.payment)
+        && let Some(settled) = deps
+            .store
+            .referrals()
+            .on_payment(user, payment, i64::from(p.total_amount), &rules)
+            .await?
+    {
+        tell_inviter(&deps, &settled).await;
+    }
+    Ok(())
+}
+
+/// The referral rules now: the policy with the bonus setting; `None` when
+/// the bonus is set to 0 (referrals pay nothing).
+async fn referral_rules(deps: &BotDeps) -> anyhow::Result<Option<kiebot_store::ReferralRules>> {
     let bonus = match deps.store.settings().get("referral_bonus_minor").await? {
         Some(v) => v
             .parse()
@@ -224,21 +242,51 @@ pub(crate) async fn successful_payment(
             .unwrap_or(DEFAULT_REFERRAL_BONUS),
         None => DEFAULT_REFERRAL_BONUS,
     };
-    if bonus.is_positive()
-        && let Some(b) = deps.store.referrals().pay_bonus(user, bonus).await?
-        && b.fresh
+    let policy = deps.referral;
+    Ok(bonus.is_positive().then_some(kiebot_store::ReferralRules {
+        bonus,
+        min_stars: i64::from(policy.min_stars),
+        min_spend: policy.min_spend,
+        monthly_cap: policy.monthly_cap,
+    }))
+}
+
+/// Tells the inviter about a bonus paid to them (nothing for a referral
+/// settled without one).
+async fn tell_inviter(deps: &BotDeps, settled: &kiebot_store::Settled) {
+    let Some(bonus) = &settled.bonus else {
+        return;
+    };
+    let inviter = settled.inviter;
+    let lang = lang_of(deps, inviter).await;
+    if let Err(e) = deps
+        .bot
+        .send_message(
+            ChatId(inviter.0),
+            texts::referral_bonus(lang, bonus.entry.amount),
+        )
+        .await
     {
-        let inviter = b.entry.user;
-        let lang = lang_of(&deps, inviter).await;
-        if let Err(e) = deps
-            .bot
-            .send_message(ChatId(inviter.0), texts::referral_bonus(lang, bonus))
-            .await
-        {
-            tracing::info!(inviter = %inviter, error = %e, "referral notice not delivered");
-        }
+        tracing::info!(inviter = %inviter, error = %e, "referral notice not delivered");
     }
-    Ok(())
+}
+
+/// Pays the referral bonuses whose invitees' captured spending reached
+/// `REFERRAL_MIN_SPEND` (off when unset): every front process runs it every
+/// few seconds, so the bonus follows the capture that qualified, whichever
+/// worker captured it. Returns how many referrals it settled.
+pub async fn settle_referral_spend(deps: &BotDeps) -> anyhow::Result<usize> {
+    if deps.referral.min_spend.is_none() {
+        return Ok(0);
+    }
+    let Some(rules) = referral_rules(deps).await? else {
+        return Ok(0);
+    };
+    let settled = deps.store.referrals().settle_spent(&rules, 100).await?;
+    for (_, s) in &settled {
+        tell_inviter(deps, s).await;
+    }
+    Ok(settled.len())
 }
 
 /// /promo CODE.

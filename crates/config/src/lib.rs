@@ -164,6 +164,38 @@ pub struct Settings {
     /// `CATALOG_CHECK_HOURS`: how often a worker fleet compares the catalog
     /// with KIE's catalogue and takes broken models off sale (0: never).
     pub catalog_check_hours: u32,
+    /// The referral rules (`REFERRAL_*`).
+    pub referral: ReferralSettings,
+    /// What admins other than the owner may move (`ADMIN_*`).
+    pub admin_limits: AdminLimits,
+}
+
+/// The referral rules: when an invitee's activity pays their inviter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferralSettings {
+    /// `REFERRAL_MIN_STARS`: the smallest top-up, in Stars, that qualifies
+    /// (default 100).
+    pub min_stars: u32,
+    /// `REFERRAL_MIN_SPEND`: captured spending (money units) that qualifies
+    /// too; `None` (unset or 0): spending never does.
+    pub min_spend: Option<Money>,
+    /// `REFERRAL_MONTHLY_CAP`: paid referrals per inviter per calendar month
+    /// (UTC; default 10; 0 pays none).
+    pub monthly_cap: u32,
+}
+
+/// What admins other than the owner may move; the owner is not limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// `ADMIN_MAX_ADJUST`: the largest single adjustment or refund (default
+    /// 1000.00).
+    pub max_single: Money,
+    /// `ADMIN_DAILY_BUDGET`: what one finance admin's adjustments (either
+    /// sign) and refunds may add up to over 24 hours (default 5000.00).
+    pub daily_budget: Money,
+    /// `ADMIN_NOTIFY_ABOVE`: adjustments larger than this (either sign) by
+    /// anyone but the owner are reported to the owner (default 500.00).
+    pub notify_above: Money,
 }
 
 /// KIE's account limits (kie-api.md "Limits and retention").
@@ -225,6 +257,12 @@ pub const VARIABLES: &[&str] = &[
     "KIE_POLLS_PER_SECOND",
     "KIE_WEBHOOK_HMAC_KEY",
     "CATALOG_CHECK_HOURS",
+    "REFERRAL_MIN_STARS",
+    "REFERRAL_MIN_SPEND",
+    "REFERRAL_MONTHLY_CAP",
+    "ADMIN_MAX_ADJUST",
+    "ADMIN_DAILY_BUDGET",
+    "ADMIN_NOTIFY_ABOVE",
 ];
 
 impl Settings {
@@ -397,6 +435,45 @@ impl Settings {
                 ));
             }
         }
+        let referral = ReferralSettings {
+            min_stars: parse_in::<u32>(
+                get("REFERRAL_MIN_STARS"),
+                "REFERRAL_MIN_STARS",
+                100,
+                1,
+                1_000_000,
+            )?,
+            min_spend: Some(money_in(
+                get("REFERRAL_MIN_SPEND"),
+                "REFERRAL_MIN_SPEND",
+                Money::ZERO,
+            )?)
+            .filter(|m| m.is_positive()),
+            monthly_cap: parse_in::<u32>(
+                get("REFERRAL_MONTHLY_CAP"),
+                "REFERRAL_MONTHLY_CAP",
+                10,
+                0,
+                1_000_000,
+            )?,
+        };
+        let admin_limits = AdminLimits {
+            max_single: money_in(
+                get("ADMIN_MAX_ADJUST"),
+                "ADMIN_MAX_ADJUST",
+                Money::from_minor(100_000),
+            )?,
+            daily_budget: money_in(
+                get("ADMIN_DAILY_BUDGET"),
+                "ADMIN_DAILY_BUDGET",
+                Money::from_minor(500_000),
+            )?,
+            notify_above: money_in(
+                get("ADMIN_NOTIFY_ABOVE"),
+                "ADMIN_NOTIFY_ABOVE",
+                Money::from_minor(50_000),
+            )?,
+        };
         Ok(Settings {
             telegram_token: token,
             telegram_api_url: url("TELEGRAM_API_URL", "https://api.telegram.org")?,
@@ -474,6 +551,8 @@ impl Settings {
                 )?,
             },
             kie_webhook_hmac_key: get("KIE_WEBHOOK_HMAC_KEY").map(Secret::new),
+            referral,
+            admin_limits,
             catalog_check_hours: parse_in::<u32>(
                 get("CATALOG_CHECK_HOURS"),
                 "CATALOG_CHECK_HOURS",
@@ -544,6 +623,18 @@ fn database_kind(url: &str) -> Result<DatabaseKind, ConfigError> {
             "DATABASE_URL",
             "expected a sqlite:// or postgres:// URL",
         ))
+    }
+}
+
+/// An amount of money (`12`, `12.5`, `12.50`), zero or more.
+fn money_in(v: Option<&str>, name: &'static str, default: Money) -> Result<Money, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    match v.trim().parse::<Money>() {
+        Ok(m) if m >= Money::ZERO => Ok(m),
+        _ => Err(ConfigError::new(
+            name,
+            format!("expected an amount of money of zero or more, like 100 or 99.50, got {v:?}"),
+        )),
     }
 }
 
@@ -680,6 +771,50 @@ mod tests {
             s.require_telegram_token().unwrap().expose(),
             "123:SECRETVALUE"
         );
+    }
+
+    #[test]
+    fn referral_rules_and_admin_limits_parse_with_defaults_and_clear_errors() {
+        let d = Settings::from_map(&map(&[])).unwrap();
+        assert_eq!(
+            d.referral,
+            ReferralSettings {
+                min_stars: 100,
+                min_spend: None,
+                monthly_cap: 10
+            }
+        );
+        assert_eq!(d.admin_limits.max_single, Money::from_minor(100_000));
+        assert_eq!(d.admin_limits.daily_budget, Money::from_minor(500_000));
+        assert_eq!(d.admin_limits.notify_above, Money::from_minor(50_000));
+        let s = Settings::from_map(&map(&[
+            ("REFERRAL_MIN_STARS", "250"),
+            ("REFERRAL_MIN_SPEND", "75.50"),
+            ("REFERRAL_MONTHLY_CAP", "0"),
+            ("ADMIN_MAX_ADJUST", "10"),
+            ("ADMIN_DAILY_BUDGET", "20.5"),
+            ("ADMIN_NOTIFY_ABOVE", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(s.referral.min_stars, 250);
+        assert_eq!(s.referral.min_spend, Some(Money::from_minor(7_550)));
+        assert_eq!(s.referral.monthly_cap, 0);
+        assert_eq!(s.admin_limits.max_single, Money::from_minor(1_000));
+        assert_eq!(s.admin_limits.daily_budget, Money::from_minor(2_050));
+        assert_eq!(s.admin_limits.notify_above, Money::ZERO);
+        let off = Settings::from_map(&map(&[("REFERRAL_MIN_SPEND", "0")])).unwrap();
+        assert_eq!(off.referral.min_spend, None);
+        for (var, bad) in [
+            ("REFERRAL_MIN_STARS", "0"),
+            ("REFERRAL_MIN_SPEND", "-1"),
+            ("REFERRAL_MONTHLY_CAP", "lots"),
+            ("ADMIN_MAX_ADJUST", "ten"),
+            ("ADMIN_DAILY_BUDGET", "-5"),
+            ("ADMIN_NOTIFY_ABOVE", "1.234"),
+        ] {
+            let e = Settings::from_map(&map(&[(var, bad)])).unwrap_err();
+            assert_eq!(e.var, var, "{bad}");
+        }
     }
 
     #[test]

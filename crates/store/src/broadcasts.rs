@@ -130,24 +130,42 @@ impl<'a> Broadcasts<'a> {
 
     /// Records a new running broadcast, with no recipient taken and no lease.
     /// `None`: another broadcast is running (at most one runs at a time).
+    /// Audited (`broadcast`, by `created_by`) in the same transaction.
     pub async fn create(&self, new: &NewBroadcast) -> Result<Option<BroadcastId>> {
-        // The partial unique index on running broadcasts decides, also
-        // between two admins starting one on two processes at once.
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO broadcasts (text, status, cursor, sent, failed, admin_chat, lang, \
-                 created_by, created_at) \
-             VALUES ($1, 'running', $2, 0, 0, $3, $4, $5, $6) \
-             ON CONFLICT DO NOTHING RETURNING id",
-        )
-        .bind(new.text.as_str())
-        .bind(i64::MIN)
-        .bind(new.admin_chat)
-        .bind(new.lang.as_str())
-        .bind(new.created_by.0)
-        .bind(now_ms())
-        .fetch_optional(self.store.pool())
-        .await?;
-        Ok(id.map(BroadcastId))
+        write_tx!(self.store, |conn| {
+            let now = now_ms();
+            // The partial unique index on running broadcasts decides, also
+            // between two admins starting one on two processes at once.
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO broadcasts (text, status, cursor, sent, failed, admin_chat, lang, \
+                     created_by, created_at) \
+                 VALUES ($1, 'running', $2, 0, 0, $3, $4, $5, $6) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(new.text.as_str())
+            .bind(i64::MIN)
+            .bind(new.admin_chat)
+            .bind(new.lang.as_str())
+            .bind(new.created_by.0)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            // Audited with the row that starts it, in the same transaction.
+            if id.is_some() {
+                let reason: String = new.text.chars().take(200).collect();
+                crate::audit::record_in(
+                    conn,
+                    new.created_by,
+                    "broadcast",
+                    None,
+                    None,
+                    &reason,
+                    now,
+                )
+                .await?;
+            }
+            Ok(id.map(BroadcastId))
+        })
     }
 
     /// The broadcast.

@@ -70,6 +70,10 @@ pub enum StoreError {
         /// What the generation costs.
         requested: Money,
     },
+    /// An admin's action is outside what they may do (their own wallet, a
+    /// cap, their daily budget). Nothing was changed and nothing audited.
+    #[error("admin action refused: {0}")]
+    AdminRefused(AdminRefusal),
     /// The user already has `limit` active generations.
     #[error("too many active generations (limit {limit})")]
     TooManyActive {
@@ -125,6 +129,28 @@ pub enum PromoRefusal {
     /// Redeemed `max_uses` times already.
     #[error("has been used up")]
     Exhausted,
+}
+
+/// Why an admin action was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    /// The admin named their own wallet, payment or account.
+    #[error("an admin cannot act on their own account")]
+    SelfTarget,
+    /// Above the largest single amount a finance admin may move.
+    #[error("above the single-action cap of {max}")]
+    OverSingleCap {
+        /// The cap.
+        max: Money,
+    },
+    /// Above what is left of the admin's budget for the last 24 hours.
+    #[error("above the daily budget: {left} of {budget} left")]
+    OverDailyBudget {
+        /// What is left now.
+        left: Money,
+        /// The whole budget.
+        budget: Money,
+    },
 }
 
 impl StoreError {

@@ -8,7 +8,7 @@
 //! |-----------|---------|------|---------------------------|
 //! | `topup`   | +a      |      | caller's (`topup:<charge>`) |
 //! | `bonus`   | +a      |      | caller's (`promo:..`, `referral:..`) |
-//! | `adjust`  | ±a      |      | caller's (admin action)   |
+//! | `adjust`  | ±a      |      | caller's (admin action; `referral-reversal:<invitee>`) |
 //! | `refund`  | -a      |      | caller's (`refund:<charge>`) |
 //! | `hold`    |         | +a   | `hold:<generation>`       |
 //! | `capture` | -a      | -a   | `capture:<generation>`    |
@@ -578,6 +578,23 @@ pub(crate) async fn wallet_in(conn: &mut AnyConnection, user: UserId) -> Result<
         .fetch_optional(&mut *conn)
         .await?
         .ok_or_else(|| StoreError::not_found("wallet", user))?;
+    Ok(Wallet {
+        balance: Money::from_minor(row.try_get("balance")?),
+        held: Money::from_minor(row.try_get("held")?),
+    })
+}
+
+/// The user's wallet, locked until the transaction ends (on PostgreSQL; a
+/// SQLite write transaction holds the whole database), so what is read is
+/// still true when a debit computed from it is applied.
+pub(crate) async fn lock_wallet_in(conn: &mut AnyConnection, user: UserId) -> Result<Wallet> {
+    let row = sqlx::query(
+        "UPDATE wallets SET balance = balance WHERE user_id = $1 RETURNING balance, held",
+    )
+    .bind(user.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found("wallet", user))?;
     Ok(Wallet {
         balance: Money::from_minor(row.try_get("balance")?),
         held: Money::from_minor(row.try_get("held")?),

@@ -10,7 +10,11 @@
 //! - [`generations`]: the generation rows and their lifecycle; the state change
 //!   and its money step (hold, capture, release) share one transaction.
 //! - [`payments`], [`promos`], [`referrals`]: where money comes from; each
-//!   credits through the ledger, once per external key.
+//!   credits through the ledger, once per external key (a referral bonus
+//!   only under the referral rules, and taken back with its payment's
+//!   refund).
+//! - [`admins`]: admin permissions, and the admin actions that are capped
+//!   and audited in the transaction that makes them.
 //! - [`users`], [`free_usage`], [`audit`], [`dialogues`], [`updates`],
 //!   [`settings`]: the rest of the bot's state.
 //! - [`broadcasts`]: admin broadcasts and the lease that lets exactly one
@@ -79,6 +83,7 @@ mod tx;
 mod confirm_batch;
 mod sql;
 
+pub mod admins;
 pub mod audit;
 pub mod broadcasts;
 pub mod dialogues;
@@ -95,16 +100,17 @@ pub mod settings;
 pub mod updates;
 pub mod users;
 
+pub use admins::{Admins, FinanceLimits, Permission};
 pub use audit::{Audit, AuditEntry};
 pub use broadcasts::{Broadcast, BroadcastId, BroadcastStatus, Broadcasts, Claim, NewBroadcast};
 pub use dialogues::Dialogues;
-pub use error::{PromoRefusal, Result, StoreError};
+pub use error::{AdminRefusal, PromoRefusal, Result, StoreError};
 pub use free_usage::FreeUsage;
 pub use generations::{Creation, DialogueAfter, Funding, Generation, Generations, NewGeneration};
 pub use ledger::{Applied, Drift, Entry, EntryId, EntryKind, Hold, HoldState, Ledger, Wallet};
 pub use payments::{Payment, PaymentId, PaymentStatus, Payments};
 pub use promos::{Promo, Promos};
-pub use referrals::Referrals;
+pub use referrals::{ReferralOutcome, ReferralRules, Referrals, Settled};
 pub use settings::Settings;
 pub use updates::Updates;
 pub use users::{Role, User, UserCounts, Users};
@@ -348,6 +354,11 @@ impl Store {
     /// Referrals and their bonus.
     pub fn referrals(&self) -> Referrals<'_> {
         Referrals::new(self)
+    }
+
+    /// Admin permissions and the admin actions that are capped and audited.
+    pub fn admins(&self) -> Admins<'_> {
+        Admins::new(self)
     }
 
     /// Daily free quota.

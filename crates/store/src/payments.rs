@@ -154,7 +154,8 @@ impl<'a> Payments<'a> {
     }
 
     /// Marks the payment refunded and debits its amount (ledger key
-    /// `refund:<charge_id>`), in one transaction. Refused with
+    /// `refund:<charge_id>`), in one transaction, which also reverses the
+    /// referral bonus the payment qualified (see [`crate::referrals`]). Refused with
     /// [`StoreError::InsufficientFunds`] when the user has spent the money.
     /// Repeating returns the first refund.
     ///
@@ -184,7 +185,15 @@ impl<'a> Payments<'a> {
                             &key,
                         )
                     };
-                    ledger::change_balance_in(conn, &e, now).await
+                    let applied = ledger::change_balance_in(conn, &e, now).await?;
+                    // The referral bonus this payment qualified goes back with it.
+                    crate::referrals::reverse_for_payment_in(
+                        conn,
+                        PaymentId(r.try_get("id")?),
+                        now,
+                    )
+                    .await?;
+                    Ok(applied)
                 }
                 None => {
                     get_in(conn, charge_id)

@@ -107,7 +107,7 @@ impl RecentSettings {
         values.insert(key.to_owned(), (Instant::now(), value));
     }
 
-    fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &str) {
         let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
         values.remove(key);
     }

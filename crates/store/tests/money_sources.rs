@@ -226,18 +226,41 @@ async fn a_referral_is_recorded_once_and_its_bonus_paid_once(store: Store) {
         Some(inviter)
     );
 
+    let paid = store
+        .payments()
+        .record_stars_payment(invitee, "ref-charge", 100, m(15_000), "p")
+        .await
+        .unwrap();
+    let payment = paid.entry.payment.unwrap();
+    let rules = kiebot_store::ReferralRules {
+        bonus: m(500),
+        min_stars: 100,
+        min_spend: None,
+        monthly_cap: 10,
+    };
     let bonuses: Vec<_> = (0..3)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.referrals().pay_bonus(invitee, m(500)).await })
+            tokio::spawn(async move {
+                store
+                    .referrals()
+                    .on_payment(invitee, payment, 100, &rules)
+                    .await
+            })
         })
         .collect();
     let mut fresh = 0;
     for b in bonuses {
-        fresh += usize::from(b.await.unwrap().unwrap().unwrap().fresh);
+        fresh += usize::from(b.await.unwrap().unwrap().is_some_and(|s| s.bonus.is_some()));
     }
     assert_eq!(fresh, 1);
-    assert!(referrals.pay_bonus(late, m(500)).await.unwrap().is_none());
+    assert!(
+        referrals
+            .on_payment(late, payment, 100, &rules)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(wallet(&store, inviter).await, (500, 0));
     assert_eq!(entries_with_prefix(&store, "referral:").await, 1);
     assert_books_balance(&store).await;

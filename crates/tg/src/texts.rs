@@ -5,7 +5,7 @@
 //! can compare against the same functions. Strings are plain text (no parse
 //! mode), so user input and model names never need escaping.
 
-use kiebot_domain::{GenerationId, GenerationStatus, GenerationType, Money};
+use kiebot_domain::{GenerationId, GenerationStatus, GenerationType, Money, UserId};
 use teloxide::types::{InlineKeyboardButton, InlineKeyboardMarkup};
 
 use crate::callback::Cb;
@@ -1044,13 +1044,184 @@ pub fn admin_only(lang: Lang) -> String {
     )
 }
 
-/// The admin screen's heading.
+/// The admin screen's heading: the commands, each with who may use it.
 pub fn admin_menu(lang: Lang) -> String {
     tr!(
         lang,
-        "Администрирование.\n/user ID — пользователь\n/adjust ID СУММА ПРИЧИНА — корректировка\n/budget ID СУММА|off ПРИЧИНА — бюджет администратора (владелец)\n/block ID, /unblock ID\n/refund CHARGE_ID — возврат звёзд\n/broadcast ТЕКСТ — рассылка",
-        "Administration.\n/user ID: look up a user\n/adjust ID AMOUNT REASON: adjust a balance\n/budget ID AMOUNT|off REASON: an admin's budget (owner)\n/block ID, /unblock ID\n/refund CHARGE_ID: refund Stars\n/broadcast TEXT: message every user"
+        "Администрирование. Права: владелец — всё; support — поиск, повтор, блокировка; finance — корректировки и возвраты в пределах лимитов; broadcast — рассылка; maintenance — техработы.\n/stats, /failed — статистика и ошибки (support)\n/user ID — пользователь (support)\n/resend GEN_ID — отправить результат владельцу ещё раз (support)\n/block ID, /unblock ID (support)\n/adjust ID СУММА ПРИЧИНА — корректировка (finance)\n/refund CHARGE_ID — возврат звёзд (finance)\n/broadcast ТЕКСТ — рассылка (broadcast)\n/maintenance — техработы вкл/выкл (maintenance)\n/budget ID СУММА|off ПРИЧИНА — бюджет администратора (владелец)\n/grant ID ПРАВО, /revoke ID ПРАВО — выдать или забрать право (владелец)\n/admins — кто что может (владелец)",
+        "Administration. Permissions: the owner can do everything; support: look-ups, resend, block; finance: adjustments and refunds within the limits; broadcast: message everyone; maintenance: maintenance mode.\n/stats, /failed: statistics and failures (support)\n/user ID: look up a user (support)\n/resend GEN_ID: send a result to its owner again (support)\n/block ID, /unblock ID (support)\n/adjust ID AMOUNT REASON: adjust a balance (finance)\n/refund CHARGE_ID: refund Stars (finance)\n/broadcast TEXT: message every user (broadcast)\n/maintenance: maintenance mode on/off (maintenance)\n/budget ID AMOUNT|off REASON: an admin's budget (owner)\n/grant ID PERMISSION, /revoke ID PERMISSION: give or take a permission (owner)\n/admins: who may do what (owner)"
     )
+}
+
+/// An admin without the permission an action needs.
+pub fn admin_lacks(lang: Lang, permission: &str) -> String {
+    tr!(
+        lang,
+        "Для этого нужно право «{permission}». Попросите владельца: /grant ВАШ_ID {permission}.",
+        "This needs the \"{permission}\" permission. Ask the owner to /grant it to you."
+    )
+}
+
+/// An action only the owner may take.
+pub fn owner_only(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Это может сделать только владелец.",
+        "Only the owner can do this."
+    )
+}
+
+/// An admin named themselves.
+pub fn admin_self_target(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Нельзя выполнять это действие над своим аккаунтом или кошельком. Ничего не изменено.",
+        "You cannot do this to your own account or wallet. Nothing was changed."
+    )
+}
+
+/// An admin tried to block the owner.
+pub fn admin_owner_protected(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Владельца нельзя заблокировать. Ничего не изменено.",
+        "The owner cannot be blocked. Nothing was changed."
+    )
+}
+
+/// Above the single-action cap.
+pub fn admin_over_single(lang: Lang, max: Money) -> String {
+    let m = money(max);
+    tr!(
+        lang,
+        "Больше разового лимита ({m}). Ничего не изменено; крупные суммы — через владельца.",
+        "Above the single-action cap ({m}). Nothing was changed; larger amounts go through the owner."
+    )
+}
+
+/// Above what is left of the daily budget.
+pub fn admin_over_budget(lang: Lang, left: Money, budget: Money) -> String {
+    let (l, b) = (money(left), money(budget));
+    tr!(
+        lang,
+        "Больше дневного бюджета: осталось {l} из {b} за 24 часа. Ничего не изменено.",
+        "Above your daily budget: {l} of {b} left for the last 24 hours. Nothing was changed."
+    )
+}
+
+/// The owner's notice of a large adjustment by another admin.
+pub fn admin_adjust_notice(
+    lang: Lang,
+    actor: UserId,
+    user: UserId,
+    amount: Money,
+    reason: &str,
+) -> String {
+    let a = money(amount);
+    tr!(
+        lang,
+        "Крупная корректировка: администратор {actor} изменил баланс {user} на {a}. Причина: {reason}",
+        "Large adjustment: admin {actor} adjusted the balance of {user} by {a}. Reason: {reason}"
+    )
+}
+
+/// `/grant` and `/revoke` usage.
+pub fn grant_usage(lang: Lang, command: &str) -> String {
+    tr!(
+        lang,
+        "Использование: /{command} ID ПРАВО, где ПРАВО — support, finance, broadcast или maintenance.",
+        "Usage: /{command} ID PERMISSION, where PERMISSION is support, finance, broadcast or maintenance."
+    )
+}
+
+/// A permission granted (`fresh`) or already held.
+pub fn granted(lang: Lang, user: UserId, permission: &str, fresh: bool) -> String {
+    match fresh {
+        true => tr!(
+            lang,
+            "Пользователь {user} получил право «{permission}».",
+            "User {user} now has the \"{permission}\" permission."
+        ),
+        false => tr!(
+            lang,
+            "У пользователя {user} уже есть право «{permission}».",
+            "User {user} already has the \"{permission}\" permission."
+        ),
+    }
+}
+
+/// A permission revoked (`fresh`) or not held.
+pub fn revoked(lang: Lang, user: UserId, permission: &str, fresh: bool) -> String {
+    match fresh {
+        true => tr!(
+            lang,
+            "Право «{permission}» у пользователя {user} отозвано.",
+            "The \"{permission}\" permission of user {user} is revoked."
+        ),
+        false => tr!(
+            lang,
+            "У пользователя {user} нет права «{permission}».",
+            "User {user} does not have the \"{permission}\" permission."
+        ),
+    }
+}
+
+/// The owner has every permission already.
+pub fn owner_has_everything(lang: Lang) -> String {
+    tr!(
+        lang,
+        "У владельца и так есть все права.",
+        "The owner has every permission already."
+    )
+}
+
+/// No such user.
+pub fn admin_no_user(lang: Lang, user: UserId) -> String {
+    tr!(
+        lang,
+        "Пользователь {user} не найден.",
+        "User {user} not found."
+    )
+}
+
+/// `/admins`: who may do what (`lines` are `id: perms`).
+pub fn admins_list(lang: Lang, owner: Option<UserId>, lines: &[String]) -> String {
+    let owner = owner.map_or_else(|| "—".to_owned(), |o| o.to_string());
+    let list = if lines.is_empty() {
+        "—".to_owned()
+    } else {
+        lines.join("\n")
+    };
+    tr!(
+        lang,
+        "Владелец: {owner}\nАдминистраторы:\n{list}",
+        "Owner: {owner}\nAdmins:\n{list}"
+    )
+}
+
+/// `/resend` usage and its outcome.
+pub fn resend_usage(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Использование: /resend GEN_ID",
+        "Usage: /resend GEN_ID"
+    )
+}
+
+/// `/resend` sent the result to its owner (`sent`), or there was none.
+pub fn resent(lang: Lang, user: UserId, sent: bool) -> String {
+    match sent {
+        true => tr!(
+            lang,
+            "Результат отправлен пользователю {user} ещё раз.",
+            "The result was sent to user {user} again."
+        ),
+        false => tr!(
+            lang,
+            "У этой генерации нет файлов для повторной отправки.",
+            "This generation has no files to send again."
+        ),
+    }
 }
 
 /// Admin button labels.

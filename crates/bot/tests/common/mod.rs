@@ -55,6 +55,8 @@ pub struct Options {
     pub dry_run: bool,
     pub admin_ids: Vec<UserId>,
     pub max_active: u32,
+    pub referral: kiebot_bot::ReferralPolicy,
+    pub admin_limits: kiebot_bot::AdminPolicy,
 }
 
 impl Default for Options {
@@ -64,6 +66,8 @@ impl Default for Options {
             dry_run: false,
             admin_ids: vec![UserId(1)],
             max_active: 5,
+            referral: kiebot_bot::ReferralPolicy::default(),
+            admin_limits: kiebot_bot::AdminPolicy::default(),
         }
     }
 }
@@ -111,6 +115,8 @@ impl App {
             dry_run: self.dry_run,
             admin_ids: self.admin_ids.clone(),
             max_active: self.deps.max_active,
+            referral: self.deps.referral,
+            admin_limits: self.deps.admin_limits,
         };
         build_deps(
             &self.tg,
@@ -395,5 +401,7 @@ async fn build_deps(
             per_chat_burst: 100,
         })),
         broadcasts: kiebot_bot::BroadcastRunners::default(),
+        referral: o.referral,
+        admin_limits: o.admin_limits,
     }
 }
