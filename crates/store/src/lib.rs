@@ -85,6 +85,7 @@ pub mod dialogues;
 mod error;
 pub mod free_usage;
 pub mod generations;
+pub mod invoices;
 pub mod ledger;
 pub mod model_holds;
 pub mod payments;
@@ -102,7 +103,8 @@ pub use error::{PromoRefusal, Result, StoreError};
 pub use free_usage::FreeUsage;
 pub use generations::{Creation, DialogueAfter, Funding, Generation, Generations, NewGeneration};
 pub use ledger::{Applied, Drift, Entry, EntryId, EntryKind, Hold, HoldState, Ledger, Wallet};
-pub use payments::{Payment, PaymentId, PaymentStatus, Payments};
+pub use invoices::{Invoice, InvoiceId, Invoices};
+pub use payments::{Payment, PaymentId, PaymentStatus, Payments, StarsCredit};
 pub use promos::{Promo, Promos};
 pub use referrals::Referrals;
 pub use settings::Settings;
@@ -338,6 +340,11 @@ impl Store {
     /// Telegram Stars payments.
     pub fn payments(&self) -> Payments<'_> {
         Payments::new(self)
+    }
+
+    /// Stars invoices we issued.
+    pub fn invoices(&self) -> Invoices<'_> {
+        Invoices::new(self)
     }
 
     /// Promo codes.
