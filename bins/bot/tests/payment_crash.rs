@@ -85,9 +85,10 @@ async fn a_front_killed_with_a_payment_in_hand_credits_it_exactly_once_after_res
         .unwrap();
     let mut front = spawn_front(&db, &tg, &namespace);
     tg.successful_payment(400, &invoice.payload, "charge-crash", 100);
-    until("the payment's handler is stalled on the database", || async {
-        inserts_waiting_on_payments(&store).await >= 1
-    })
+    until(
+        "the payment's handler is stalled on the database",
+        || async { inserts_waiting_on_payments(&store).await >= 1 },
+    )
     .await;
     front.kill().expect("SIGKILL");
     let _ = front.wait();

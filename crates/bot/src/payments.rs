@@ -195,7 +195,14 @@ async fn check_invoice(
 /// Telegram refuses (the query was answered already, or is too old) is not.
 pub(crate) async fn pre_checkout(deps: Arc<BotDeps>, q: PreCheckoutQuery) -> anyhow::Result<()> {
     let payer = UserId(i64::try_from(q.from.id.0).unwrap_or(-1));
-    let check = check_invoice(&deps, payer, &q.invoice_payload, &q.currency, q.total_amount).await?;
+    let check = check_invoice(
+        &deps,
+        payer,
+        &q.invoice_payload,
+        &q.currency,
+        q.total_amount,
+    )
+    .await?;
     let maintenance = deps.store.settings().get(MAINTENANCE_KEY).await?.as_deref() == Some("1")
         && !deps.admin_ids.contains(&payer);
     let lang = q
@@ -300,8 +307,15 @@ pub(crate) async fn successful_payment(
         tracing::error!(user = %user, currency = %p.currency, "payment in an unexpected currency; not credited");
         return Ok(());
     }
-    let Some(Credited { applied, amount }) =
-        credit_stars(&deps, user, &charge, p.total_amount, &p.invoice_payload, "update").await?
+    let Some(Credited { applied, amount }) = credit_stars(
+        &deps,
+        user,
+        &charge,
+        p.total_amount,
+        &p.invoice_payload,
+        "update",
+    )
+    .await?
     else {
         return Ok(());
     };

@@ -336,7 +336,10 @@ async fn handle_payment<S: Future<Output = ()>>(
             break;
         }
         if pre_checkout && started.elapsed() >= PRE_CHECKOUT_PATIENCE {
-            tracing::error!(update_id = u.id.0, "pre-checkout not answered in time; given up");
+            tracing::error!(
+                update_id = u.id.0,
+                "pre-checkout not answered in time; given up"
+            );
             break;
         }
         tracing::warn!(update_id = u.id.0, "payment not handled; trying again");

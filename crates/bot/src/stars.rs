@@ -169,8 +169,7 @@ pub async fn reconcile_stars(deps: &BotDeps) -> anyhow::Result<Reconciled> {
                 Ok(_) => {}
                 Err(StoreError::InsufficientFunds { .. }) => {
                     found.refunds_unrecorded += 1;
-                    metrics::counter!(STARS_RECONCILED, "kind" => "refund_unrecorded")
-                        .increment(1);
+                    metrics::counter!(STARS_RECONCILED, "kind" => "refund_unrecorded").increment(1);
                     tracing::error!(user = %user, charge, "refunded outside the bot after the money was spent; payment flagged");
                     deps.store
                         .payments()

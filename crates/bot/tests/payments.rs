@@ -106,15 +106,31 @@ async fn credit_by_invoice_and_flag_unknown(postgres: bool) {
         .create(UserId(330), 10, Money::from_minor(2_000), 3_600_000, 5)
         .await
         .unwrap();
-    app.tg.successful_payment(330, &inv.payload, "charge-330a", 10);
+    app.tg
+        .successful_payment(330, &inv.payload, "charge-330a", 10);
     // A payload we never issued: real money, credited at the rate, flagged.
     app.tg
         .successful_payment(330, "from-another-bot", "charge-330b", 20);
     app.pump().await;
-    assert_eq!(app.available(330).await, Money::from_minor(2_000 + 20 * 150));
-    let p = app.store().payments().get("charge-330a").await.unwrap().unwrap();
+    assert_eq!(
+        app.available(330).await,
+        Money::from_minor(2_000 + 20 * 150)
+    );
+    let p = app
+        .store()
+        .payments()
+        .get("charge-330a")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(p.flag, None);
-    let p = app.store().payments().get("charge-330b").await.unwrap().unwrap();
+    let p = app
+        .store()
+        .payments()
+        .get("charge-330b")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(p.flag.as_deref(), Some("unknown_invoice"));
     let flagged = app.store().payments().flagged(10).await.unwrap();
     assert_eq!(flagged.len(), 1);
@@ -152,8 +168,10 @@ async fn reconciler(postgres: bool) {
         .await
         .unwrap();
     // Paid, but its update never reaches the bot.
-    app.tg.register_charge(310, &lost.payload, "charge-lost", 100);
-    app.tg.successful_payment(310, &seen.payload, "charge-seen", 50);
+    app.tg
+        .register_charge(310, &lost.payload, "charge-lost", 100);
+    app.tg
+        .successful_payment(310, &seen.payload, "charge-seen", 50);
     app.pump().await;
     assert_eq!(app.available(310).await, Money::from_minor(7_500));
 
@@ -207,14 +225,24 @@ async fn a_refund_whose_answer_is_lost_after_telegram_refunded_is_refunded_once(
     // Telegram refunds, and the answer is lost on the way back.
     app.tg.drop_reply_next("refundStarPayment", 1);
     app.send(1, "/refund charge-320").await;
-    assert!(app.last_text(1).contains("Refunded"), "{}", app.last_text(1));
+    assert!(
+        app.last_text(1).contains("Refunded"),
+        "{}",
+        app.last_text(1)
+    );
     assert_eq!(app.tg.refunds().len(), 1, "refunded once at Telegram");
     assert!(
         app.tg.call_count("getStarTransactions") >= 1,
         "the lost answer was settled by Telegram's list"
     );
     assert_eq!(app.available(320).await, Money::from_minor(20 * 150));
-    let p = app.store().payments().get("charge-320").await.unwrap().unwrap();
+    let p = app
+        .store()
+        .payments()
+        .get("charge-320")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(p.status, PaymentStatus::Refunded);
     // Asking again changes nothing.
     app.send(1, "/refund charge-320").await;

@@ -29,7 +29,10 @@ async fn an_invoice_is_found_by_its_exact_payload_only(store: Store) {
     // The same id with another nonce is no invoice of ours.
     let forged = invoices::payload_of(inv.id, 0xbeef);
     assert_eq!(store.invoices().by_payload(&forged).await.unwrap(), None);
-    assert_eq!(store.invoices().by_payload("free money").await.unwrap(), None);
+    assert_eq!(
+        store.invoices().by_payload("free money").await.unwrap(),
+        None
+    );
     // Bad input changes nothing.
     assert!(
         store
@@ -65,7 +68,14 @@ async fn a_flagged_payment_is_credited_once_and_listed_for_the_operator(store: S
         .await
         .unwrap();
     assert_eq!(
-        store.payments().get("ch-8").await.unwrap().unwrap().flag.as_deref(),
+        store
+            .payments()
+            .get("ch-8")
+            .await
+            .unwrap()
+            .unwrap()
+            .flag
+            .as_deref(),
         Some("refunded_outside_spent")
     );
     assert!(store.payments().set_flag("nope", "x").await.is_err());
