@@ -268,6 +268,8 @@ async fn a_refund_whose_answer_is_lost_after_telegram_refunded_is_refunded_once(
 struct Proxy {
     addr: SocketAddr,
     up: Arc<watch::Sender<bool>>,
+    /// Connections closed at once because the proxy was down.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -275,10 +277,13 @@ impl Proxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(watch::channel(true).0);
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let state = Arc::clone(&up);
+        let counted = Arc::clone(&refused);
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !*state.borrow() {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     drop(client);
                     continue;
                 }
@@ -295,7 +300,11 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, up }
+        Proxy { addr, up, refused }
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn set(&self, up: bool) {
@@ -386,5 +395,53 @@ async fn a_webhook_payment_while_the_database_is_down_is_answered_5xx_retried_an
         kiebot_bot::Handled::Done
     );
     assert_eq!(app.available(350).await, Money::from_minor(100 * 150));
+    assert_ledger_clean(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_payment_while_the_database_is_down_is_not_acknowledged_until_credited() {
+    let app = App::with(Options {
+        postgres: true,
+        ..Options::default()
+    })
+    .await;
+    let (_, target) = through(app.db.url(), "127.0.0.1:1".parse().unwrap());
+    let proxy = Proxy::start(target).await;
+    let (via_proxy, _) = through(app.db.url(), proxy.addr);
+    let mut deps = app.deps.clone();
+    deps.store = Store::connect(&via_proxy).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let polling = tokio::spawn(kiebot_bot::run_polling(deps, async {
+        let _ = stopped.await;
+    }));
+    app.tg
+        .wait_for(|tg| tg.call_count("getUpdates") >= 1, WAIT)
+        .await
+        .unwrap();
+
+    proxy.set(false);
+    let refused_before = proxy.refused();
+    app.tg
+        .successful_payment(360, "v1:360:100:00000000000000aa", "charge-poll", 100);
+    // The bot keeps trying the database...
+    let deadline = Instant::now() + WAIT;
+    while proxy.refused() < refused_before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the bot never tried the database"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and Telegram still holds the batch.
+    assert_eq!(app.tg.pending_updates(), 1);
+    proxy.set(true);
+    app.tg
+        .wait_for(|tg| tg.pending_updates() == 0, WAIT)
+        .await
+        .expect("acknowledged once credited");
+    assert_eq!(app.available(360).await, Money::from_minor(100 * 150));
+    stop.send(()).unwrap();
+    polling.await.unwrap();
+    assert_eq!(credited_notices(&app, 360), 1);
     assert_ledger_clean(&app).await;
 }

@@ -157,6 +157,9 @@ async fn get_updates(inner: &Inner, p: &Params) -> Result<Value, ApiErr> {
             }
             batch?
         };
+        // The offset may have confirmed updates: waiters on
+        // `pending_updates` see it now, not when this long poll ends.
+        inner.bump_activity();
         if !batch.is_empty() || timeout.is_zero() {
             return Ok(Value::Array(batch));
         }
