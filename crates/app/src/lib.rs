@@ -1,7 +1,7 @@
 //! Process assembly: which parts a process runs and how they share one
 //! context and one shutdown.
 //!
-//! | process | front bot | workers + reconciler | ops HTTP |
+//! | process | front bot (+ Stars reconciler) | workers + reconciler | ops HTTP |
 //! |---|---|---|---|
 //! | `kiebot run` (embedded or all-in-one) | yes | yes | yes |
 //! | `kiebot-bot` (fleet front) | yes | no | yes, with KIE callbacks and the webhook |
@@ -213,6 +213,17 @@ pub async fn run_until(
         _ => None,
     };
 
+    // Our payments against Telegram's Star transactions, in every process
+    // running the front bot (one at a time, by a turn in the database).
+    let reconciler = match (&deps, settings.stars_reconcile) {
+        (Some(d), Some(every)) => Some(tokio::spawn(kiebot_bot::run_stars_reconciler(
+            d.clone(),
+            every,
+            stopped(stop_rx.clone()),
+        ))),
+        _ => None,
+    };
+
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -223,6 +234,9 @@ pub async fn run_until(
     // with it at once.
     if let Some(b) = broadcasts {
         let _ = b.await;
+    }
+    if let Some(r) = reconciler {
+        let _ = r.await;
     }
     if let Some(w) = workers {
         match w.await {

@@ -31,7 +31,6 @@ use kiebot_tg::callback::AdminCb;
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang};
 use teloxide::prelude::*;
-use teloxide::types::TelegramTransactionId;
 
 use crate::{Ctx, MAINTENANCE_KEY};
 
@@ -744,14 +743,10 @@ async fn refund(ctx: &Ctx, charge: &str) -> anyhow::Result<()> {
             )
             .await;
     }
-    let tg_user = teloxide::types::UserId(u64::try_from(p.user.0).unwrap_or_default());
-    match ctx
-        .deps
-        .bot
-        .refund_star_payment(tg_user, TelegramTransactionId(charge.to_owned()))
-        .await
-    {
-        Ok(_) => {
+    // A lost or ambiguous answer is settled by Telegram's own transaction
+    // list, never guessed: only a definite refusal undoes the debit.
+    match crate::stars::refund_at_telegram(&ctx.deps, p.user, charge).await {
+        crate::stars::RefundOutcome::Refunded => {
             store
                 .audit()
                 .record(ctx.uid, "refund", Some(p.user), Some(p.amount), charge)
@@ -767,8 +762,20 @@ async fn refund(ctx: &Ctx, charge: &str) -> anyhow::Result<()> {
             )
             .await
         }
-        Err(e) => {
-            tracing::error!(charge, error = %e, "refundStarPayment failed; reversing the debit");
+        crate::stars::RefundOutcome::Unknown(e) => {
+            tracing::error!(charge, error = %e, "refund outcome unknown; the debit stands");
+            ctx.send(
+                say(
+                    lang,
+                    format!("Telegram не подтвердил возврат ({e}). Списание остаётся; сверка платежей покажет итог. Если возврата не было, верните деньги через /adjust."),
+                    format!("Telegram did not confirm the refund ({e}). The debit stands; the payment reconciler will show the outcome. If no refund was made, credit the user back with /adjust."),
+                ),
+                None,
+            )
+            .await
+        }
+        crate::stars::RefundOutcome::Refused(e) => {
+            tracing::error!(charge, error = %e, "refundStarPayment refused; reversing the debit");
             store
                 .ledger()
                 .adjust(

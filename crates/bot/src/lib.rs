@@ -38,7 +38,10 @@
 //!    a whole batch).
 //! 2. The update id is recorded (`store.updates()`, one write per polled
 //!    batch, or per webhook call in [`handle_update`]): a redelivered update
-//!    (after a crash, a webhook retry) stops here.
+//!    (after a crash, a webhook retry) stops here, except a payment
+//!    ([`is_payment`]), handled at least once and credited once by its
+//!    charge id: polling does not acknowledge a batch to Telegram before its
+//!    payments are credited, the webhook answers 5xx until they are.
 //! 3. The handler tree routes it. A callback query is always answered, with a
 //!    friendly text when its button is stale, unknown or forged.
 //! 4. A handler reads the dialogue, acts (database first, in one transaction
@@ -71,6 +74,7 @@ mod menu;
 mod messages;
 mod payments;
 mod polling;
+mod stars;
 mod state;
 mod wizard;
 
@@ -78,8 +82,15 @@ pub use broadcast::{
     BROADCAST_LEASE, BroadcastRunners, resume_broadcast, resume_broadcast_with_lease,
     watch_broadcasts,
 };
-pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS, settle_referral_spend};
+pub use payments::{
+    DEFAULT_REFERRAL_BONUS, INVOICE_TTL, PAYMENTS_CREDITED, PAYMENTS_FLAGGED, STAR_PRESETS,
+    settle_referral_spend,
+};
 pub use polling::run_polling;
+pub use stars::{
+    Reconciled, RefundOutcome, STARS_RECONCILE_TURN, reconcile_stars, refund_at_telegram,
+    run_stars_reconciler,
+};
 
 /// Database connections a process running the front bot keeps open while
 /// idle: about as many as it uses at once under load (two group-commit
@@ -364,32 +375,66 @@ fn schema() -> UpdateHandler<HandlerError> {
 
 static TREE: LazyLock<UpdateHandler<HandlerError>> = LazyLock::new(schema);
 
+/// What became of an update given to [`handle_update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Handled, or rightly skipped (a redelivery): Telegram may forget it.
+    Done,
+    /// Not recorded, or a payment not credited: Telegram must deliver it
+    /// again (the webhook answers 5xx).
+    Retry,
+}
+
+/// Whether an update moves money: a `pre_checkout_query` or a
+/// `successful_payment`. These are handled at least once (never skipped by
+/// the de-duplication record) because handling them is idempotent: the
+/// credit is keyed by the charge id, and a pre-checkout answered twice is
+/// refused by Telegram the second time.
+pub fn is_payment(u: &Update) -> bool {
+    match &u.kind {
+        UpdateKind::PreCheckoutQuery(_) => true,
+        UpdateKind::Message(m) => m.successful_payment().is_some(),
+        _ => false,
+    }
+}
+
 /// Handles one update: de-duplicates it by `update_id`, then routes it
-/// through the handler tree. Errors are logged, never returned: Telegram must
-/// not redeliver an update because our handler failed.
+/// through the handler tree. Handler errors are logged; the outcome says
+/// whether Telegram must deliver the update again.
 ///
-/// The update id is recorded before the handler runs, so delivery is at most
-/// once: a crash mid-handler loses that one click or message (the user
-/// repeats it), never applies it twice. Where money moves, each step is also
-/// idempotent by its own key (draft id, charge id), so even a replay would
-/// not charge or credit twice.
-pub async fn handle_update(deps: &BotDeps, update: Update) {
+/// The update id is recorded before the handler runs, so delivery of a
+/// click or a message is at most once: a crash mid-handler loses it (the
+/// user repeats it), never applies it twice. A payment is at least once: it
+/// is handled even when the record fails or says it was seen (its credit is
+/// keyed by the charge id), and [`Handled::Retry`] until it is credited.
+pub async fn handle_update(deps: &BotDeps, update: Update) -> Handled {
     let update_id = i64::from(update.id.0);
+    let payment = is_payment(&update);
     match deps.store.updates().first_time(update_id).await {
         Ok(true) => {}
+        Ok(false) if payment => {
+            tracing::debug!(update_id, "payment update seen before; handled again");
+        }
         Ok(false) => {
             tracing::debug!(update_id, "duplicate update ignored");
-            return;
+            return Handled::Done;
+        }
+        Err(e) if payment => {
+            tracing::error!(update_id, error = %e, "cannot record a payment update; handling it all the same");
         }
         Err(e) => {
             // Without the de-duplication record we cannot tell a redelivery
-            // from a new update; handling it is the lesser evil only for
-            // idempotent operations, so we stop here and let Telegram retry.
-            tracing::error!(update_id, error = %e, "cannot record update; skipped");
-            return;
+            // from a new update, so Telegram is asked to deliver it again.
+            tracing::error!(update_id, error = %e, "cannot record update; asking for it again");
+            return Handled::Retry;
         }
     }
-    dispatch(Arc::new(deps.clone()), update, Prefetched::default()).await;
+    let ok = dispatch(Arc::new(deps.clone()), update, Prefetched::default()).await;
+    if payment && !ok {
+        Handled::Retry
+    } else {
+        Handled::Done
+    }
 }
 
 /// The sender's user row and dialogue, read before the update reached its
@@ -426,8 +471,9 @@ impl Prefetched {
     }
 }
 
-/// Routes an update already recorded as seen through the handler tree.
-pub(crate) async fn dispatch(deps: Arc<BotDeps>, update: Update, pre: Prefetched) {
+/// Routes an update already recorded as seen through the handler tree;
+/// `false` if its handler failed.
+pub(crate) async fn dispatch(deps: Arc<BotDeps>, update: Update, pre: Prefetched) -> bool {
     let update_id = i64::from(update.id.0);
     let kind = update_kind(&update);
     let span = tracing::info_span!("bot.update", update_id, kind);
@@ -435,7 +481,7 @@ pub(crate) async fn dispatch(deps: Arc<BotDeps>, update: Update, pre: Prefetched
         tracing::Instrument::instrument(TREE.dispatch(dptree::deps![deps, update, pre]), span)
             .await;
     match routed {
-        std::ops::ControlFlow::Break(Ok(())) => {}
+        std::ops::ControlFlow::Break(Ok(())) => true,
         std::ops::ControlFlow::Break(Err(e)) => {
             tracing::error!(
                 update_id,
@@ -443,9 +489,11 @@ pub(crate) async fn dispatch(deps: Arc<BotDeps>, update: Update, pre: Prefetched
                 error = format!("{e:#}"),
                 "update handler failed"
             );
+            false
         }
         std::ops::ControlFlow::Continue(_) => {
             tracing::debug!(update_id, kind, "update not handled");
+            true
         }
     }
 }
@@ -462,7 +510,10 @@ fn update_kind(u: &Update) -> &'static str {
 /// The webhook endpoint: `POST /telegram/webhook`, accepted only with the
 /// `X-Telegram-Bot-Api-Secret-Token` header equal to `secret_token` (401
 /// otherwise). The update is handled before the answer; a retry by Telegram
-/// (after a timeout) is recognised by its update id and skipped.
+/// (after a timeout) is recognised by its update id and skipped, except a
+/// payment, handled again until credited. An update that could not be
+/// recorded, or a payment not credited, is answered 503, so Telegram
+/// delivers it again.
 pub fn webhook_router(deps: BotDeps, secret_token: String) -> axum::Router {
     use axum::extract::State;
     use axum::http::{HeaderMap, StatusCode};
@@ -487,10 +538,10 @@ pub fn webhook_router(deps: BotDeps, secret_token: String) -> axum::Router {
             return StatusCode::UNAUTHORIZED;
         }
         match serde_json::from_slice::<Update>(&body) {
-            Ok(update) => {
-                handle_update(&h.deps, update).await;
-                StatusCode::OK
-            }
+            Ok(update) => match handle_update(&h.deps, update).await {
+                Handled::Done => StatusCode::OK,
+                Handled::Retry => StatusCode::SERVICE_UNAVAILABLE,
+            },
             Err(e) => {
                 // Not retryable: Telegram would send the same bytes again.
                 tracing::warn!(error = %e, "webhook body is not an update");

@@ -1,16 +1,24 @@
 //! Money in: Telegram Stars top-ups, promo codes and the referral bonus.
 //!
-//! An invoice's payload is `v1:<user id>:<stars>:<nonce>`. Pre-checkout is
-//! approved only when the payload parses, names the paying user and the
-//! amount matches (Telegram requires an answer within 10 s; we answer from
-//! the handler after a parse, no I/O). The credit itself does not depend on
-//! the payload: whatever Telegram says was paid is credited, once per
-//! `telegram_payment_charge_id`, because money received must never be lost.
+//! Every invoice is a row of `store.invoices()` (user, Stars, the amount it
+//! credits, expiry); its payload `inv:<id>:<nonce>` names the row.
+//! Pre-checkout approves only an invoice we issued to the paying user, for
+//! the same Stars, not expired (Telegram wants the answer within 10 s: one
+//! indexed read). A payment is credited by its invoice's recorded amount,
+//! once per `telegram_payment_charge_id`; one whose payload matches no
+//! invoice is credited all the same at the current rate (it is real money)
+//! and flagged for the operator. Payloads of the older `v1:<user>:<stars>:<nonce>`
+//! shape, issued before invoices were recorded, are checked as before and
+//! credited at the current rate.
+//!
+//! Crediting ([`credit_stars`]) is shared by the `successful_payment`
+//! handler and the Stars reconciler ([`crate::stars`]), which finds charges
+//! whose update never arrived.
 
 use std::sync::Arc;
 
 use kiebot_domain::{Money, UserId};
-use kiebot_store::StoreError;
+use kiebot_store::{Applied, StarsCredit, StoreError, now_ms};
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang};
 use teloxide::prelude::*;
@@ -31,9 +39,18 @@ pub const CUSTOM_STARS: (u32, u32) = (1, 10_000);
 pub const DEFAULT_REFERRAL_BONUS: Money = Money::from_minor(5_000);
 
 /// Telegram Stars' currency code.
-const XTR: &str = "XTR";
+pub(crate) const XTR: &str = "XTR";
 
-/// A verified invoice payload.
+/// How long an invoice can be paid after it was sent.
+pub const INVOICE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Payments credited, by where they were found (`update`, `reconciler`).
+pub const PAYMENTS_CREDITED: &str = "kiebot_payments_credited_total";
+/// Payments credited but flagged for the operator, by reason.
+pub const PAYMENTS_FLAGGED: &str = "kiebot_payments_flagged_total";
+
+/// An invoice payload of the older `v1` shape (before invoices were
+/// recorded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Payload {
     pub user: UserId,
@@ -41,11 +58,6 @@ pub(crate) struct Payload {
 }
 
 impl Payload {
-    fn encode(self) -> String {
-        let nonce: u64 = rand::random();
-        format!("v1:{}:{}:{nonce:016x}", self.user.0, self.stars)
-    }
-
     pub(crate) fn parse(s: &str) -> Option<Payload> {
         let mut it = s.split(':');
         let (v, u, n, nonce) = (it.next()?, it.next()?, it.next()?, it.next()?);
@@ -109,23 +121,26 @@ pub(crate) async fn custom_amount(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Sends a Stars invoice (no provider token).
+/// Sends a Stars invoice (no provider token), recorded first so that
+/// pre-checkout and the credit can check it.
 pub(crate) async fn invoice(ctx: &Ctx, stars: u32) -> anyhow::Result<()> {
     let Some(amount) = credit_for(&ctx.deps, stars) else {
         return ctx.send(texts::internal_error(ctx.lang), None).await;
     };
-    let payload = Payload {
-        user: ctx.uid,
-        stars,
-    }
-    .encode();
+    let ttl = i64::try_from(INVOICE_TTL.as_millis()).unwrap_or(i64::MAX);
+    let issued = ctx
+        .deps
+        .store
+        .invoices()
+        .create(ctx.uid, i64::from(stars), amount, ttl, rand::random())
+        .await?;
     ctx.deps
         .bot
         .send_invoice(
             ctx.chat,
             texts::invoice_title(ctx.lang),
             texts::invoice_description(ctx.lang, amount),
-            payload,
+            issued.payload,
             XTR,
             vec![LabeledPrice::new(texts::invoice_title(ctx.lang), stars)],
         )
@@ -133,19 +148,62 @@ pub(crate) async fn invoice(ctx: &Ctx, stars: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn lang_of(deps: &BotDeps, user: UserId) -> Lang {
+pub(crate) async fn lang_of(deps: &BotDeps, user: UserId) -> Lang {
     match deps.store.users().get(user).await {
         Ok(Some(u)) => u.language.as_deref().map_or(Lang::En, Lang::parse),
         _ => Lang::En,
     }
 }
 
-/// `pre_checkout_query`: approve only our own, matching invoices.
+/// What pre-checkout makes of an invoice payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Valid,
+    /// Not ours, someone else's, another amount or currency.
+    Invalid,
+    Expired,
+}
+
+async fn check_invoice(
+    deps: &BotDeps,
+    payer: UserId,
+    payload: &str,
+    currency: &str,
+    stars: u32,
+) -> anyhow::Result<Check> {
+    if currency != XTR {
+        return Ok(Check::Invalid);
+    }
+    if kiebot_store::invoices::parse_payload(payload).is_some() {
+        return Ok(match deps.store.invoices().by_payload(payload).await? {
+            Some(i) if i.user != payer || i.stars != i64::from(stars) => Check::Invalid,
+            Some(i) if i.expired(now_ms()) => Check::Expired,
+            Some(_) => Check::Valid,
+            None => Check::Invalid,
+        });
+    }
+    Ok(
+        if Payload::parse(payload).is_some_and(|p| p.user == payer && p.stars == stars) {
+            Check::Valid
+        } else {
+            Check::Invalid
+        },
+    )
+}
+
+/// `pre_checkout_query`: approve only our own, matching, unexpired invoices.
+/// A database error is returned (the update is then tried again); an answer
+/// Telegram refuses (the query was answered already, or is too old) is not.
 pub(crate) async fn pre_checkout(deps: Arc<BotDeps>, q: PreCheckoutQuery) -> anyhow::Result<()> {
     let payer = UserId(i64::try_from(q.from.id.0).unwrap_or(-1));
-    let valid = q.currency == XTR
-        && Payload::parse(&q.invoice_payload)
-            .is_some_and(|p| p.user == payer && p.stars == q.total_amount);
+    let check = check_invoice(
+        &deps,
+        payer,
+        &q.invoice_payload,
+        &q.currency,
+        q.total_amount,
+    )
+    .await?;
     let maintenance = deps.store.settings().get(MAINTENANCE_KEY).await?.as_deref() == Some("1")
         && !deps.admin_ids.contains(&payer);
     let lang = q
@@ -153,22 +211,89 @@ pub(crate) async fn pre_checkout(deps: Arc<BotDeps>, q: PreCheckoutQuery) -> any
         .language_code
         .as_deref()
         .map_or(Lang::En, Lang::parse);
+    let valid = check == Check::Valid;
     let req = deps
         .bot
         .answer_pre_checkout_query(q.id.clone(), valid && !maintenance);
-    if !valid {
-        tracing::warn!(user = %payer, "pre-checkout refused: payload does not match");
-        req.error_message(texts::payment_refused(lang)).await?;
-    } else if maintenance {
-        req.error_message(texts::maintenance(lang)).await?;
-    } else {
-        req.await?;
+    let answered = match check {
+        Check::Invalid => {
+            tracing::warn!(user = %payer, "pre-checkout refused: no such invoice for this user and amount");
+            req.error_message(texts::payment_refused(lang)).await
+        }
+        Check::Expired => {
+            tracing::info!(user = %payer, "pre-checkout refused: invoice expired");
+            req.error_message(texts::invoice_expired(lang)).await
+        }
+        Check::Valid if maintenance => req.error_message(texts::maintenance(lang)).await,
+        Check::Valid => req.await,
+    };
+    match answered {
+        Ok(_) => Ok(()),
+        Err(teloxide::RequestError::Api(e)) => {
+            tracing::warn!(user = %payer, error = %e, "answerPreCheckoutQuery refused");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
-    Ok(())
+}
+
+/// A credited Stars payment.
+pub(crate) struct Credited {
+    pub applied: Applied,
+    pub amount: Money,
+}
+
+/// Records and credits a Stars payment once per charge id: by its invoice's
+/// recorded amount, or (unknown or mismatching invoice) at the current rate,
+/// flagged for the operator. `source` names who found it, for metrics.
+pub(crate) async fn credit_stars(
+    deps: &BotDeps,
+    user: UserId,
+    charge: &str,
+    stars: u32,
+    payload: &str,
+    source: &'static str,
+) -> anyhow::Result<Option<Credited>> {
+    let Some(at_rate) = credit_for(deps, stars).filter(|m| m.is_positive()) else {
+        tracing::error!(user = %user, stars, "payment amount cannot be credited");
+        return Ok(None);
+    };
+    let (amount, flag) = match deps.store.invoices().by_payload(payload).await? {
+        Some(i) if i.user != user => (at_rate, Some("invoice_of_another_user")),
+        Some(i) if i.stars != i64::from(stars) => (at_rate, Some("stars_differ")),
+        Some(i) => (i.amount, None),
+        None if Payload::parse(payload).is_some_and(|p| p.user == user && p.stars == stars) => {
+            (at_rate, None)
+        }
+        None => (at_rate, Some("unknown_invoice")),
+    };
+    let applied = deps
+        .store
+        .payments()
+        .credit_stars(&StarsCredit {
+            user,
+            charge_id: charge,
+            stars: i64::from(stars),
+            amount,
+            payload,
+            flag,
+        })
+        .await?;
+    if applied.fresh {
+        metrics::counter!(PAYMENTS_CREDITED, "source" => source).increment(1);
+        tracing::info!(user = %user, stars, amount_minor = amount.minor(), source, "stars payment credited");
+        if let Some(reason) = flag {
+            metrics::counter!(PAYMENTS_FLAGGED, "reason" => reason).increment(1);
+            tracing::warn!(user = %user, stars, reason, "payment credited at the current rate and flagged for the operator");
+        }
+    }
+    Ok(Some(Credited { applied, amount }))
 }
 
 /// `successful_payment`: credit once per charge id, then the referral bonus
-/// if this top-up qualifies.
+/// if this top-up qualifies. An error (the database) is returned so the
+/// update is tried again until the payment is credited; telling the user is
+/// best effort.
 pub(crate) async fn successful_payment(
     deps: Arc<BotDeps>,
     msg: Message,
@@ -184,42 +309,39 @@ pub(crate) async fn successful_payment(
         tracing::error!(user = %user, currency = %p.currency, "payment in an unexpected currency; not credited");
         return Ok(());
     }
-    let Some(amount) = credit_for(&deps, p.total_amount).filter(|m| m.is_positive()) else {
-        tracing::error!(user = %user, stars = p.total_amount, "payment amount cannot be credited");
+    let Some(Credited { applied, amount }) = credit_stars(
+        &deps,
+        user,
+        &charge,
+        p.total_amount,
+        &p.invoice_payload,
+        "update",
+    )
+    .await?
+    else {
         return Ok(());
     };
-    if Payload::parse(&p.invoice_payload)
-        .is_none_or(|pl| pl.user != user || pl.stars != p.total_amount)
-    {
-        tracing::warn!(user = %user, "payment payload does not match; crediting what was paid");
+    if applied.fresh {
+        let lang = lang_of(&deps, user).await;
+        let wallet = deps.store.ledger().wallet(user).await?;
+        if let Err(e) = deps
+            .bot
+            .send_message(
+                msg.chat.id,
+                texts::payment_received(lang, amount, wallet.available()),
+            )
+            .reply_markup(keyboards::home(lang))
+            .await
+        {
+            tracing::info!(user = %user, error = %e, "payment notice not delivered");
+        }
+    } else {
+        tracing::info!(user = %user, "duplicate successful_payment: credited before");
     }
-    let applied = deps
-        .store
-        .payments()
-        .record_stars_payment(
-            user,
-            &charge,
-            i64::from(p.total_amount),
-            amount,
-            &p.invoice_payload,
-        )
-        .await?;
-    if !applied.fresh {
-        tracing::info!(user = %user, "duplicate successful_payment ignored");
-        return Ok(());
-    }
-    tracing::info!(user = %user, stars = p.total_amount, amount_minor = amount.minor(), "stars payment credited");
-    let lang = lang_of(&deps, user).await;
-    let wallet = deps.store.ledger().wallet(user).await?;
-    deps.bot
-        .send_message(
-            msg.chat.id,
-            texts::payment_received(lang, amount, wallet.available()),
-        )
-        .reply_markup(keyboards::home(lang))
-        .await?;
     // The inviter's bonus, when this is the invitee's first qualifying
-    // top-up (see `kiebot_store::referrals` for the rules).
+    // top-up (see `kiebot_store::referrals` for the rules); asked again on a
+    // repeated update, in case the first try failed after the credit (a
+    // settled referral is never settled twice).
     if let (Some(rules), Some(payment)) = (referral_rules(&deps).await?, applied.entry.payment)
         && let Some(settled) = deps
             .store

@@ -14,6 +14,16 @@
 //! retried until it succeeds, and nothing of the batch is handled before.
 //! Handling stays at most once: a crash in that moment loses the batch, as a
 //! crash loses any update recorded but not yet handled.
+//!
+//! Payments are the exception, handled at least once: a batch holding a
+//! `pre_checkout_query` or a `successful_payment` is not acknowledged (no
+//! getUpdates passes its offset) before those are handled, each tried again
+//! with backoff until its handler succeeds (a `successful_payment` until it
+//! is credited; a pre-checkout only while Telegram still waits for the
+//! answer). A stopping bot keeps trying for the drain time; a crash, or a
+//! payment still not credited then, leaves the batch with Telegram, which
+//! delivers it again to the next process, where the credit, keyed by the
+//! charge id, applies at most once.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -41,6 +51,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a stopping bot waits for lanes to finish what they hold.
 const DRAIN: Duration = Duration::from_secs(20);
+
+/// How long a pre-checkout is tried: Telegram waits 10 s for the answer.
+const PRE_CHECKOUT_PATIENCE: Duration = Duration::from_secs(8);
+
+/// The longest pause between two tries of a payment.
+const PAYMENT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Long polling until `shutdown` resolves.
 pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
@@ -99,9 +115,17 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
         // The next batch came first (or the bot is stopping): the one being
         // recorded was acknowledged by that fetch, so it is handed out now.
         if let Some(batch) = recording.take() {
-            let Ok(recorded) = tokio::time::timeout(DRAIN, batch).await else {
-                tracing::error!("recording updates took too long; the batch is dropped");
-                continue;
+            // Acknowledged already: waited for however long the record
+            // takes (it retries until the database answers), unless the
+            // bot is stopping.
+            let recorded = if stopping {
+                let Ok(recorded) = tokio::time::timeout(DRAIN, batch).await else {
+                    tracing::error!("stopping while the database is away; a batch is dropped");
+                    break;
+                };
+                recorded
+            } else {
+                batch.await
             };
             // Once `shutdown` has fired it must not be polled again.
             let watch = (!stopping).then_some(&mut shutdown);
@@ -121,6 +145,29 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
         let Some(last) = updates.last() else {
             continue;
         };
+        // Payments first, before the offset passes them: until then
+        // Telegram keeps the batch and gives it to the next process.
+        let mut done = HashSet::new();
+        for u in updates.iter().filter(|u| crate::is_payment(u)) {
+            match handle_payment(&deps, u, &mut shutdown).await {
+                Payment::Handled => {}
+                Payment::HandledStopping => stopping = true,
+                Payment::Abandoned => {
+                    tracing::warn!(
+                        update_id = u.id.0,
+                        "stopping with a payment not credited; Telegram delivers it again"
+                    );
+                    stopping = true;
+                    break;
+                }
+            }
+            done.insert(i64::from(u.id.0));
+        }
+        if stopping {
+            // Not acknowledged: the whole batch comes again to the next
+            // process (its payments credited once, by charge id).
+            break;
+        }
         offset = i32::try_from(last.id.0)
             .unwrap_or(i32::MAX)
             .saturating_add(1);
@@ -129,7 +176,7 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
         // The readers are chosen now, after the previous batch was handed
         // out to its lanes.
         let readers = lanes.prefetchable(&updates);
-        recording = Some(Box::pin(record(Arc::clone(&deps), updates, readers)));
+        recording = Some(Box::pin(record(Arc::clone(&deps), updates, readers, done)));
         lanes.close_idle();
     }
     // Let the lanes finish what they hold; what is left after the drain
@@ -162,6 +209,8 @@ struct Recorded {
     fresh: HashSet<i64>,
     /// The readers' users and dialogues; `None` when the read failed.
     read: Option<HashMap<UserId, (kiebot_store::User, Option<String>)>>,
+    /// Payments handled before the batch was acknowledged.
+    done: HashSet<i64>,
 }
 
 /// Records a batch's update ids in one write; a redelivered update (this
@@ -176,6 +225,7 @@ async fn record(
     deps: Arc<BotDeps>,
     updates: Vec<Update>,
     readers: Vec<Option<UserId>>,
+    done: HashSet<i64>,
 ) -> Recorded {
     let ids: Vec<i64> = updates.iter().map(|u| i64::from(u.id.0)).collect();
     let senders: Vec<UserId> = readers.iter().flatten().copied().collect();
@@ -212,6 +262,7 @@ async fn record(
         readers,
         fresh,
         read,
+        done,
     }
 }
 
@@ -230,8 +281,12 @@ async fn hand_out_batch<S: Future<Output = ()>>(
         readers,
         fresh,
         mut read,
+        done,
     } = batch;
     for (u, reader) in updates.into_iter().zip(readers) {
+        if done.contains(&i64::from(u.id.0)) {
+            continue;
+        }
         if !fresh.contains(&i64::from(u.id.0)) {
             tracing::debug!(update_id = u.id.0, "duplicate update ignored");
             continue;
@@ -253,6 +308,57 @@ async fn hand_out_batch<S: Future<Output = ()>>(
         lanes.hand_out(deps, u, pre, permit);
     }
     false
+}
+
+/// How [`handle_payment`] ended.
+enum Payment {
+    Handled,
+    /// Handled, and `shutdown` fired meanwhile (it must not be polled again).
+    HandledStopping,
+    /// `shutdown` fired and the drain time passed before it was handled.
+    Abandoned,
+}
+
+/// Handles a payment update, trying again with backoff until its handler
+/// succeeds; a pre-checkout only while Telegram waits for its answer.
+/// After `shutdown`, tries go on for the drain time.
+async fn handle_payment<S: Future<Output = ()>>(
+    deps: &Arc<BotDeps>,
+    u: &Update,
+    shutdown: &mut std::pin::Pin<&mut S>,
+) -> Payment {
+    let started = Instant::now();
+    let pre_checkout = matches!(u.kind, UpdateKind::PreCheckoutQuery(_));
+    let mut stop_by: Option<Instant> = None;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        if crate::dispatch(Arc::clone(deps), u.clone(), Prefetched::default()).await {
+            break;
+        }
+        if pre_checkout && started.elapsed() >= PRE_CHECKOUT_PATIENCE {
+            tracing::error!(
+                update_id = u.id.0,
+                "pre-checkout not answered in time; given up"
+            );
+            break;
+        }
+        tracing::warn!(update_id = u.id.0, "payment not handled; trying again");
+        match stop_by {
+            None => {
+                if pause(shutdown, wait).await {
+                    stop_by = Some(Instant::now() + DRAIN);
+                }
+            }
+            Some(t) if Instant::now() >= t => return Payment::Abandoned,
+            Some(_) => tokio::time::sleep(wait).await,
+        }
+        wait = (wait * 2).min(PAYMENT_BACKOFF_MAX);
+    }
+    if stop_by.is_some() {
+        Payment::HandledStopping
+    } else {
+        Payment::Handled
+    }
 }
 
 /// Sleeps for `d`; `true` if `shutdown` came first.

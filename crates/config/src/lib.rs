@@ -142,6 +142,9 @@ pub struct Settings {
     /// `STARS_RATE`: minor units credited per Telegram Star (default 150,
     /// 1.50 in the operator's currency).
     pub stars_rate: Money,
+    /// `STARS_RECONCILE_SECS`: how often the front compares our payments
+    /// with Telegram's Star transactions (default 60); `None` (0): never.
+    pub stars_reconcile: Option<std::time::Duration>,
     /// `DASHBOARD_TOKEN`: required to open the queue dashboard.
     pub dashboard_token: Option<Secret>,
     /// `QUEUE_NAMESPACE`: prefix of queue and rate-limit keys, so several
@@ -246,6 +249,7 @@ pub const VARIABLES: &[&str] = &[
     "MARKUP",
     "MAX_ACTIVE_GENERATIONS",
     "STARS_RATE",
+    "STARS_RECONCILE_SECS",
     "DASHBOARD_TOKEN",
     "QUEUE_NAMESPACE",
     "JOB_LEASE_SECS",
@@ -506,6 +510,16 @@ impl Settings {
                 1,
                 100_000,
             )?,
+            stars_reconcile: match parse_in::<u64>(
+                get("STARS_RECONCILE_SECS"),
+                "STARS_RECONCILE_SECS",
+                60,
+                0,
+                86_400,
+            )? {
+                0 => None,
+                secs => Some(std::time::Duration::from_secs(secs)),
+            },
             job_lease: std::time::Duration::from_secs(parse_in::<u64>(
                 get("JOB_LEASE_SECS"),
                 "JOB_LEASE_SECS",
@@ -852,6 +866,18 @@ mod tests {
             "KIEBOT_CONFIG"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stars_reconcile_defaults_to_a_minute_zero_is_off_and_nonsense_is_refused() {
+        let s = Settings::from_map(&map(&[])).unwrap();
+        assert_eq!(s.stars_reconcile, Some(std::time::Duration::from_secs(60)));
+        let s = Settings::from_map(&map(&[("STARS_RECONCILE_SECS", "0")])).unwrap();
+        assert_eq!(s.stars_reconcile, None);
+        for bad in ["-1", "soon", "100000"] {
+            let e = Settings::from_map(&map(&[("STARS_RECONCILE_SECS", bad)])).unwrap_err();
+            assert_eq!(e.var, "STARS_RECONCILE_SECS");
+        }
     }
 
     #[test]

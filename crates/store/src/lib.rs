@@ -90,6 +90,7 @@ pub mod dialogues;
 mod error;
 pub mod free_usage;
 pub mod generations;
+pub mod invoices;
 pub mod ledger;
 pub mod model_holds;
 pub mod payments;
@@ -107,8 +108,9 @@ pub use dialogues::Dialogues;
 pub use error::{AdminRefusal, PromoRefusal, Result, StoreError};
 pub use free_usage::FreeUsage;
 pub use generations::{Creation, DialogueAfter, Funding, Generation, Generations, NewGeneration};
+pub use invoices::{Invoice, InvoiceId, Invoices};
 pub use ledger::{Applied, Drift, Entry, EntryId, EntryKind, Hold, HoldState, Ledger, Wallet};
-pub use payments::{Payment, PaymentId, PaymentStatus, Payments};
+pub use payments::{Payment, PaymentId, PaymentStatus, Payments, StarsCredit};
 pub use promos::{Promo, Promos};
 pub use referrals::{ReferralOutcome, ReferralRules, Referrals, Settled};
 pub use settings::Settings;
@@ -344,6 +346,11 @@ impl Store {
     /// Telegram Stars payments.
     pub fn payments(&self) -> Payments<'_> {
         Payments::new(self)
+    }
+
+    /// Stars invoices we issued.
+    pub fn invoices(&self) -> Invoices<'_> {
+        Invoices::new(self)
     }
 
     /// Promo codes.

@@ -74,6 +74,26 @@ pub struct Payment {
     pub created_at: i64,
     /// Unix milliseconds.
     pub refunded_at: Option<i64>,
+    /// Why the operator should look at it (credited all the same), e.g.
+    /// `unknown_invoice`; `None` when it matched its invoice.
+    pub flag: Option<String>,
+}
+
+/// A Stars payment to record and credit. See [`Payments::credit_stars`].
+#[derive(Debug, Clone, Copy)]
+pub struct StarsCredit<'p> {
+    /// The payer.
+    pub user: UserId,
+    /// Telegram's `telegram_payment_charge_id`.
+    pub charge_id: &'p str,
+    /// Stars paid.
+    pub stars: i64,
+    /// What to credit.
+    pub amount: Money,
+    /// The invoice payload as Telegram reported it.
+    pub payload: &'p str,
+    /// Why the operator should look at it, if anything did not match.
+    pub flag: Option<&'p str>,
 }
 
 /// Payments. See [`Store::payments`].
@@ -108,6 +128,28 @@ impl<'a> Payments<'a> {
         amount: Money,
         payload: &str,
     ) -> Result<Applied> {
+        self.credit_stars(&StarsCredit {
+            user,
+            charge_id,
+            stars,
+            amount,
+            payload,
+            flag: None,
+        })
+        .await
+    }
+
+    /// [`record_stars_payment`](Self::record_stars_payment) with a flag for
+    /// the operator kept on the payment (set only by the first credit).
+    pub async fn credit_stars(&self, c: &StarsCredit<'_>) -> Result<Applied> {
+        let StarsCredit {
+            user,
+            charge_id,
+            stars,
+            amount,
+            payload,
+            flag,
+        } = *c;
         if stars <= 0 || !amount.is_positive() {
             return Err(StoreError::InvalidAmount {
                 amount,
@@ -120,8 +162,8 @@ impl<'a> Payments<'a> {
             users::ensure_in(conn, user, now).await?;
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO payments \
-                     (user_id, provider, charge_id, stars, amount, status, payload, created_at) \
-                 VALUES ($1, 'stars', $2, $3, $4, 'paid', $5, $6) \
+                     (user_id, provider, charge_id, stars, amount, status, payload, created_at, flag) \
+                 VALUES ($1, 'stars', $2, $3, $4, 'paid', $5, $6, $7) \
                  ON CONFLICT (charge_id) DO NOTHING RETURNING id",
             )
             .bind(user.0)
@@ -130,6 +172,7 @@ impl<'a> Payments<'a> {
             .bind(amount.minor())
             .bind(payload)
             .bind(now)
+            .bind(flag)
             .fetch_optional(&mut *conn)
             .await?;
             let payment = match inserted {
@@ -151,6 +194,33 @@ impl<'a> Payments<'a> {
                 ledger::repeat_of(conn, &e).await
             }
         })
+    }
+
+    /// Flags a payment for the operator (replacing an earlier flag).
+    pub async fn set_flag(&self, charge_id: &str, flag: &str) -> Result<()> {
+        let n = sqlx::query("UPDATE payments SET flag = $2 WHERE charge_id = $1")
+            .bind(charge_id)
+            .bind(flag)
+            .execute(self.store.pool())
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("payment", charge_id));
+        }
+        Ok(())
+    }
+
+    /// The latest flagged payments, newest first.
+    pub async fn flagged(&self, limit: u32) -> Result<Vec<Payment>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            payment_columns!(),
+            " FROM payments WHERE flag IS NOT NULL ORDER BY id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter().map(payment_from_row).collect()
     }
 
     /// Marks the payment refunded and debits its amount (ledger key
@@ -236,7 +306,7 @@ impl<'a> Payments<'a> {
 
 macro_rules! payment_columns {
     () => {
-        "id, user_id, provider, charge_id, stars, amount, status, payload, created_at, refunded_at"
+        "id, user_id, provider, charge_id, stars, amount, status, payload, created_at, refunded_at, flag"
     };
 }
 use payment_columns;
@@ -265,5 +335,6 @@ fn payment_from_row(r: &AnyRow) -> Result<Payment> {
         payload: r.try_get("payload")?,
         created_at: r.try_get("created_at")?,
         refunded_at: r.try_get("refunded_at")?,
+        flag: r.try_get("flag")?,
     })
 }

@@ -21,7 +21,13 @@
 //! Telegram's failures ([`fail_next`](FakeTelegram::fail_next),
 //! [`reject_url_media`](FakeTelegram::reject_url_media),
 //! [`set_upload_limit`](FakeTelegram::set_upload_limit),
-//! [`block_user`](FakeTelegram::block_user)).
+//! [`block_user`](FakeTelegram::block_user),
+//! [`drop_reply_next`](FakeTelegram::drop_reply_next)). Stars charges are
+//! listed by `getStarTransactions` (payments, refunds through the bot or
+//! [`outside it`](FakeTelegram::refund_outside_the_bot), and
+//! [charges whose update never arrives](FakeTelegram::register_charge)).
+//! The webhook sender retries an update until the bot answers 2xx and keeps
+//! [every attempt](FakeTelegram::webhook_attempts).
 //!
 //! What is faithful: response envelopes and error strings (so teloxide maps
 //! them to its `ApiError` variants), `retry_after` on 429, message ids counted
@@ -322,6 +328,35 @@ impl FakeTelegram {
         id
     }
 
+    /// Telegram charged the user for an invoice but the `successful_payment`
+    /// update never reaches the bot: the charge is only listed by
+    /// `getStarTransactions` (and can be refunded).
+    pub fn register_charge(
+        &self,
+        user: impl Into<FakeUser>,
+        payload: &str,
+        telegram_payment_charge_id: &str,
+        total_amount: u32,
+    ) {
+        let user = user.into();
+        self.inner
+            .state()
+            .record_charge(&user, payload, telegram_payment_charge_id, total_amount);
+        self.inner.bump_activity();
+    }
+
+    /// The operator refunds a charge from Telegram's own tools, not through
+    /// the bot: listed as an outgoing transaction. `false` if there is no
+    /// such charge or it was refunded already.
+    pub fn refund_outside_the_bot(&self, telegram_payment_charge_id: &str) -> bool {
+        let done = self
+            .inner
+            .state()
+            .refund_outside(telegram_payment_charge_id);
+        self.inner.bump_activity();
+        done
+    }
+
     // ----- reading back ------------------------------------------------------
 
     /// Every call Telegram accepted that acts on a chat (send*, edit*,
@@ -378,7 +413,14 @@ impl FakeTelegram {
         self.inner.state().pre_checkout_answers.clone()
     }
 
-    /// Successful `refundStarPayment` calls, in order.
+    /// Every webhook delivery attempt, in order: the update id and the HTTP
+    /// status the bot answered (`None`: no answer, e.g. a timeout).
+    pub fn webhook_attempts(&self) -> Vec<(i64, Option<u16>)> {
+        self.inner.state().webhook_attempts.clone()
+    }
+
+    /// Refunds done, in order: by `refundStarPayment` (even when its answer
+    /// was dropped) and outside the bot.
     pub fn refunds(&self) -> Vec<StarRefund> {
         self.inner.state().refunds.clone()
     }
@@ -498,6 +540,19 @@ impl FakeTelegram {
     /// limit without building 50 MB bodies.
     pub fn set_upload_limit(&self, bytes: u64) {
         self.inner.state().upload_limit = bytes;
+    }
+
+    /// The next `n` calls to `method` are carried out, but their answer is
+    /// lost: the connection breaks off after the status line, as when a
+    /// reply times out or a proxy drops it. The caller cannot tell whether
+    /// the call took effect (e.g. `refundStarPayment` did refund).
+    pub fn drop_reply_next(&self, method: &str, n: usize) {
+        *self
+            .inner
+            .state()
+            .drop_replies
+            .entry(method.to_owned())
+            .or_default() += n;
     }
 
     /// From now on every call aimed at this user's chat fails with 403

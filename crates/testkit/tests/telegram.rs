@@ -707,3 +707,61 @@ async fn wait_for_times_out_with_a_list_of_what_was_seen() {
         .expect("found");
     assert_eq!(call.text.as_deref(), Some("only this"));
 }
+
+#[tokio::test]
+async fn star_transactions_list_payments_and_refunds_page_by_page() {
+    use teloxide::payloads::GetStarTransactionsSetters;
+    use teloxide::types::{TelegramTransactionId, TransactionPartner};
+
+    let fake = FakeTelegram::start().await;
+    let bot = bot(&fake);
+    for i in 0..120 {
+        fake.register_charge(7, "p", &format!("c{i}"), 5);
+    }
+    fake.successful_payment(7, "p", "c-update", 5);
+    fake.successful_payment(7, "p", "c-update", 5); // listed once
+    let first = bot.get_star_transactions().limit(100).await.unwrap();
+    let rest = bot
+        .get_star_transactions()
+        .offset(100)
+        .limit(100)
+        .await
+        .unwrap();
+    assert_eq!(first.transactions.len(), 100);
+    assert_eq!(rest.transactions.len(), 21);
+    assert_eq!(first.transactions[0].id.0, "c0");
+    assert!(matches!(
+        first.transactions[0].source,
+        Some(TransactionPartner::User(_))
+    ));
+
+    // A refund whose answer is lost still happened, and is listed.
+    fake.drop_reply_next("refundStarPayment", 1);
+    let lost = bot
+        .refund_star_payment(UserId(7), TelegramTransactionId("c3".into()))
+        .await;
+    assert!(matches!(lost, Err(RequestError::Network(_))), "{lost:?}");
+    assert_eq!(fake.refunds().len(), 1);
+    let again = bot
+        .refund_star_payment(UserId(7), TelegramTransactionId("c3".into()))
+        .await;
+    assert!(
+        matches!(&again, Err(e) if e.to_string().contains("CHARGE_ALREADY_REFUNDED")),
+        "{again:?}"
+    );
+    assert!(fake.refund_outside_the_bot("c4"));
+    assert!(!fake.refund_outside_the_bot("c4"));
+    let all = bot
+        .get_star_transactions()
+        .offset(100)
+        .limit(100)
+        .await
+        .unwrap();
+    let refunds: Vec<&str> = all
+        .transactions
+        .iter()
+        .filter(|t| t.receiver.is_some())
+        .map(|t| t.id.0.as_str())
+        .collect();
+    assert_eq!(refunds, ["c3", "c4"]);
+}

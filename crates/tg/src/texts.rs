@@ -971,6 +971,15 @@ pub fn payment_refused(lang: Lang) -> String {
     )
 }
 
+/// pre_checkout refused: the invoice is past its expiry.
+pub fn invoice_expired(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Срок действия счёта истёк. Создайте новый через «Пополнить».",
+        "This invoice has expired. Please create a new one with Top up."
+    )
+}
+
 /// A payment was credited.
 pub fn payment_received(lang: Lang, amount: Money, balance: Money) -> String {
     let (a, b) = (money(amount), money(balance));

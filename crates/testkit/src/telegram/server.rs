@@ -105,7 +105,32 @@ async fn api(
     if matches!(method, "setWebhook" | "deleteWebhook") {
         inner.bump_updates();
     }
+    let dropped = {
+        let mut st = inner.state();
+        match st.drop_replies.get_mut(method) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    };
     inner.bump_activity();
+    if dropped {
+        // Done, but the answer is lost: the status line goes out and the
+        // body breaks off, so the client sees a dropped connection.
+        let broken = futures::stream::once(async {
+            Err::<bytes::Bytes, _>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reply dropped by the fake Telegram",
+            ))
+        });
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from_stream(broken))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
     reply(result)
 }
 
@@ -132,6 +157,9 @@ async fn get_updates(inner: &Inner, p: &Params) -> Result<Value, ApiErr> {
             }
             batch?
         };
+        // The offset may have confirmed updates: waiters on
+        // `pending_updates` see it now, not when this long poll ends.
+        inner.bump_activity();
         if !batch.is_empty() || timeout.is_zero() {
             return Ok(Value::Array(batch));
         }
@@ -179,12 +207,18 @@ async fn webhook_sender(inner: Arc<Inner>) {
         if let Some(secret) = &hook.secret_token {
             request = request.header("X-Telegram-Bot-Api-Secret-Token", secret);
         }
-        match request.send().await {
+        let sent = request.send().await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        inner.state().webhook_attempts.push((id, status));
+        match sent {
             Ok(response) if response.status().is_success() => {
                 inner.state().confirm_webhook_update(id);
                 inner.bump_activity();
             }
-            _ => tokio::time::sleep(WEBHOOK_RETRY).await,
+            _ => {
+                inner.bump_activity();
+                tokio::time::sleep(WEBHOOK_RETRY).await;
+            }
         }
     }
 }

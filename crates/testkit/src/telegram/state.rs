@@ -39,6 +39,7 @@ const METHODS: &[&str] = &[
     "sendInvoice",
     "answerPreCheckoutQuery",
     "refundStarPayment",
+    "getStarTransactions",
     "setMyCommands",
     "getMyCommands",
     "deleteMyCommands",
@@ -198,6 +199,9 @@ struct StoredFile {
 
 struct Charge {
     user_id: i64,
+    user: Value,
+    payload: String,
+    amount: u32,
     refunded: bool,
 }
 
@@ -231,6 +235,14 @@ pub(crate) struct State {
     pub(crate) pre_checkout_answers: Vec<PreCheckoutAnswer>,
     charges: HashMap<String, Charge>,
     pub(crate) refunds: Vec<StarRefund>,
+    /// The bot's Star transactions, oldest first (`getStarTransactions`).
+    star_transactions: Vec<Value>,
+    /// Methods whose next calls are applied and then get no answer (the
+    /// connection is dropped).
+    pub(crate) drop_replies: HashMap<String, usize>,
+    /// Every webhook delivery attempt: (update id, HTTP status or `None`
+    /// when no answer came).
+    pub(crate) webhook_attempts: Vec<(i64, Option<u16>)>,
     pub(crate) webhook: Option<WebhookInfo>,
     pub(crate) commands: Vec<Value>,
 }
@@ -260,6 +272,9 @@ impl State {
             pre_checkout_answers: Vec::new(),
             charges: HashMap::new(),
             refunds: Vec::new(),
+            star_transactions: Vec::new(),
+            drop_replies: HashMap::new(),
+            webhook_attempts: Vec::new(),
             webhook: None,
             commands: Vec::new(),
         }
@@ -326,6 +341,7 @@ impl State {
             "sendInvoice" => self.send_invoice(p),
             "answerPreCheckoutQuery" => self.answer_pre_checkout(p),
             "refundStarPayment" => self.refund(p),
+            "getStarTransactions" => Ok(self.get_star_transactions(p)),
             "setMyCommands" => {
                 let commands = p
                     .json("commands")
@@ -544,6 +560,91 @@ impl State {
         self.queue(id, update)
     }
 
+    /// A Stars charge Telegram made: kept for refunds and listed as an
+    /// incoming transaction. A charge id seen before is listed once.
+    pub(crate) fn record_charge(
+        &mut self,
+        user: &FakeUser,
+        payload: &str,
+        charge_id: &str,
+        total_amount: u32,
+    ) {
+        if self.charges.contains_key(charge_id) {
+            return;
+        }
+        self.charges.insert(
+            charge_id.to_owned(),
+            Charge {
+                user_id: user.id,
+                user: user.json(),
+                payload: payload.to_owned(),
+                amount: total_amount,
+                refunded: false,
+            },
+        );
+        self.star_transactions.push(json!({
+            "id": charge_id,
+            "amount": total_amount,
+            "date": now(),
+            "source": {
+                "type": "user",
+                "transaction_type": "invoice_payment",
+                "user": user.json(),
+                "invoice_payload": payload,
+            },
+        }));
+    }
+
+    fn get_star_transactions(&self, p: &Params) -> Value {
+        let offset = usize::try_from(p.i64("offset").unwrap_or(0).max(0)).unwrap_or(0);
+        let limit = usize::try_from(p.i64("limit").unwrap_or(100).clamp(1, 100)).unwrap_or(100);
+        let page: Vec<Value> = self
+            .star_transactions
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect();
+        json!({ "transactions": page })
+    }
+
+    /// A refund made outside the bot (from Telegram's own tools): listed
+    /// as an outgoing transaction. `false` if there is no such charge or it
+    /// was refunded.
+    pub(crate) fn refund_outside(&mut self, charge_id: &str) -> bool {
+        match self.charges.get(charge_id) {
+            Some(c) if !c.refunded => {
+                let user_id = c.user_id;
+                self.apply_refund(user_id, charge_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn apply_refund(&mut self, user_id: i64, charge_id: &str) {
+        let Some(charge) = self.charges.get_mut(charge_id) else {
+            return;
+        };
+        charge.refunded = true;
+        let tx = json!({
+            "id": charge_id,
+            "amount": charge.amount,
+            "date": now(),
+            "receiver": {
+                "type": "user",
+                "transaction_type": "invoice_payment",
+                "user": charge.user.clone(),
+                "invoice_payload": charge.payload.clone(),
+            },
+        });
+        self.star_transactions.push(tx);
+        self.refunds.push(StarRefund {
+            user_id,
+            telegram_payment_charge_id: charge_id.to_owned(),
+        });
+    }
+
     pub(crate) fn user_payment(
         &mut self,
         user: &FakeUser,
@@ -551,13 +652,7 @@ impl State {
         charge_id: &str,
         total_amount: u32,
     ) -> i64 {
-        self.charges.insert(
-            charge_id.to_owned(),
-            Charge {
-                user_id: user.id,
-                refunded: false,
-            },
-        );
+        self.record_charge(user, payload, charge_id, total_amount);
         let (id, mut msg) = self.user_message(user);
         msg.insert(
             "successful_payment".into(),
@@ -1285,11 +1380,7 @@ impl State {
         if charge.refunded {
             return Err(ApiErr::bad_request("CHARGE_ALREADY_REFUNDED"));
         }
-        charge.refunded = true;
-        self.refunds.push(StarRefund {
-            user_id,
-            telegram_payment_charge_id: charge_id,
-        });
+        self.apply_refund(user_id, &charge_id);
         Ok(Value::Bool(true))
     }
 
