@@ -86,7 +86,7 @@ pub async fn handle(_tick: Tick, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
             break;
         }
         tokio::time::sleep(wait).await;
-        report = tick(&ctx).await?;
+        report.line_wait_ms = dispatch_line(&ctx).await?;
     }
     // Once a minute per process, and in a fleet only by the process whose
     // turn it is (vacuuming twice is harmless, but walks every job again).
@@ -211,6 +211,32 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
         }
     }
     Ok(report)
+}
+
+/// Only the submits of a tick, for a create slot freeing between ticks:
+/// dispatches what the slots allow and returns how long the rest of the line
+/// waits (0: no line).
+async fn dispatch_line(ctx: &Ctx) -> Result<i64, JobError> {
+    let now = now_ms();
+    let room = QueueRoom::measure(ctx).await;
+    let grace = if room.is_empty(&ctx.queues.names().submit) {
+        ctx.config.pending_grace.min(EMPTY_QUEUE_GRACE)
+    } else {
+        ctx.config.pending_grace
+    };
+    let requeue_at = now + Ctx::ms(ctx.config.lease);
+    let (ids, wait) = dispatch_submits(ctx, now, grace, requeue_at, &room).await?;
+    if !ids.is_empty() {
+        let jobs: Vec<Job> = ids.into_iter().map(Job::Submit).collect();
+        let left_out = ctx.queues.push_many(&jobs).await?;
+        if !left_out.is_empty() {
+            let ids: Vec<_> = left_out.iter().map(|j| j.generation()).collect();
+            ctx.store.generations().due_again(&ids, now).await?;
+        }
+        metrics::counter!(metrics_names::RECONCILED, "queue" => "submit")
+            .increment((jobs.len() - left_out.len()) as u64);
+    }
+    Ok(wait.map_or(0, Ctx::ms))
 }
 
 /// Picks the pending generations to submit now, in fair order (each user's
