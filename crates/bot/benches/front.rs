@@ -221,6 +221,8 @@ impl Env {
                         per_chat_burst: 100,
                     })),
                     broadcasts: kiebot_bot::BroadcastRunners::default(),
+                    // Simulated users press faster than people.
+                    flood: Arc::new(kiebot_bot::FloodGate::new(kiebot_bot::FloodConfig::off())),
                 }
             })
             .await

@@ -35,6 +35,10 @@
 //!    receives the update. Polling hands each chat's updates to that chat's
 //!    lane (in order per chat, concurrently across chats, never waiting for
 //!    a whole batch).
+//!    Before anything else, the sender's flood bucket ([`flood`]) is asked:
+//!    a user sending faster than `FLOOD_RATE_PER_MIN` has the excess dropped
+//!    (payments and admins never), so a flood costs neither database work
+//!    nor a place in any lane.
 //! 2. The update id is recorded (`store.updates()`, one write per polled
 //!    batch, or per webhook call in [`handle_update`]): a redelivered update
 //!    (after a crash, a webhook retry) stops here.
@@ -66,6 +70,7 @@ use teloxide::types::{
 mod admin;
 mod broadcast;
 mod callbacks;
+pub mod flood;
 mod menu;
 mod messages;
 mod payments;
@@ -77,6 +82,7 @@ pub use broadcast::{
     BROADCAST_LEASE, BroadcastRunners, resume_broadcast, resume_broadcast_with_lease,
     watch_broadcasts,
 };
+pub use flood::{FloodConfig, FloodGate};
 pub use payments::{DEFAULT_REFERRAL_BONUS, STAR_PRESETS};
 pub use polling::run_polling;
 
@@ -122,6 +128,9 @@ pub struct BotDeps {
     pub limiter: Arc<dyn DeliveryLimiter>,
     /// This process's broadcast runners, stopped with it.
     pub broadcasts: BroadcastRunners,
+    /// Per-user flood control of incoming updates (and the promo attempt
+    /// limit), checked before an update costs a database round trip.
+    pub flood: Arc<FloodGate>,
 }
 
 impl BotDeps {
@@ -308,6 +317,11 @@ static TREE: LazyLock<UpdateHandler<HandlerError>> = LazyLock::new(schema);
 /// idempotent by its own key (draft id, charge id), so even a replay would
 /// not charge or credit twice.
 pub async fn handle_update(deps: &BotDeps, update: Update) {
+    // Before anything touches the database: a flood costs nothing but the
+    // bucket check (webhook mode; polling checks its batches itself).
+    if !deps.flood.admit(deps, &update) {
+        return;
+    }
     let update_id = i64::from(update.id.0);
     match deps.store.updates().first_time(update_id).await {
         Ok(true) => {}

@@ -55,6 +55,9 @@ pub struct Options {
     pub dry_run: bool,
     pub admin_ids: Vec<UserId>,
     pub max_active: u32,
+    /// Off unless a test is about flood control: the scripted users here
+    /// press faster than any person.
+    pub flood: kiebot_bot::FloodConfig,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             dry_run: false,
             admin_ids: vec![UserId(1)],
             max_active: 5,
+            flood: kiebot_bot::FloodConfig::off(),
         }
     }
 }
@@ -111,6 +115,7 @@ impl App {
             dry_run: self.dry_run,
             admin_ids: self.admin_ids.clone(),
             max_active: self.deps.max_active,
+            flood: *self.deps.flood.config(),
         };
         build_deps(
             &self.tg,
@@ -395,5 +400,6 @@ async fn build_deps(
             per_chat_burst: 100,
         })),
         broadcasts: kiebot_bot::BroadcastRunners::default(),
+        flood: Arc::new(kiebot_bot::FloodGate::new(o.flood)),
     }
 }
