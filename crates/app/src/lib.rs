@@ -269,7 +269,10 @@ pub async fn run_until(
     failed
 }
 
-async fn bind(addr: std::net::SocketAddr, var: &'static str) -> anyhow::Result<tokio::net::TcpListener> {
+async fn bind(
+    addr: std::net::SocketAddr,
+    var: &'static str,
+) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{var}: cannot listen on {addr}"))

@@ -3,8 +3,11 @@
 //! it) with and without the flood, through long polling on the embedded
 //! setup (SQLite, the fake Bot API on loopback).
 //!
-//! Phases, each `BENCH_SAMPLES` requests of the other user, one after
-//! another with `BENCH_GAP_MS` between them:
+//! Phases, each `BENCH_SAMPLES` requests of "the other user", one after
+//! another with `BENCH_GAP_MS` between them. The requests go round-robin
+//! over `BENCH_OTHERS` users (default 50), each well within the flood
+//! limits, as people are; one user sending every 10 ms would be a flood
+//! itself:
 //! - `quiet`: nobody else;
 //! - `flood`: the flooder's 1,000 updates queued together with the first
 //!   request (flood control at its defaults, 60/min, burst 20);
@@ -46,17 +49,27 @@ struct Measured {
     elapsed: Duration,
 }
 
-async fn phase(flood: Option<FloodConfig>, flood_n: usize, samples: usize, gap: Duration) -> Measured {
+async fn phase(
+    flood: Option<FloodConfig>,
+    flood_n: usize,
+    samples: usize,
+    gap: Duration,
+    others: i64,
+) -> Measured {
     let config = flood.unwrap_or_else(FloodConfig::off);
     let app = App::with(Options {
         flood: config,
         ..Options::default()
     })
     .await;
-    let (flooder, other) = (900_i64, 901_i64);
-    // Both users exist and picked a language, as regular users do.
-    for u in [flooder, other] {
-        app.tg.send_text(u, "/start");
+    let flooder = 900_i64;
+    let other_ids: Vec<i64> = (0..others).map(|i| 1_000 + i).collect();
+    // Everyone exists already, as regular users do.
+    let everyone: Vec<i64> = std::iter::once(flooder)
+        .chain(other_ids.iter().copied())
+        .collect();
+    for u in &everyone {
+        app.tg.send_text(*u, "/start");
     }
     let mut events = app.tg.call_events();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -65,9 +78,9 @@ async fn phase(flood: Option<FloodConfig>, flood_n: usize, samples: usize, gap: 
     }));
     // Wait for both /start replies before measuring.
     let mut started = std::collections::HashSet::new();
-    while started.len() < 2 {
+    while started.len() < everyone.len() {
         let e = events.recv().await.unwrap();
-        if let Some(c) = e.chat_id.filter(|c| *c == flooder || *c == other) {
+        if let Some(c) = e.chat_id.filter(|c| everyone.contains(c)) {
             started.insert(c);
         }
     }
@@ -81,7 +94,8 @@ async fn phase(flood: Option<FloodConfig>, flood_n: usize, samples: usize, gap: 
     }
     let mut latencies = Vec::with_capacity(samples);
     let mut flooder_handled = 0;
-    for _ in 0..samples {
+    for i in 0..samples {
+        let other = other_ids[i % other_ids.len()];
         let sent = Instant::now();
         app.tg.send_text(other, "/help");
         loop {
@@ -142,16 +156,17 @@ fn main() {
     let samples = env_usize("BENCH_SAMPLES", if bench { 300 } else { 5 });
     let flood_n = env_usize("BENCH_FLOOD", if bench { 1000 } else { 50 });
     let gap = Duration::from_millis(env_usize("BENCH_GAP_MS", 10) as u64);
+    let others = env_usize("BENCH_OTHERS", 50) as i64;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let quiet = phase(None, 0, samples, gap).await;
+        let quiet = phase(None, 0, samples, gap, others).await;
         report("quiet", 0, quiet);
-        let flood = phase(Some(FloodConfig::default()), flood_n, samples, gap).await;
+        let flood = phase(Some(FloodConfig::default()), flood_n, samples, gap, others).await;
         report("flood", flood_n, flood);
-        let open = phase(None, flood_n, samples, gap).await;
+        let open = phase(None, flood_n, samples, gap, others).await;
         report("flood-uncontrolled", flood_n, open);
     });
 }

@@ -8,8 +8,12 @@
 //! in the background, so the check itself never waits), and the next notice
 //! only after the bucket has filled up again, i.e. after the user calmed
 //! down. Payments (`pre_checkout_query`, `successful_payment`) and updates
-//! from admins are never dropped: Telegram must see every pre-checkout
-//! answered, and a paid top-up must always be credited.
+//! from admins (`ADMIN_IDS`) are never dropped: Telegram must see every
+//! pre-checkout answered, and a paid top-up must always be credited.
+//!
+//! A dropped button press is not answered either (answering is a Bot API
+//! call, which is what a flood must not cost); Telegram stops its spinner
+//! on its own.
 //!
 //! The buckets live in this process's memory. A full bucket is the same as
 //! no bucket, so buckets that have refilled are swept away, and the map
@@ -193,7 +197,11 @@ impl FloodGate {
             Verdict::Admit => true,
             Verdict::Drop { notice } => {
                 metrics::counter!(FLOOD_DROPPED).increment(1);
-                tracing::debug!(user, update_id = update.id.0, "update dropped by flood control");
+                tracing::debug!(
+                    user,
+                    update_id = update.id.0,
+                    "update dropped by flood control"
+                );
                 if notice {
                     let chat = update.chat().map_or(ChatId(user), |c| c.id);
                     let lang = Lang::parse(from.language_code.as_deref().unwrap_or(""));
@@ -215,7 +223,10 @@ impl FloodGate {
         if self.config.rate_per_min == 0 {
             return updates;
         }
-        updates.into_iter().filter(|u| self.admit(deps, u)).collect()
+        updates
+            .into_iter()
+            .filter(|u| self.admit(deps, u))
+            .collect()
     }
 }
 
@@ -231,8 +242,7 @@ pub fn is_payment(update: &Update) -> bool {
 /// Drops buckets that have refilled (the same as no bucket), then, if still
 /// more than `max` are left, the fullest ones.
 fn sweep(by_user: &mut HashMap<i64, Bucket>, now: Instant, burst: f64, per_sec: f64, max: usize) {
-    let level =
-        |b: &Bucket| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec;
+    let level = |b: &Bucket| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec;
     by_user.retain(|_, b| level(b) < burst);
     if by_user.len() >= max {
         let mut levels: Vec<(f64, i64)> = by_user.iter().map(|(u, b)| (level(b), *u)).collect();

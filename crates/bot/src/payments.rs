@@ -258,7 +258,11 @@ pub(crate) async fn promo(ctx: &Ctx, code: Option<&str>) -> anyhow::Result<()> {
     let promos = ctx.deps.store.promos();
     let now = kiebot_store::now_ms();
     let limit = u64::from(ctx.deps.flood.config().promo_failures_per_hour);
-    if promos.failures_since(ctx.uid, now - PROMO_WINDOW_MS).await? >= limit {
+    if promos
+        .failures_since(ctx.uid, now - PROMO_WINDOW_MS)
+        .await?
+        >= limit
+    {
         return ctx
             .send(texts::promo_too_many(lang), Some(keyboards::home(lang)))
             .await;

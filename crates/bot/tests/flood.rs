@@ -86,7 +86,10 @@ async fn a_flood_is_dropped_with_one_notice_and_payments_and_admins_pass() {
     // The bucket has not refilled, so the flood goes on: no second notice.
     let other = 501;
     app.send(other, "/help").await;
-    assert!(!app.last_text(other).is_empty(), "the other user is answered");
+    assert!(
+        !app.last_text(other).is_empty(),
+        "the other user is answered"
+    );
     assert_eq!(notices(&app.tg, flooder), 1);
     assert_eq!(notices(&app.tg, other), 0);
 

@@ -872,8 +872,14 @@ mod tests {
             ("KIE_API_KEY", "kie-key-secret"),
             ("KIE_WEBHOOK_HMAC_KEY", "hmac-key-secret"),
             ("DASHBOARD_TOKEN", "dashboard-token-secret"),
-            ("DATABASE_URL", "postgres://kiebot:db-pass-secret@db.internal:5432/kiebot"),
-            ("REDIS_URL", "redis://:redis-pass-secret@redis.internal:6379/0"),
+            (
+                "DATABASE_URL",
+                "postgres://kiebot:db-pass-secret@db.internal:5432/kiebot",
+            ),
+            (
+                "REDIS_URL",
+                "redis://:redis-pass-secret@redis.internal:6379/0",
+            ),
         ]))
         .unwrap();
         let dumps = [format!("{s:?}"), format!("{s:#?}")];
@@ -903,7 +909,10 @@ mod tests {
             ("redis://secret@h:6379", "redis://***@h:6379"),
             ("redis://h:6379", "redis://h:6379"),
             ("sqlite://kiebot.db", "sqlite://kiebot.db"),
-            ("postgres://u:p%40x@h/db?sslmode=require", "postgres://u:***@h/db?sslmode=require"),
+            (
+                "postgres://u:p%40x@h/db?sslmode=require",
+                "postgres://u:***@h/db?sslmode=require",
+            ),
         ] {
             assert_eq!(ConnUrl::new(url).redacted(), shown, "{url}");
             assert_eq!(format!("{}", ConnUrl::new(url)), shown);

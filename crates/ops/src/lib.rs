@@ -81,9 +81,9 @@ use tokio::net::TcpListener;
 
 mod auth;
 pub mod callback;
-mod limit;
 pub mod dashboard;
 pub mod health;
+mod limit;
 pub mod metrics;
 pub mod trace;
 

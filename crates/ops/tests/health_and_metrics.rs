@@ -119,7 +119,10 @@ async fn metrics_show_generations_by_state_and_queue_depths(backend: Backend) {
         "{text}"
     );
     assert!(text.contains(&wanted), "{text}");
-    assert!(text.contains("kiebot_db_gauges_refreshed_seconds"), "{text}");
+    assert!(
+        text.contains("kiebot_db_gauges_refreshed_seconds"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -55,7 +55,9 @@ async fn start(backend: Backend, pool: Option<u32>) -> Listeners {
     let (db, store, queues, redis_namespace) = infrastructure(backend).await;
     let store = match pool {
         Some(n) => {
-            let s = Store::connect_with(db.url(), PoolSize::new(n)).await.unwrap();
+            let s = Store::connect_with(db.url(), PoolSize::new(n))
+                .await
+                .unwrap();
             s.migrate().await.unwrap();
             s
         }
@@ -66,10 +68,7 @@ async fn start(backend: Backend, pool: Option<u32>) -> Listeners {
             "/telegram/webhook",
             post(|body: axum::body::Bytes| async move { format!("got {}", body.len()) }),
         )
-        .route(
-            "/telegram/slow",
-            post(|| std::future::pending::<&'static str>()),
-        );
+        .route("/telegram/slow", post(std::future::pending::<&'static str>));
     let state = OpsState {
         store: store.clone(),
         queues,

@@ -41,7 +41,11 @@ async fn seed(store: &Store, now: i64) {
     }
     // 7 refused promo attempts two days old, 2 fresh.
     for i in 0..9_i64 {
-        let at = if i < 7 { now - 2 * DAY_MS } else { now - 60_000 };
+        let at = if i < 7 {
+            now - 2 * DAY_MS
+        } else {
+            now - 60_000
+        };
         store
             .promos()
             .record_failure(kiebot_domain::UserId(1), at)
@@ -82,7 +86,10 @@ async fn pruning_is_bounded_per_turn_and_keeps_what_is_recent(db: TestDb) {
     let second = housekeeping::run(&store, now, 4, 3).await.unwrap();
     assert_eq!((second.updates, second.more_left), (12, true));
     let third = housekeeping::run(&store, now, 4, 3).await.unwrap();
-    assert_eq!((third.updates, third.dialogues, third.more_left), (1, 0, false));
+    assert_eq!(
+        (third.updates, third.dialogues, third.more_left),
+        (1, 0, false)
+    );
     // The five recent update records are kept (a redelivery is still caught).
     assert_eq!(count(&store, "processed_updates").await, 5);
     assert!(!store.updates().first_time(29).await.unwrap());

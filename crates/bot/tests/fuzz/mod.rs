@@ -33,7 +33,10 @@ pub enum Act {
     Command(&'static str, Option<String>),
     /// Presses the `pick`-th button the bot showed last (mutating its data
     /// when `mutate` is set).
-    Press { pick: usize, mutate: Option<Mutation> },
+    Press {
+        pick: usize,
+        mutate: Option<Mutation>,
+    },
     /// Presses a button that never existed.
     PressRaw(String),
     /// A press with no message (inline mode) or without data (a game).
@@ -41,7 +44,11 @@ pub enum Act {
     /// A photo of `size` bytes.
     Photo(u64),
     /// A document.
-    Document { size: u64, mime: &'static str, name: String },
+    Document {
+        size: u64,
+        mime: &'static str,
+        name: String,
+    },
     /// A voice note.
     Voice(u64),
     /// Telegram asks to approve a payment with this payload.
@@ -61,8 +68,19 @@ pub enum Mutation {
 }
 
 const COMMANDS: &[&str] = &[
-    "/start", "/menu", "/help", "/balance", "/history", "/promo", "/language", "/cancel",
-    "/topup", "/admin", "/stats", "/start ref_", "/models",
+    "/start",
+    "/menu",
+    "/help",
+    "/balance",
+    "/history",
+    "/promo",
+    "/language",
+    "/cancel",
+    "/topup",
+    "/admin",
+    "/stats",
+    "/start ref_",
+    "/models",
 ];
 
 const MIMES: &[&str] = &[
@@ -138,7 +156,8 @@ fn chat(id: i64) -> Value {
 }
 
 fn message(uid: i64, extra: Value) -> Value {
-    let mut m = json!({ "message_id": 1, "date": 1_700_000_000, "chat": chat(uid), "from": user(uid) });
+    let mut m =
+        json!({ "message_id": 1, "date": 1_700_000_000, "chat": chat(uid), "from": user(uid) });
     for (k, v) in extra.as_object().unwrap() {
         m[k] = v.clone();
     }
@@ -180,7 +199,10 @@ fn build(app: &App, uid: i64, act: &Act, next: &AtomicI64) -> (Value, Option<Str
         } else {
             q["game_short_name"] = json!("game");
         }
-        (json!({ "update_id": update_id, "callback_query": q }), Some(id))
+        (
+            json!({ "update_id": update_id, "callback_query": q }),
+            Some(id),
+        )
     };
     match act {
         Act::Text(t) => (
@@ -265,10 +287,18 @@ fn build(app: &App, uid: i64, act: &Act, next: &AtomicI64) -> (Value, Option<Str
         ),
         Act::Other(k) => {
             let v = match k {
-                0 => json!({ "update_id": update_id, "edited_message": message(uid, json!({ "text": "edited", "edit_date": 1 })) }),
-                1 => json!({ "update_id": update_id, "channel_post": { "message_id": 1, "date": 1, "chat": { "id": -100, "type": "channel", "title": "c" }, "text": "post" } }),
-                2 => json!({ "update_id": update_id, "inline_query": { "id": "iq", "from": user(uid), "query": "q", "offset": "" } }),
-                3 => json!({ "update_id": update_id, "message": { "message_id": 1, "date": 1, "chat": { "id": -5, "type": "group", "title": "g" }, "from": user(uid), "text": "/start" } }),
+                0 => {
+                    json!({ "update_id": update_id, "edited_message": message(uid, json!({ "text": "edited", "edit_date": 1 })) })
+                }
+                1 => {
+                    json!({ "update_id": update_id, "channel_post": { "message_id": 1, "date": 1, "chat": { "id": -100, "type": "channel", "title": "c" }, "text": "post" } })
+                }
+                2 => {
+                    json!({ "update_id": update_id, "inline_query": { "id": "iq", "from": user(uid), "query": "q", "offset": "" } })
+                }
+                3 => {
+                    json!({ "update_id": update_id, "message": { "message_id": 1, "date": 1, "chat": { "id": -5, "type": "group", "title": "g" }, "from": user(uid), "text": "/start" } })
+                }
                 // Shapes that are not updates at all: a webhook would ignore them.
                 4 => json!({ "update_id": update_id, "message": { "text": "no chat" } }),
                 _ => json!({ "update_id": update_id, "callback_query": { "id": 5 } }),
