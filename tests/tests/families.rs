@@ -49,6 +49,7 @@ impl World {
             ("KIE_API_URL", kie.base_url()),
             ("KIE_UPLOAD_URL", kie.upload_base()),
             ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("OPS_ADDR", "127.0.0.1:0".to_owned()),
             ("DELIVERY_RATE_PER_SECOND", "1000".to_owned()),
         ]
         .into_iter()

@@ -1,8 +1,9 @@
 //! `kiebot-bot`: the front of a fleet.
 //!
 //! Takes Telegram updates (long polling, or the webhook with `BOT_MODE=webhook`),
-//! validates, holds and enqueues; serves KIE callbacks, health, readiness,
-//! metrics and the dashboard on `HTTP_ADDR`. It never calls KIE's generation
+//! validates, holds and enqueues; serves KIE callbacks and the webhook on
+//! `HTTP_ADDR` (public), health, readiness, metrics and the dashboard on
+//! `OPS_ADDR` (private). It never calls KIE's generation
 //! endpoints: `kiebot-worker` processes do.
 
 use std::process::ExitCode;

@@ -186,7 +186,8 @@ async fn latency(secs: u64, callbacks: bool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = PipelineConfig {
-        callback_url: callbacks.then(|| format!("http://{addr}/kie/callback/{secret}")),
+        callback_url: callbacks
+            .then(|| kiebot_config::Secret::new(format!("http://{addr}/kie/callback/{secret}"))),
         ..PipelineConfig::default()
     };
     let mut h = Harness::with_settings(Flavor::Fleet, cfg, test_redis_url(), &KIE_LIMITS).await;

@@ -1,7 +1,8 @@
 //! `kiebot-worker`: one stateless worker of a fleet.
 //!
 //! Runs every queue's worker and the reconciler against PostgreSQL and Redis,
-//! plus the ops HTTP server (health, readiness, metrics) on `HTTP_ADDR`. Run
+//! plus the ops HTTP server (health, readiness, metrics) on `OPS_ADDR` (and
+//! `/healthz` on `HTTP_ADDR`). Run
 //! as many as the load needs; they share nothing but the database and the
 //! queue. SIGTERM stops fetching and drains in-flight jobs.
 

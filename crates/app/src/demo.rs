@@ -219,6 +219,8 @@ fn demo_settings(
         ("KIE_API_URL", kie.base_url()),
         ("KIE_UPLOAD_URL", kie.upload_base()),
         ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        // The same address: one listener on a free port for everything.
+        ("OPS_ADDR", "127.0.0.1:0".to_owned()),
         ("POLL_INITIAL_MS", "200".to_owned()),
         ("DELIVERY_RATE_PER_SECOND", "1000".to_owned()),
     ]

@@ -1,11 +1,14 @@
 //! Process assembly: which parts a process runs and how they share one
 //! context and one shutdown.
 //!
-//! | process | front bot (+ Stars reconciler) | workers + reconciler | ops HTTP |
-//! |---|---|---|---|
-//! | `kiebot run` (embedded or all-in-one) | yes | yes | yes |
-//! | `kiebot-bot` (fleet front) | yes | no | yes, with KIE callbacks and the webhook |
-//! | `kiebot-worker` (fleet) | no | yes | yes (health, metrics) |
+//! | process | front bot (+ Stars reconciler) | workers + reconciler | public HTTP (`HTTP_ADDR`) | ops HTTP (`OPS_ADDR`) |
+//! |---|---|---|---|---|
+//! | `kiebot run` (embedded or all-in-one) | yes | yes | health, KIE callbacks, webhook | yes |
+//! | `kiebot-bot` (fleet front) | yes | no | health, KIE callbacks, webhook | yes |
+//! | `kiebot-worker` (fleet) | no | yes | health | yes (health, readiness, metrics) |
+//!
+//! When `OPS_ADDR` equals `HTTP_ADDR`, one listener serves both sets of
+//! routes (the layout before the split).
 //!
 //! Every part is built from the same [`kiebot_worker::assemble`] context, so
 //! the store, queue, KIE client, Bot API client and rate limiter are the ones
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use kiebot_bot::BotDeps;
 use kiebot_config::{BotMode, Settings};
-use kiebot_ops::{OpsState, install_metrics_recorder, router, serve};
+use kiebot_ops::{OpsState, install_metrics_recorder, ops_router, public_router, router};
 use kiebot_worker::assemble::{Options, assemble, callback_secret};
 use kiebot_worker::runtime::{WorkerRuntime, termination_signal};
 use kiebot_worker::{Ctx, KieMode};
@@ -58,6 +61,7 @@ pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
         bot: ctx.bot.clone(),
         stars_rate: settings.stars_rate,
         limiter: ctx.limiter.clone(),
+        flood: Arc::new(kiebot_bot::FloodGate::new(flood_config(settings))),
         broadcasts: kiebot_bot::BroadcastRunners::default(),
         referral: kiebot_bot::ReferralPolicy {
             min_stars: settings.referral.min_stars,
@@ -69,6 +73,16 @@ pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
             daily_budget: settings.admin_limits.daily_budget,
             notify_above: settings.admin_limits.notify_above,
         },
+    }
+}
+
+/// The front's flood control from the settings.
+pub fn flood_config(settings: &Settings) -> kiebot_bot::FloodConfig {
+    kiebot_bot::FloodConfig {
+        rate_per_min: settings.flood.rate_per_min,
+        burst: settings.flood.burst,
+        promo_failures_per_hour: settings.flood.promo_failures_per_hour,
+        ..kiebot_bot::FloodConfig::default()
     }
 }
 
@@ -186,9 +200,33 @@ pub async fn run_until(
         metrics: Some(install_metrics_recorder()),
         webhook,
     };
-    let http = tokio::spawn(serve(
-        settings.http_addr,
-        router(state),
+    // Bound before anything runs, so a taken port stops start-up with the
+    // variable's name.
+    let limits = settings.http_limits;
+    let mut servers = Vec::new();
+    if settings.ops_addr == settings.http_addr {
+        let listener = bind(settings.http_addr, "HTTP_ADDR").await?;
+        servers.push(("HTTP_ADDR", listener, router(state.clone())));
+    } else {
+        let public = bind(settings.http_addr, "HTTP_ADDR").await?;
+        let ops = bind(settings.ops_addr, "OPS_ADDR").await?;
+        servers.push(("HTTP_ADDR", public, public_router(state.clone())));
+        servers.push(("OPS_ADDR", ops, ops_router(state.clone())));
+    }
+    let http: Vec<_> = servers
+        .into_iter()
+        .map(|(var, listener, app)| {
+            let served = kiebot_ops::serve_limited(listener, app, limits, stopped(stop_rx.clone()));
+            (var, tokio::spawn(served))
+        })
+        .collect();
+    // The database gauges of /metrics, read in the background so a scrape
+    // never waits on the database.
+    let gauges = tokio::spawn(kiebot_ops::metrics::refresh_gauges_every(
+        ctx.store.clone(),
+        ctx.queues.clone(),
+        kiebot_ops::metrics::REFRESH_EVERY,
+        kiebot_ops::metrics::REFRESH_TIMEOUT,
         stopped(stop_rx.clone()),
     ));
 
@@ -245,8 +283,21 @@ pub async fn run_until(
             Ok(Ok(())) => {}
         }
     }
-    match http.await {
-        Ok(Err(e)) => Err(e).context("HTTP_ADDR"),
-        _ => Ok(()),
+    let _ = gauges.await;
+    let mut failed = Ok(());
+    for (var, server) in http {
+        if let Ok(Err(e)) = server.await {
+            failed = Err(e).context(var);
+        }
     }
+    failed
+}
+
+async fn bind(
+    addr: std::net::SocketAddr,
+    var: &'static str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{var}: cannot listen on {addr}"))
 }

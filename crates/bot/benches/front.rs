@@ -223,6 +223,8 @@ impl Env {
                     broadcasts: kiebot_bot::BroadcastRunners::default(),
                     referral: kiebot_bot::ReferralPolicy::default(),
                     admin_limits: kiebot_bot::AdminPolicy::default(),
+                    // Simulated users press faster than people.
+                    flood: Arc::new(kiebot_bot::FloodGate::new(kiebot_bot::FloodConfig::off())),
                 }
             })
             .await

@@ -36,6 +36,10 @@
 //!    receives the update. Polling hands each chat's updates to that chat's
 //!    lane (in order per chat, concurrently across chats, never waiting for
 //!    a whole batch).
+//!    Before anything else, the sender's flood bucket ([`flood`]) is asked:
+//!    a user sending faster than `FLOOD_RATE_PER_MIN` has the excess dropped
+//!    (payments and admins never), so a flood costs neither database work
+//!    nor a place in any lane.
 //! 2. The update id is recorded (`store.updates()`, one write per polled
 //!    batch, or per webhook call in [`handle_update`]): a redelivered update
 //!    (after a crash, a webhook retry) stops here, except a payment
@@ -70,6 +74,7 @@ use teloxide::types::{
 mod admin;
 mod broadcast;
 mod callbacks;
+pub mod flood;
 mod menu;
 mod messages;
 mod payments;
@@ -82,6 +87,7 @@ pub use broadcast::{
     BROADCAST_LEASE, BroadcastRunners, resume_broadcast, resume_broadcast_with_lease,
     watch_broadcasts,
 };
+pub use flood::{FloodConfig, FloodGate};
 pub use payments::{
     DEFAULT_REFERRAL_BONUS, INVOICE_TTL, PAYMENTS_CREDITED, PAYMENTS_FLAGGED, STAR_PRESETS,
     settle_referral_spend,
@@ -138,6 +144,9 @@ pub struct BotDeps {
     pub referral: ReferralPolicy,
     /// What admins other than the owner may move (`ADMIN_*`).
     pub admin_limits: AdminPolicy,
+    /// Per-user flood control of incoming updates (and the promo attempt
+    /// limit), checked before an update costs a database round trip.
+    pub flood: Arc<FloodGate>,
 }
 
 /// When an invitee's activity pays their inviter; the bonus itself is the
@@ -408,6 +417,12 @@ pub fn is_payment(u: &Update) -> bool {
 /// is handled even when the record fails or says it was seen (its credit is
 /// keyed by the charge id), and [`Handled::Retry`] until it is credited.
 pub async fn handle_update(deps: &BotDeps, update: Update) -> Handled {
+    // Before anything touches the database: a flood costs nothing but the
+    // bucket check (webhook mode; polling checks its batches itself).
+    // Payments are never dropped (see `flood`).
+    if !deps.flood.admit(deps, &update) {
+        return Handled::Done;
+    }
     let update_id = i64::from(update.id.0);
     let payment = is_payment(&update);
     match deps.store.updates().first_time(update_id).await {

@@ -411,6 +411,9 @@ pub async fn settle_referral_spend(deps: &BotDeps) -> anyhow::Result<usize> {
     Ok(settled.len())
 }
 
+/// The window of the refused-promo limit (`PROMO_FAILURES_PER_HOUR`).
+const PROMO_WINDOW_MS: i64 = 60 * 60 * 1000;
+
 /// /promo CODE.
 pub(crate) async fn promo(ctx: &Ctx, code: Option<&str>) -> anyhow::Result<()> {
     let lang = ctx.lang;
@@ -420,7 +423,21 @@ pub(crate) async fn promo(ctx: &Ctx, code: Option<&str>) -> anyhow::Result<()> {
     else {
         return ctx.send(texts::promo_usage(lang), None).await;
     };
-    match ctx.deps.store.promos().redeem(code, ctx.uid).await {
+    // Guessing codes: after a few refused ones, no more tries for an hour.
+    // Counted in the database, so every front process keeps the same count.
+    let promos = ctx.deps.store.promos();
+    let now = kiebot_store::now_ms();
+    let limit = u64::from(ctx.deps.flood.config().promo_failures_per_hour);
+    if promos
+        .failures_since(ctx.uid, now - PROMO_WINDOW_MS)
+        .await?
+        >= limit
+    {
+        return ctx
+            .send(texts::promo_too_many(lang), Some(keyboards::home(lang)))
+            .await;
+    }
+    match promos.redeem(code, ctx.uid).await {
         Ok(a) if a.fresh => {
             ctx.send(
                 texts::promo_ok(lang, a.entry.amount),
@@ -433,6 +450,7 @@ pub(crate) async fn promo(ctx: &Ctx, code: Option<&str>) -> anyhow::Result<()> {
                 .await
         }
         Err(StoreError::PromoRefused { .. }) => {
+            promos.record_failure(ctx.uid, now).await?;
             ctx.send(texts::promo_refused(lang), Some(keyboards::home(lang)))
                 .await
         }

@@ -171,6 +171,8 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
         offset = i32::try_from(last.id.0)
             .unwrap_or(i32::MAX)
             .saturating_add(1);
+        // A flood is dropped here, before it is recorded or joins a lane.
+        let updates = deps.flood.admit_batch(&deps, updates);
         // Recorded while the next getUpdates waits, so an update that
         // arrives meanwhile is fetched at once instead of after the write.
         // The readers are chosen now, after the previous batch was handed

@@ -44,6 +44,68 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A connection URL (`DATABASE_URL`, `REDIS_URL`) whose password must not
+/// reach a log line: `Debug` and `Display` show it with the password
+/// replaced by `***`. Dereferences to the whole URL for the code that
+/// connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnUrl(String);
+
+impl ConnUrl {
+    /// Wraps a URL.
+    pub fn new(value: impl Into<String>) -> Self {
+        ConnUrl(value.into())
+    }
+
+    /// The whole URL, password included, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (if any) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end..];
+        // The user-info ends at the last '@' before the path: a password
+        // may itself hold '@' or '/' only percent-encoded, but be generous.
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else {
+            return url.clone();
+        };
+        let userinfo = &rest[..at];
+        let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+        let masked = if userinfo.contains(':') || user.is_empty() {
+            format!("{user}:***")
+        } else {
+            // `redis://secret@host`: a lone user-info is Redis's password.
+            "***".to_owned()
+        };
+        format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
+    }
+}
+
+impl std::ops::Deref for ConnUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 /// A variable that is missing or malformed. Displayed as one line that names
 /// the variable and says what was expected, never its value when it is secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,12 +177,22 @@ pub struct Settings {
     pub kie_api_url: String,
     /// `KIE_UPLOAD_URL`.
     pub kie_upload_url: String,
-    /// `DATABASE_URL`.
-    pub database_url: String,
-    /// `REDIS_URL`; unset means the embedded queue.
-    pub redis_url: Option<String>,
-    /// `HTTP_ADDR`: health, metrics, dashboard, callbacks, webhook.
+    /// `DATABASE_URL` (its password never printed).
+    pub database_url: ConnUrl,
+    /// `REDIS_URL`; unset means the embedded queue (its password never
+    /// printed).
+    pub redis_url: Option<ConnUrl>,
+    /// `HTTP_ADDR`: the public listener: the Telegram webhook, KIE
+    /// callbacks and `/healthz` only.
     pub http_addr: SocketAddr,
+    /// `OPS_ADDR`: the private listener: metrics, readiness, health and the
+    /// dashboard (loopback by default). Equal to `HTTP_ADDR`, one listener
+    /// serves everything, as before the split.
+    pub ops_addr: SocketAddr,
+    /// Request timeout, body limit and connection cap of both listeners.
+    pub http_limits: HttpLimits,
+    /// Per-user flood control of the front bot.
+    pub flood: FloodSettings,
     /// `PUBLIC_URL`: where KIE callbacks and the Telegram webhook reach us.
     pub public_url: Option<String>,
     /// `ADMIN_IDS`: the first is the owner.
@@ -201,6 +273,53 @@ pub struct AdminLimits {
     pub notify_above: Money,
 }
 
+/// What every HTTP listener allows a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// `HTTP_REQUEST_TIMEOUT_SECS`: a request not answered in this long gets
+    /// 408 (a slow body counts).
+    pub request_timeout: std::time::Duration,
+    /// `HTTP_BODY_LIMIT_BYTES`: larger bodies get 413 (Telegram updates and
+    /// KIE callbacks are a few kilobytes).
+    pub body_limit: usize,
+    /// `HTTP_MAX_CONNECTIONS`: open connections per listener; more wait in
+    /// the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            request_timeout: std::time::Duration::from_secs(30),
+            body_limit: 256 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Per-user flood control of the front bot's incoming updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodSettings {
+    /// `FLOOD_RATE_PER_MIN`: updates a user's bucket regains per minute
+    /// (0: flood control off).
+    pub rate_per_min: u32,
+    /// `FLOOD_BURST`: the bucket's size: updates a user may send at once.
+    pub burst: u32,
+    /// `PROMO_FAILURES_PER_HOUR`: refused promo codes a user may try per
+    /// hour before further attempts are refused unread.
+    pub promo_failures_per_hour: u32,
+}
+
+impl Default for FloodSettings {
+    fn default() -> Self {
+        FloodSettings {
+            rate_per_min: 60,
+            burst: 20,
+            promo_failures_per_hour: 5,
+        }
+    }
+}
+
 /// KIE's account limits (kie-api.md "Limits and retention").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KieLimits {
@@ -237,6 +356,13 @@ pub const VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "REDIS_URL",
     "HTTP_ADDR",
+    "OPS_ADDR",
+    "HTTP_REQUEST_TIMEOUT_SECS",
+    "HTTP_BODY_LIMIT_BYTES",
+    "HTTP_MAX_CONNECTIONS",
+    "FLOOD_RATE_PER_MIN",
+    "FLOOD_BURST",
+    "PROMO_FAILURES_PER_HOUR",
     "PUBLIC_URL",
     "ADMIN_IDS",
     "CATALOG_PATH",
@@ -298,11 +424,9 @@ impl Settings {
                 ))
             }
         };
-        let database_url = get("DATABASE_URL")
-            .unwrap_or("sqlite://kiebot.db")
-            .to_owned();
+        let database_url = ConnUrl::new(get("DATABASE_URL").unwrap_or("sqlite://kiebot.db"));
         database_kind(&database_url)?;
-        let redis_url = get("REDIS_URL").map(str::to_owned);
+        let redis_url = get("REDIS_URL").map(ConnUrl::new);
         if let Some(r) = &redis_url
             && !(r.starts_with("redis://") || r.starts_with("rediss://"))
         {
@@ -337,6 +461,50 @@ impl Settings {
             .map_err(|_| {
                 ConfigError::new("HTTP_ADDR", "expected host:port, like 127.0.0.1:8080")
             })?;
+        let ops_addr = get("OPS_ADDR")
+            .unwrap_or("127.0.0.1:9090")
+            .parse()
+            .map_err(|_| ConfigError::new("OPS_ADDR", "expected host:port, like 127.0.0.1:9090"))?;
+        let http_limits = HttpLimits {
+            request_timeout: std::time::Duration::from_secs(parse_in::<u64>(
+                get("HTTP_REQUEST_TIMEOUT_SECS"),
+                "HTTP_REQUEST_TIMEOUT_SECS",
+                30,
+                1,
+                600,
+            )?),
+            body_limit: parse_in::<usize>(
+                get("HTTP_BODY_LIMIT_BYTES"),
+                "HTTP_BODY_LIMIT_BYTES",
+                256 * 1024,
+                1024,
+                64 * 1024 * 1024,
+            )?,
+            max_connections: parse_in::<usize>(
+                get("HTTP_MAX_CONNECTIONS"),
+                "HTTP_MAX_CONNECTIONS",
+                1024,
+                1,
+                100_000,
+            )?,
+        };
+        let flood = FloodSettings {
+            rate_per_min: parse_in::<u32>(
+                get("FLOOD_RATE_PER_MIN"),
+                "FLOOD_RATE_PER_MIN",
+                60,
+                0,
+                60_000,
+            )?,
+            burst: parse_in::<u32>(get("FLOOD_BURST"), "FLOOD_BURST", 20, 1, 10_000)?,
+            promo_failures_per_hour: parse_in::<u32>(
+                get("PROMO_FAILURES_PER_HOUR"),
+                "PROMO_FAILURES_PER_HOUR",
+                5,
+                1,
+                1000,
+            )?,
+        };
         let admin_ids = match get("ADMIN_IDS") {
             None => vec![],
             Some(list) => list
@@ -488,6 +656,9 @@ impl Settings {
             database_url,
             redis_url,
             http_addr,
+            ops_addr,
+            http_limits,
+            flood,
             public_url,
             admin_ids,
             catalog_path: get("CATALOG_PATH").map(PathBuf::from),
@@ -723,8 +894,11 @@ mod tests {
     fn defaults_mean_the_embedded_mode() {
         let s = Settings::from_map(&map(&[])).unwrap();
         assert_eq!(s.mode().unwrap(), Mode::Embedded);
-        assert_eq!(s.database_url, "sqlite://kiebot.db");
+        assert_eq!(s.database_url.expose(), "sqlite://kiebot.db");
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.ops_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(s.http_limits, HttpLimits::default());
+        assert_eq!(s.flood, FloodSettings::default());
         assert_eq!(s.pricing, Pricing::default());
         assert!(!s.dry_run);
     }
@@ -761,6 +935,13 @@ mod tests {
             ("JOB_LEASE_SECS", "1"),
             ("POLL_INITIAL_MS", "soon"),
             ("DELIVERY_RATE_PER_SECOND", "0"),
+            ("OPS_ADDR", "loopback"),
+            ("HTTP_REQUEST_TIMEOUT_SECS", "0"),
+            ("HTTP_BODY_LIMIT_BYTES", "10"),
+            ("HTTP_MAX_CONNECTIONS", "none"),
+            ("FLOOD_RATE_PER_MIN", "-1"),
+            ("FLOOD_BURST", "0"),
+            ("PROMO_FAILURES_PER_HOUR", "0"),
         ];
         for (var, value) in cases {
             let err = Settings::from_map(&map(&[(var, value)])).unwrap_err();
@@ -785,6 +966,62 @@ mod tests {
             s.require_telegram_token().unwrap().expose(),
             "123:SECRETVALUE"
         );
+    }
+
+    /// Every secret the settings can hold, set at once: none of them may
+    /// appear in the settings' `Debug` (what a `?settings` log field prints).
+    #[test]
+    fn debug_shows_no_secret() {
+        let s = Settings::from_map(&map(&[
+            ("TELEGRAM_BOT_TOKEN", "123456:BOT-TOKEN-SECRET"),
+            ("KIE_API_KEY", "kie-key-secret"),
+            ("KIE_WEBHOOK_HMAC_KEY", "hmac-key-secret"),
+            ("DASHBOARD_TOKEN", "dashboard-token-secret"),
+            (
+                "DATABASE_URL",
+                "postgres://kiebot:db-pass-secret@db.internal:5432/kiebot",
+            ),
+            (
+                "REDIS_URL",
+                "redis://:redis-pass-secret@redis.internal:6379/0",
+            ),
+        ]))
+        .unwrap();
+        let dumps = [format!("{s:?}"), format!("{s:#?}")];
+        for dump in &dumps {
+            for secret in [
+                "BOT-TOKEN-SECRET",
+                "kie-key-secret",
+                "hmac-key-secret",
+                "dashboard-token-secret",
+                "db-pass-secret",
+                "redis-pass-secret",
+            ] {
+                assert!(!dump.contains(secret), "{secret} printed in {dump}");
+            }
+        }
+        // What is not secret still shows, so the dump stays useful.
+        assert!(dumps[0].contains("postgres://kiebot:***@db.internal:5432/kiebot"));
+        assert!(dumps[0].contains("redis://:***@redis.internal:6379/0"));
+        // The connecting code still gets the whole URL.
+        assert!(s.database_url.expose().contains("db-pass-secret"));
+    }
+
+    #[test]
+    fn connection_urls_redact_every_password_shape() {
+        for (url, shown) in [
+            ("postgres://u:p@h/db", "postgres://u:***@h/db"),
+            ("redis://secret@h:6379", "redis://***@h:6379"),
+            ("redis://h:6379", "redis://h:6379"),
+            ("sqlite://kiebot.db", "sqlite://kiebot.db"),
+            (
+                "postgres://u:p%40x@h/db?sslmode=require",
+                "postgres://u:***@h/db?sslmode=require",
+            ),
+        ] {
+            assert_eq!(ConnUrl::new(url).redacted(), shown, "{url}");
+            assert_eq!(format!("{}", ConnUrl::new(url)), shown);
+        }
     }
 
     #[test]
@@ -857,7 +1094,7 @@ mod tests {
         .unwrap();
         let vars = read_file(path.to_str().unwrap()).unwrap();
         let s = Settings::from_map(&vars).unwrap();
-        assert_eq!(s.database_url, "sqlite://x.db");
+        assert_eq!(s.database_url.expose(), "sqlite://x.db");
         assert_eq!(s.worker_concurrency, 4);
         assert_eq!(s.admin_ids, vec![UserId(1), UserId(2)]);
         std::fs::write(&path, "NOPE = 1\n").unwrap();

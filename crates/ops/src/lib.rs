@@ -1,19 +1,32 @@
-//! The one HTTP server of a kiebot process (`HTTP_ADDR`).
+//! The two HTTP listeners of a kiebot process.
 //!
 //! # Map
 //!
-//! | route | module | who calls it |
-//! |---|---|---|
-//! | `GET /healthz` | [`health`] | liveness probe: the process answers |
-//! | `GET /readyz` | [`health`] | readiness probe: the database and the queue answer |
-//! | `GET /metrics` | [`metrics`] | Prometheus |
-//! | `GET /dashboard`, `/dashboard/summary`, `/dashboard/api/v1/...` | [`dashboard`] | operators (token) |
-//! | `GET /dashboard/generations/{id}`, `POST .../retry`, `POST .../cancel` | [`dashboard`] | operators (token) |
-//! | `POST /kie/callback/{secret}` | [`callback`] | KIE, when a task ends |
-//! | whatever [`OpsState::webhook`] routes | built by the bot | Telegram |
+//! | route | module | listener | who calls it |
+//! |---|---|---|---|
+//! | `GET /healthz` | [`health`] | both | liveness probe, load balancers: the process answers |
+//! | `GET /readyz` | [`health`] | ops | readiness probe: the database and the queue answer |
+//! | `GET /metrics` | [`metrics`] | ops | Prometheus |
+//! | `GET /dashboard`, `/dashboard/summary`, `/dashboard/api/v1/...` | [`dashboard`] | ops | operators (token) |
+//! | `GET /dashboard/generations/{id}`, `POST .../retry`, `POST .../cancel` | [`dashboard`] | ops | operators (token) |
+//! | `POST /kie/callback/{secret}` | [`callback`] | public | KIE, when a task ends |
+//! | whatever [`OpsState::webhook`] routes | built by the bot | public | Telegram |
 //!
-//! [`router`] builds all of it from an [`OpsState`]; [`serve`] runs it until
-//! the shutdown future resolves, then lets requests in flight finish.
+//! The **public** listener (`HTTP_ADDR`, [`public_router`]) is what the
+//! internet reaches: Telegram's webhook and KIE's callbacks, plus `/healthz`
+//! for a load balancer in front of it. The **ops** listener (`OPS_ADDR`,
+//! [`ops_router`], loopback by default) holds what only operators and
+//! Prometheus should see. When both settings name the same address, one
+//! listener serves everything ([`router`]), as a single-listener deployment
+//! did before the split.
+//!
+//! Both listeners run behind the same guards ([`serve_limited`]): a request
+//! timeout (408), a body limit (413; Telegram's updates and KIE's callbacks
+//! are a few kilobytes) and a cap on open connections, so a slow or greedy
+//! client cannot hold the process's memory or sockets.
+//!
+//! [`serve`] runs a router until the shutdown future resolves, then lets
+//! requests in flight finish.
 //!
 //! # The life of a request
 //!
@@ -30,6 +43,10 @@
 //! the store like every other state change. (On Redis, apalis-redis 1.0
 //! fails some of the board's routes; [`dashboard`] lists which, and
 //! `/dashboard/summary` covers both backends.)
+//!
+//! `/metrics` never waits on the database: the gauges read from it come
+//! from one background task ([`metrics::refresh_gauges_every`]) with its own
+//! interval and timeout, and a scrape only renders.
 //!
 //! The KIE callback is only a hint: it moves the generation's next poll to
 //! now and enqueues a poll, which re-reads the task from KIE before anything
@@ -56,6 +73,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::{get, post};
+pub use kiebot_config::HttpLimits;
 use kiebot_jobs::Queues;
 use kiebot_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -65,6 +83,7 @@ mod auth;
 pub mod callback;
 pub mod dashboard;
 pub mod health;
+mod limit;
 pub mod metrics;
 pub mod trace;
 
@@ -116,45 +135,87 @@ impl fmt::Debug for OpsState {
     }
 }
 
-/// The whole router: health, readiness, metrics, dashboard, KIE callback and
-/// (if given) the Telegram webhook, inside one tracing layer.
-pub fn router(state: OpsState) -> Router {
+/// The public listener's router: `/healthz`, the KIE callback and (if
+/// given) the Telegram webhook. Nothing an operator reads is reachable here.
+pub fn public_router(state: OpsState) -> Router {
     let webhook = state.webhook.clone();
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
-        .route("/kie/callback/{secret}", post(callback::kie_callback));
-    if let Some(dashboard) = dashboard::router(&state) {
-        app = app.nest("/dashboard", dashboard);
-    }
-    let mut app = app.with_state(state);
+        .route("/kie/callback/{secret}", post(callback::kie_callback))
+        .with_state(state);
     if let Some(webhook) = webhook {
         app = app.merge(webhook);
     }
     app.layer(axum::middleware::from_fn(trace::trace_request))
 }
 
-/// Binds `addr` and serves `router` until `shutdown` resolves; requests in
-/// flight then finish before this returns.
+/// The ops listener's router: health, readiness, metrics and the dashboard.
+pub fn ops_router(state: OpsState) -> Router {
+    ops_routes(&state)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(trace::trace_request))
+}
+
+fn ops_routes(state: &OpsState) -> Router<OpsState> {
+    let mut app = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render));
+    if let Some(dashboard) = dashboard::router(state) {
+        app = app.nest("/dashboard", dashboard);
+    }
+    app
+}
+
+/// Everything on one listener: the ops routes, the KIE callback and (if
+/// given) the Telegram webhook. For `OPS_ADDR` equal to `HTTP_ADDR`, and
+/// for tools that run a single listener on loopback.
+pub fn router(state: OpsState) -> Router {
+    let webhook = state.webhook.clone();
+    let mut app = ops_routes(&state)
+        .route("/kie/callback/{secret}", post(callback::kie_callback))
+        .with_state(state);
+    if let Some(webhook) = webhook {
+        app = app.merge(webhook);
+    }
+    app.layer(axum::middleware::from_fn(trace::trace_request))
+}
+
+/// Binds `addr` and serves `router` behind the default [`HttpLimits`] until
+/// `shutdown` resolves; requests in flight then finish before this returns.
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    serve_listener(listener, router, shutdown).await
+    serve_limited(listener, router, HttpLimits::default(), shutdown).await
 }
 
 /// [`serve`] on a listener that is already bound (tests bind port 0 and read
-/// the address first).
+/// the address first), behind the default [`HttpLimits`].
 pub async fn serve_listener(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_limited(listener, router, HttpLimits::default(), shutdown).await
+}
+
+/// Serves `router` on `listener` behind `limits`: a request not answered
+/// within the timeout gets 408, a body over the limit 413, and no more than
+/// `max_connections` connections are open at once (the next waits in the
+/// kernel's backlog until one closes).
+pub async fn serve_limited(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP server listening");
+    tracing::info!(%addr, max_connections = limits.max_connections, "HTTP server listening");
+    let router = limit::guard(router, &limits);
+    let listener = limit::CappedListener::new(listener, limits.max_connections);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await?;

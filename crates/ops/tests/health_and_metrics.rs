@@ -80,15 +80,36 @@ async fn metrics_show_generations_by_state_and_queue_depths(backend: Backend) {
     let user = funded_user(&app.store, 41, 10_000).await;
     pending_generation(&app.store, user, 500).await;
 
-    let res = app.get("/metrics").await;
-    assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    let text = res.text().await.unwrap();
+    // The gauges come from the background refresher, not from the scrape.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kiebot_ops::metrics::refresh_gauges_every(
+        app.store.clone(),
+        app.queues.clone(),
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let submit_queue = app.queues.names().submit.clone();
+    let wanted = format!("kiebot_queue_depth{{queue=\"{submit_queue}\"}} 0");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let res = app.get("/metrics").await;
+        assert_eq!(res.status(), 200);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let text = res.text().await.unwrap();
+        if text.contains(&wanted) || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let _ = stop.send(());
     assert!(
         text.contains("kiebot_generations_by_status{status=\"pending\"}"),
         "{text}"
@@ -97,9 +118,9 @@ async fn metrics_show_generations_by_state_and_queue_depths(backend: Backend) {
         text.contains("kiebot_generations_by_status{status=\"delivered\"}"),
         "{text}"
     );
-    let submit_queue = &app.queues.names().submit;
+    assert!(text.contains(&wanted), "{text}");
     assert!(
-        text.contains(&format!("kiebot_queue_depth{{queue=\"{submit_queue}\"}} 0")),
+        text.contains("kiebot_db_gauges_refreshed_seconds"),
         "{text}"
     );
 }

@@ -51,6 +51,21 @@ impl<'a> Dialogues<'a> {
         Ok(())
     }
 
+    /// Forgets up to `limit` dialogues expired at `now` (unix ms); returns
+    /// how many. A bounded step for housekeeping.
+    pub async fn prune_some(&self, now: i64, limit: u32) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM dialogues WHERE user_id IN \
+             (SELECT user_id FROM dialogues WHERE expires_at <= $1 LIMIT $2)",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
     /// Deletes states expired at `now`; returns how many.
     pub async fn prune(&self, now: i64) -> Result<u64> {
         let n = sqlx::query("DELETE FROM dialogues WHERE expires_at <= $1")

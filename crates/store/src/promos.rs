@@ -92,6 +92,43 @@ impl<'a> Promos<'a> {
         .transpose()
     }
 
+    /// Refused codes `user` tried since `since` (unix ms).
+    pub async fn failures_since(&self, user: UserId, since: i64) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM promo_failures WHERE user_id = $1 AND at >= $2",
+        )
+        .bind(user.0)
+        .bind(since)
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok(crate::sql::count(n))
+    }
+
+    /// Records that `user` tried a code that was refused, at `at` (unix ms).
+    pub async fn record_failure(&self, user: UserId, at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO promo_failures (user_id, at) VALUES ($1, $2)")
+            .bind(user.0)
+            .bind(at)
+            .execute(self.store.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets up to `limit` refused attempts made before `older_than`
+    /// (unix ms); returns how many.
+    pub async fn prune_failures(&self, older_than: i64, limit: u32) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM promo_failures WHERE (user_id, at) IN \
+             (SELECT user_id, at FROM promo_failures WHERE at < $1 LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(i64::from(limit))
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
     /// Redeems the code for the user: a bonus entry (key
     /// `promo:<code>:<user>`) and one use, in one transaction. A user who
     /// redeemed it before gets the first entry back with `fresh: false`.

@@ -67,6 +67,25 @@ impl<'a> Updates<'a> {
     }
 }
 
+impl Updates<'_> {
+    /// Forgets up to `limit` updates processed before `older_than` (unix
+    /// ms), oldest first; returns how many. A bounded step for housekeeping:
+    /// one statement never holds the table (or SQLite's one writer) long.
+    pub async fn prune_some(&self, older_than: i64, limit: u32) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM processed_updates WHERE update_id IN \
+             (SELECT update_id FROM processed_updates WHERE processed_at < $1 \
+              ORDER BY processed_at LIMIT $2)",
+        )
+        .bind(older_than)
+        .bind(i64::from(limit))
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+}
+
 /// The statement of [`Updates::first_time_many`]: binds the ids as a JSON
 /// array (`$1`) and the time (`$2`), returns the fresh ids.
 ///

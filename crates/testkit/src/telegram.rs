@@ -388,6 +388,20 @@ impl FakeTelegram {
         self.inner.state().bot_messages(chat)
     }
 
+    /// Registers a callback query id for an update the test builds itself
+    /// (and hands to the bot directly): `answerCallbackQuery` then accepts
+    /// one answer to it, as for the presses of [`press_button`](Self::press_button).
+    pub fn open_callback(&self, id: &str) {
+        self.inner.state().open_callback(id);
+    }
+
+    /// The newest bot message in `chat` that carries an inline keyboard:
+    /// its id and the `reply_markup` JSON. Cheap on long chats (no copy of
+    /// the history), for tests that press thousands of buttons.
+    pub fn last_keyboard(&self, chat: i64) -> Option<(i32, Value)> {
+        self.inner.state().last_keyboard(chat)
+    }
+
     /// How many requests reached `method` (successful or not).
     pub fn call_count(&self, method: &str) -> usize {
         self.inner.state().calls.get(method).copied().unwrap_or(0)

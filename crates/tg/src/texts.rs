@@ -1027,6 +1027,25 @@ pub fn promo_refused(lang: Lang) -> String {
     )
 }
 
+/// Too many refused promo codes in the last hour: no more tries for now.
+pub fn promo_too_many(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Слишком много неверных промокодов. Попробуйте снова через час.",
+        "Too many wrong promo codes. Please try again in an hour."
+    )
+}
+
+/// Sent once when a user sends updates faster than the bot takes them:
+/// what follows is ignored until they slow down.
+pub fn flood_notice(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Вы отправляете сообщения слишком быстро, часть из них пропущена. Подождите немного и повторите.",
+        "You are sending messages too fast, so some were skipped. Please wait a moment and try again."
+    )
+}
+
 /// /promo without a code.
 pub fn promo_usage(lang: Lang) -> String {
     tr!(lang, "Использование: /promo КОД", "Usage: /promo CODE")

@@ -128,7 +128,9 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         .then(|| std::time::Duration::from_secs(u64::from(settings.catalog_check_hours) * 3600));
     if let Some(public) = &settings.public_url {
         let secret = callback_secret(&store).await?;
-        config.callback_url = Some(format!("{public}/kie/callback/{secret}"));
+        config.callback_url = Some(kiebot_config::Secret::new(format!(
+            "{public}/kie/callback/{secret}"
+        )));
     }
     Ok(Arc::new(Ctx {
         store,

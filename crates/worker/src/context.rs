@@ -39,8 +39,9 @@ pub enum KieMode {
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// Base of the KIE callback URL (`PUBLIC_URL/kie/callback/<secret>`), or
-    /// `None` to rely on polling alone.
-    pub callback_url: Option<String>,
+    /// `None` to rely on polling alone. A secret (the path is the
+    /// callback's password), so `Debug` never prints it.
+    pub callback_url: Option<kiebot_config::Secret>,
     /// Delay before the first poll of a fresh task.
     pub poll_first: Duration,
     /// Longest delay between polls.
@@ -290,5 +291,22 @@ mod tests {
         assert_eq!(c.delivery_delay(1), Duration::from_secs(2));
         assert_eq!(c.delivery_delay(3), Duration::from_secs(8));
         assert_eq!(c.delivery_delay(50), Duration::from_secs(600));
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    /// The callback URL's path is the callback's password.
+    #[test]
+    fn the_pipeline_config_never_prints_the_callback_secret() {
+        let cfg = super::PipelineConfig {
+            callback_url: Some(kiebot_config::Secret::new(
+                "https://bot.example/kie/callback/cb-secret-in-path",
+            )),
+            ..super::PipelineConfig::default()
+        };
+        let dump = format!("{cfg:?}");
+        assert!(!dump.contains("cb-secret-in-path"), "{dump}");
+        assert!(dump.contains("callback_url"), "{dump}");
     }
 }

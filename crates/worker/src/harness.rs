@@ -158,7 +158,7 @@ impl Harness {
         let mut env = vec![
             (
                 "DATABASE_URL".to_owned(),
-                self.settings.database_url.clone(),
+                self.settings.database_url.expose().to_owned(),
             ),
             (
                 "TELEGRAM_BOT_TOKEN".to_owned(),
@@ -196,7 +196,7 @@ impl Harness {
             ),
         ]);
         if let Some(r) = &self.settings.redis_url {
-            env.push(("REDIS_URL".to_owned(), r.clone()));
+            env.push(("REDIS_URL".to_owned(), r.expose().to_owned()));
         }
         env
     }

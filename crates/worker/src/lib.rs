@@ -41,6 +41,7 @@ pub mod deliver;
 pub mod finalize;
 #[cfg(feature = "harness")]
 pub mod harness;
+pub mod housekeeping;
 pub mod metrics_names;
 pub mod plan;
 pub mod poll;

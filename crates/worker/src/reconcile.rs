@@ -10,6 +10,10 @@
 //!    tasks, `Finalize` for recorded outcomes, `Deliver` for undelivered
 //!    results and notices.
 //!
+//!
+//! Once a minute it also gives [`crate::housekeeping`] its chance (hourly,
+//! one process of the fleet, bounded), after the queue's vacuum.
+//!
 //! A claim moves the row's next check forward by the lease, in the same
 //! statement that selects it, so any number of reconcilers (one per worker
 //! process) can tick at once without enqueuing a row twice; a job that is
@@ -97,6 +101,8 @@ pub async fn handle(_tick: Tick, ctx: Data<Arc<Ctx>>) -> Result<(), JobError> {
         != minute
     {
         crate::catalog_watch::maybe_start(&ctx).await;
+        // Pruning of bookkeeping tables: hourly, one process, bounded.
+        crate::housekeeping::maybe_run(&ctx.store).await;
         match ctx.queues.take_vacuum_turn(VACUUM_TURN).await {
             Ok(true) => match ctx.queues.vacuum(QUEUE_RETENTION).await {
                 Ok(n) if n > 0 => info!(removed = n, "vacuumed finished jobs from the queue"),

@@ -118,7 +118,11 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
         gens.park_submit(id, now_ms() + Ctx::ms(wait)).await?;
         return Ok(());
     }
-    let callback = ctx.config.callback_url.as_deref();
+    let callback = ctx
+        .config
+        .callback_url
+        .as_ref()
+        .map(kiebot_config::Secret::expose);
     let family = ctx.family_of(&generation.model, &request);
     let started = Instant::now();
     let result = client.create_task(family, &request, callback).await;

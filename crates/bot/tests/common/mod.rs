@@ -57,6 +57,9 @@ pub struct Options {
     pub max_active: u32,
     pub referral: kiebot_bot::ReferralPolicy,
     pub admin_limits: kiebot_bot::AdminPolicy,
+    /// Off unless a test is about flood control: the scripted users here
+    /// press faster than any person.
+    pub flood: kiebot_bot::FloodConfig,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             max_active: 5,
             referral: kiebot_bot::ReferralPolicy::default(),
             admin_limits: kiebot_bot::AdminPolicy::default(),
+            flood: kiebot_bot::FloodConfig::off(),
         }
     }
 }
@@ -117,6 +121,7 @@ impl App {
             max_active: self.deps.max_active,
             referral: self.deps.referral,
             admin_limits: self.deps.admin_limits,
+            flood: *self.deps.flood.config(),
         };
         build_deps(
             &self.tg,
@@ -403,5 +408,6 @@ async fn build_deps(
         broadcasts: kiebot_bot::BroadcastRunners::default(),
         referral: o.referral,
         admin_limits: o.admin_limits,
+        flood: Arc::new(kiebot_bot::FloodGate::new(o.flood)),
     }
 }

@@ -497,6 +497,11 @@ impl State {
         self.push_update(json!({ "message": msg }))
     }
 
+    /// Takes `id` as a callback query Telegram sent and awaits an answer to.
+    pub(crate) fn open_callback(&mut self, id: &str) {
+        self.open_callbacks.insert(id.to_owned());
+    }
+
     pub(crate) fn user_callback(&mut self, user: &FakeUser, message_id: i32, data: &str) -> i64 {
         self.remember(user);
         let message = self
@@ -1433,6 +1438,18 @@ impl State {
     }
 
     // ----- reading ----------------------------------------------------------
+
+    /// The newest bot message in `chat` with an inline keyboard: its id
+    /// and the keyboard, without copying the chat's history.
+    pub(crate) fn last_keyboard(&self, chat: i64) -> Option<(i32, Value)> {
+        let state = self.chats.get(&chat)?;
+        state
+            .messages
+            .iter()
+            .rev()
+            .filter(|(_, m)| m.from_bot && !m.deleted)
+            .find_map(|(id, m)| Some((*id, m.json.get("reply_markup")?.clone())))
+    }
 
     pub(crate) fn bot_messages(&self, chat: i64) -> Vec<BotMessage> {
         let Some(state) = self.chats.get(&chat) else {
