@@ -146,38 +146,6 @@ macro_rules! push_storages {
     }};
 }
 
-/// Vacuums every storage of one backend; evaluates to the jobs removed.
-macro_rules! vacuum_storages {
-    ($st:expr, $names:expr, $older:expr, $err:expr) => {{
-        let mut removed = 0;
-        removed += $st
-            .submit
-            .clone()
-            .vacuum_before($older)
-            .await
-            .map_err(|e| $err(&$names.submit, &e))?;
-        removed += $st
-            .poll
-            .clone()
-            .vacuum_before($older)
-            .await
-            .map_err(|e| $err(&$names.poll, &e))?;
-        removed += $st
-            .finalize
-            .clone()
-            .vacuum_before($older)
-            .await
-            .map_err(|e| $err(&$names.finalize, &e))?;
-        removed += $st
-            .deliver
-            .clone()
-            .vacuum_before($older)
-            .await
-            .map_err(|e| $err(&$names.deliver, &e))?;
-        removed
-    }};
-}
-
 /// The enqueue side, over either backend.
 #[derive(Clone)]
 pub enum Queues {
@@ -409,7 +377,6 @@ impl Queues {
     /// database already records what happened, so the queue keeps only
     /// recent history for the dashboard. Returns how many jobs were removed.
     pub async fn vacuum(&self, older_than: std::time::Duration) -> Result<usize, QueueError> {
-        use apalis_core::backend::Vacuum;
         let err = |queue: &str, e: &dyn fmt::Display| QueueError {
             queue: queue.to_owned(),
             message: e.to_string(),
@@ -450,10 +417,28 @@ impl Queues {
                     .await
                     .map_err(|e| err("redis", &e))?;
             }
-            Queues::Sqlite {
-                storages, names, ..
-            } => {
-                removed += vacuum_storages!(storages, names, older_than, err);
+            Queues::Sqlite { pool, .. } => {
+                // Not apalis-sqlite's `vacuum_before`: it compares the
+                // integer `run_at` with a text datetime, which SQLite always
+                // finds smaller, so it removes every finished job whatever
+                // its age; and it then VACUUMs the whole file, which is also
+                // the application's database. Here the retention holds, and
+                // freed pages are simply reused.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let cutoff =
+                    i64::try_from(now.saturating_sub(older_than.as_secs())).unwrap_or(i64::MAX);
+                let done = sqlx::query(
+                    "DELETE FROM Jobs WHERE (status = 'Done' OR status = 'Killed' \
+                         OR (status = 'Failed' AND max_attempts <= attempts)) \
+                     AND COALESCE(done_at, run_at) <= ?1",
+                )
+                .bind(cutoff)
+                .execute(pool)
+                .await
+                .map_err(|e| err("sqlite", &e))?;
+                removed += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
             }
         }
         Ok(removed)

@@ -388,6 +388,17 @@ async fn finished_jobs_are_vacuumed_from_the_queue(flavor: Flavor) {
     h.confirm(user, "google/nano-banana", price()).await;
     h.wait_settled(SETTLE).await.unwrap();
     h.stop_workers().await;
+    // Jobs finished just now are within any retention (the reconciler's own
+    // vacuum, with the production retention, must not take them either).
+    assert_eq!(
+        h.ctx
+            .queues
+            .vacuum(kiebot_worker::reconcile::QUEUE_RETENTION)
+            .await
+            .unwrap(),
+        0,
+        "recent jobs are kept"
+    );
     // Submit and poll left bookkeeping behind (the poll finalized and
     // delivered in the same job).
     let removed = h.ctx.queues.vacuum(Duration::ZERO).await.unwrap();
