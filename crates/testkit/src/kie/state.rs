@@ -114,12 +114,26 @@ pub(super) struct State {
     pub(super) catalogue: Option<Vec<RecordedModel>>,
     pub(super) catalogue_min_interval: Option<Duration>,
     pub(super) catalogue_requests: Vec<Instant>,
+    /// `/files/<path>` answered with a redirect to the value.
+    pub(super) redirects: HashMap<String, String>,
+    /// Result media served as this many zero bytes (with or without a
+    /// `Content-Length`) instead of the tiny samples.
+    pub(super) result_size: Option<(u64, bool)>,
+    /// Paths of every `/files` request, in order.
+    pub(super) file_requests: Vec<String>,
+    /// Other host names under which the fake's files are KIE's (for
+    /// download-url).
+    pub(super) file_hosts: Vec<String>,
 }
 
 impl State {
     pub(super) fn new() -> State {
         State {
             latency: Duration::ZERO,
+            redirects: HashMap::new(),
+            result_size: None,
+            file_requests: Vec::new(),
+            file_hosts: Vec::new(),
             default_outcome: Outcome::succeed(1),
             model_outcomes: HashMap::new(),
             credits_consumed: HashMap::new(),
