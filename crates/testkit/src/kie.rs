@@ -345,6 +345,7 @@ impl FakeKie {
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
+            result_base: Mutex::new(None),
             addr,
             state: Mutex::new(State::new()),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -419,6 +420,16 @@ impl FakeKie {
     /// goes back to the tiny samples.
     pub fn set_result_size(&self, size: Option<u64>, declare_length: bool) {
         self.lock().result_size = size.map(|s| (s, declare_length));
+    }
+
+    /// Market results finishing from now on name `base` (say
+    /// `http://results.kie.test:<port>`) instead of the fake's own address.
+    pub fn set_result_base(&self, base: Option<String>) {
+        *self
+            .shared
+            .result_base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = base;
     }
 
     /// `GET /files/<path>` answers `302 Location: <location>`.

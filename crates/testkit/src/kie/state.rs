@@ -70,6 +70,8 @@ impl Due {
 
 pub(super) struct Shared {
     pub(super) base_url: String,
+    /// Where market results are said to be (`None`: `base_url`).
+    pub(super) result_base: Mutex<Option<String>>,
     pub(super) addr: SocketAddr,
     pub(super) state: Mutex<State>,
     pub(super) calls: [AtomicU64; Endpoint::ALL],
@@ -529,7 +531,13 @@ impl Shared {
                 now
             }
         };
-        let Some(state) = final_state(&self.base_url, id, task) else {
+        let base = self
+            .result_base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| self.base_url.clone());
+        let Some(state) = final_state(&base, id, task) else {
             return false;
         };
         let run_ms = u64::try_from(at.saturating_duration_since(task.created_at).as_millis())
