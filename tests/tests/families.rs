@@ -53,6 +53,11 @@ impl World {
             ("DELIVERY_RATE_PER_SECOND", "1000".to_owned()),
         ]
         .into_iter()
+        .chain(
+            kiebot_testkit::LOOPBACK_RESULT_SETTINGS
+                .into_iter()
+                .map(|(k, v)| (k, v.to_owned())),
+        )
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let settings = Settings::from_map(&vars).unwrap();

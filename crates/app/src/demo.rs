@@ -225,6 +225,11 @@ fn demo_settings(
         ("DELIVERY_RATE_PER_SECOND", "1000".to_owned()),
     ]
     .into_iter()
+    .chain(
+        kiebot_testkit::LOOPBACK_RESULT_SETTINGS
+            .into_iter()
+            .map(|(k, v)| (k, v.to_owned())),
+    )
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     if let Some((redis_url, namespace)) = fleet {

@@ -734,21 +734,35 @@ pub(crate) async fn on_file(
 async fn fetch_and_store(ctx: &Ctx, file: &IncomingFile) -> anyhow::Result<String> {
     let bot = &ctx.deps.bot;
     let tg_file = bot.get_file(file.file_id.clone()).await?;
-    let mut stream = bot.download_file_stream(&tg_file.path);
-    let mut buf = Vec::with_capacity(usize::try_from(file.size).unwrap_or(0).min(1 << 20));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if (buf.len() + chunk.len()) as u64 > TELEGRAM_GET_FILE_LIMIT {
-            anyhow::bail!("the file grew past the download limit");
-        }
-        buf.extend_from_slice(&chunk);
+    // getFile's size, else the message's (Telegram may leave either out).
+    let declared = match u64::from(tg_file.size) {
+        0 => file.size,
+        n => n,
+    };
+    if declared > TELEGRAM_GET_FILE_LIMIT {
+        anyhow::bail!("the file is larger than the download limit");
     }
     let name = upload_name(file);
     match &ctx.deps.kie {
         Some(kie) => {
+            // Telegram's bytes go on to KIE as they arrive: the front never
+            // holds a whole file. More bytes than Telegram declared (or than
+            // the limit) abort the upload.
+            let mut seen: u64 = 0;
+            let chunks = bot.download_file_stream(&tg_file.path).map(move |chunk| {
+                let chunk = chunk.map_err(std::io::Error::other)?;
+                seen += chunk.len() as u64;
+                if seen > declared {
+                    return Err(std::io::Error::other(
+                        "the file grew past its declared size",
+                    ));
+                }
+                Ok::<Bytes, std::io::Error>(chunk)
+            });
             let up = kie
-                .upload_stream(
-                    Bytes::from(buf),
+                .upload_from_stream(
+                    chunks,
+                    declared,
                     &name,
                     &file.mime,
                     &format!("kiebot/{}", ctx.uid),

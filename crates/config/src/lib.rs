@@ -243,6 +243,8 @@ pub struct Settings {
     pub referral: ReferralSettings,
     /// What admins other than the owner may move (`ADMIN_*`).
     pub admin_limits: AdminLimits,
+    /// Where result files may be downloaded from.
+    pub result_egress: ResultEgress,
 }
 
 /// The referral rules: when an invitee's activity pays their inviter.
@@ -320,6 +322,25 @@ impl Default for FloodSettings {
     }
 }
 
+/// KIE's file hosts, the default of `RESULT_HOSTS` (each with its
+/// subdomains): results on `tempfile.aiquickdraw.com`/`file.aiquickdraw.com`,
+/// uploads on `tempfile.redpandaai.co`, music on `*.kie.ai`. The same list as
+/// `kiebot_tg::egress::DEFAULT_RESULT_HOSTS`.
+pub const DEFAULT_RESULT_HOSTS: &str = "aiquickdraw.com,redpandaai.co,kie.ai";
+
+/// Where result files may be downloaded from (see `kiebot_tg::egress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultEgress {
+    /// `RESULT_HOSTS`: allowed hosts, lowercase; each also allows its
+    /// subdomains (a leading `*.` is accepted and means the same).
+    pub hosts: Vec<String>,
+    /// `RESULT_ALLOW_HTTP`: plain `http` too (tests and the demo only).
+    pub allow_http: bool,
+    /// `RESULT_ALLOW_LOOPBACK`: loopback addresses too (tests and the demo
+    /// only); private, link-local and metadata addresses stay forbidden.
+    pub allow_loopback: bool,
+}
+
 /// KIE's account limits (kie-api.md "Limits and retention").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KieLimits {
@@ -393,6 +414,9 @@ pub const VARIABLES: &[&str] = &[
     "ADMIN_MAX_ADJUST",
     "ADMIN_DAILY_BUDGET",
     "ADMIN_NOTIFY_ABOVE",
+    "RESULT_HOSTS",
+    "RESULT_ALLOW_HTTP",
+    "RESULT_ALLOW_LOOPBACK",
 ];
 
 impl Settings {
@@ -541,15 +565,11 @@ impl Settings {
             1,
             1_000_000,
         )?);
-        let dry_run = match get("DRY_RUN").map(str::to_ascii_lowercase).as_deref() {
-            None | Some("0" | "false" | "no") => false,
-            Some("1" | "true" | "yes") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "DRY_RUN",
-                    format!("expected true or false, got {other:?}"),
-                ));
-            }
+        let dry_run = parse_flag(get("DRY_RUN"), "DRY_RUN")?;
+        let result_egress = ResultEgress {
+            hosts: parse_hosts(get("RESULT_HOSTS").unwrap_or(DEFAULT_RESULT_HOSTS))?,
+            allow_http: parse_flag(get("RESULT_ALLOW_HTTP"), "RESULT_ALLOW_HTTP")?,
+            allow_loopback: parse_flag(get("RESULT_ALLOW_LOOPBACK"), "RESULT_ALLOW_LOOPBACK")?,
         };
         let log_format = match get("LOG_FORMAT").unwrap_or("pretty") {
             "pretty" => LogFormat::Pretty,
@@ -745,6 +765,7 @@ impl Settings {
                 0,
                 24 * 30,
             )?,
+            result_egress,
         })
     }
 
@@ -879,6 +900,49 @@ fn read_file(path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     Ok(out)
 }
 
+/// `true`/`false` (also `1`/`0`, `yes`/`no`); absent is false.
+fn parse_flag(value: Option<&str>, var: &'static str) -> Result<bool, ConfigError> {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("0" | "false" | "no") => Ok(false),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some(other) => Err(ConfigError::new(
+            var,
+            format!("expected true or false, got {other:?}"),
+        )),
+    }
+}
+
+/// `RESULT_HOSTS`: a comma list of host names or IP addresses, no schemes,
+/// ports or paths.
+fn parse_hosts(value: &str) -> Result<Vec<String>, ConfigError> {
+    let mut hosts = Vec::new();
+    for raw in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let host = raw.strip_prefix("*.").unwrap_or(raw).to_ascii_lowercase();
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !name_ok && host.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::new(
+                "RESULT_HOSTS",
+                format!("{raw:?} is not a host name (no scheme, port or path)"),
+            ));
+        }
+        hosts.push(host);
+    }
+    if hosts.is_empty() {
+        return Err(ConfigError::new(
+            "RESULT_HOSTS",
+            "needs at least one host (KIE's file hosts by default)",
+        ));
+    }
+    Ok(hosts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -942,6 +1006,11 @@ mod tests {
             ("FLOOD_RATE_PER_MIN", "-1"),
             ("FLOOD_BURST", "0"),
             ("PROMO_FAILURES_PER_HOUR", "0"),
+            ("RESULT_HOSTS", "https://tempfile.aiquickdraw.com"),
+            ("RESULT_HOSTS", "a.com:443"),
+            ("RESULT_HOSTS", " , "),
+            ("RESULT_ALLOW_HTTP", "sometimes"),
+            ("RESULT_ALLOW_LOOPBACK", "2"),
         ];
         for (var, value) in cases {
             let err = Settings::from_map(&map(&[(var, value)])).unwrap_err();
@@ -950,6 +1019,24 @@ mod tests {
         }
         let err = Settings::from_map(&map(&[("BOT_MODE", "webhook")])).unwrap_err();
         assert_eq!(err.var, "PUBLIC_URL");
+    }
+
+    #[test]
+    fn result_hosts_default_to_kie_and_parse() {
+        let s = Settings::from_map(&map(&[])).unwrap();
+        assert_eq!(
+            s.result_egress.hosts,
+            ["aiquickdraw.com", "redpandaai.co", "kie.ai"]
+        );
+        assert!(!s.result_egress.allow_http && !s.result_egress.allow_loopback);
+        let s = Settings::from_map(&map(&[
+            ("RESULT_HOSTS", "*.Example.com, 127.0.0.1"),
+            ("RESULT_ALLOW_HTTP", "true"),
+            ("RESULT_ALLOW_LOOPBACK", "yes"),
+        ]))
+        .unwrap();
+        assert_eq!(s.result_egress.hosts, ["example.com", "127.0.0.1"]);
+        assert!(s.result_egress.allow_http && s.result_egress.allow_loopback);
     }
 
     #[test]

@@ -346,21 +346,49 @@ impl KieClient {
         mime: &str,
         upload_path: &str,
     ) -> Result<UploadedFile, KieError> {
+        let len = bytes.len() as u64;
+        let chunks = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+        self.upload_from_stream(chunks, len, file_name, mime, upload_path)
+            .await
+    }
+
+    /// Uploads a file of `len` bytes as they come from `chunks`, never
+    /// holding the whole file (`POST /api/file-stream-upload`). A stream that
+    /// fails (say, past a size cap) aborts the upload with that error.
+    /// Bounded by the upload timeout.
+    pub async fn upload_from_stream<S>(
+        &self,
+        chunks: S,
+        len: u64,
+        file_name: &str,
+        mime: &str,
+        upload_path: &str,
+    ) -> Result<UploadedFile, KieError>
+    where
+        S: futures::TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
         let span = tracing::info_span!(
             "kie.upload_stream",
             endpoint = FILE_STREAM_UPLOAD,
             model = Empty,
             task_id = Empty,
-            size_bytes = bytes.len(),
+            size_bytes = len,
             outcome = Empty,
             latency_ms = Empty,
         );
-        let len = bytes.len() as u64;
-        let make_part =
-            || Part::stream_with_length(bytes.clone(), len).file_name(file_name.to_owned());
+        let part = Part::stream_with_length(reqwest::Body::wrap_stream(chunks), len)
+            .file_name(file_name.to_owned());
         // An unparsable MIME type is the caller's slip; KIE sniffs the content
-        // anyway, so send the file without one rather than fail.
-        let part = make_part().mime_str(mime).unwrap_or_else(|_| make_part());
+        // anyway, so send the file without one rather than fail (checked
+        // first: a streamed part cannot be rebuilt).
+        let part = if is_mime(mime) {
+            part.mime_str(mime)
+                .map_err(|e| KieError::Validation(format!("MIME type {mime:?}: {e}")))?
+        } else {
+            part
+        };
         let form = Form::new()
             .text("uploadPath", upload_path.to_owned())
             .text("fileName", file_name.to_owned())
@@ -562,6 +590,19 @@ fn credits_from(data: &Value) -> Result<Credits, KieError> {
         return Err(bad());
     }
     Ok(Credits::from_milli(milli as i64))
+}
+
+/// Whether `mime` reads as `type/subtype` (parameters allowed).
+fn is_mime(mime: &str) -> bool {
+    let essence = mime.split(';').next().unwrap_or("").trim();
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    essence
+        .split_once('/')
+        .is_some_and(|(t, s)| token(t) && token(s))
 }
 
 #[cfg(test)]

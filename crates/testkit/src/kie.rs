@@ -19,7 +19,7 @@
 //! | `POST /api/file-stream-upload` | multipart `file`, `uploadPath`, `fileName` |
 //! | `POST /api/file-url-upload` | fetches `fileUrl` and stores it |
 //! | `POST /api/file-base64-upload` | decodes `base64Data` (a data URL or plain base64) |
-//! | `GET /files/<path>` | result files (a real tiny PNG, covers included; small blobs served as `video/mp4`, `audio/mpeg`) and uploads |
+//! | `GET /files/<path>` | result files (a real tiny PNG, covers included; small blobs served as `video/mp4`, `audio/mpeg`; or zeros of a set size, [`FakeKie::set_result_size`]), uploads, and scripted redirects ([`FakeKie::redirect_file`]) |
 //!
 //! Every endpoint but `/files` checks `Authorization: Bearer <key>`
 //! ([`FakeKie::api_key`]); a wrong or missing key gets KIE's
@@ -345,6 +345,7 @@ impl FakeKie {
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             base_url: format!("http://{addr}"),
+            result_base: Mutex::new(None),
             addr,
             state: Mutex::new(State::new()),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -412,6 +413,41 @@ impl FakeKie {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.lock()
+    }
+
+    /// Result media (`/files/results/...`) served as `size` zero bytes,
+    /// streamed, with a `Content-Length` only if `declare_length`; `None`
+    /// goes back to the tiny samples.
+    pub fn set_result_size(&self, size: Option<u64>, declare_length: bool) {
+        self.lock().result_size = size.map(|s| (s, declare_length));
+    }
+
+    /// Market results finishing from now on name `base` (say
+    /// `http://results.kie.test:<port>`) instead of the fake's own address.
+    pub fn set_result_base(&self, base: Option<String>) {
+        *self
+            .shared
+            .result_base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = base;
+    }
+
+    /// `GET /files/<path>` answers `302 Location: <location>`.
+    pub fn redirect_file(&self, path: &str, location: &str) {
+        self.lock()
+            .redirects
+            .insert(path.to_owned(), location.to_owned());
+    }
+
+    /// Paths of every `/files` request so far (after `/files/`), in order.
+    pub fn file_requests(&self) -> Vec<String> {
+        self.lock().file_requests.clone()
+    }
+
+    /// Also treats URLs on `host` (at the fake's port) as KIE's files for
+    /// download-url, as if the fake were reachable under that name.
+    pub fn add_file_host(&self, host: &str) {
+        self.lock().file_hosts.push(host.to_owned());
     }
 
     /// Delay before every API reply (not `/files`).

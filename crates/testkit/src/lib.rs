@@ -20,3 +20,12 @@ pub mod kie_catalog;
 pub mod telegram;
 
 pub use db::TestDb;
+
+/// Settings that let result downloads reach the loopback fakes (plain http,
+/// loopback addresses); production allows neither (see `RESULT_HOSTS` in the
+/// README).
+pub const LOOPBACK_RESULT_SETTINGS: [(&str, &str); 3] = [
+    ("RESULT_HOSTS", "127.0.0.1,localhost"),
+    ("RESULT_ALLOW_HTTP", "true"),
+    ("RESULT_ALLOW_LOOPBACK", "true"),
+];

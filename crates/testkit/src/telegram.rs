@@ -89,6 +89,9 @@ pub(crate) struct Inner {
     /// Subscribers of [`FakeTelegram::call_events`]; empty in most tests, so
     /// the common path pays one uncontended lock and a length check.
     call_watchers: Mutex<Vec<mpsc::UnboundedSender<CallEvent>>>,
+    /// Uploads counted and dropped as they stream in
+    /// ([`FakeTelegram::discard_uploads`]).
+    pub(crate) discard_uploads: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -151,6 +154,7 @@ impl FakeTelegram {
             updates_tx: watch::channel(0).0,
             activity_tx: watch::channel(0).0,
             call_watchers: Mutex::new(Vec::new()),
+            discard_uploads: std::sync::atomic::AtomicBool::new(false),
         });
         server::spawn(Arc::clone(&inner), listener);
         Self { inner }
@@ -567,6 +571,15 @@ impl FakeTelegram {
             .drop_replies
             .entry(method.to_owned())
             .or_default() += n;
+    }
+
+    /// Uploaded files are counted as they stream in and then dropped (their
+    /// bytes read back as zeros): a benchmark can push many large uploads
+    /// through the fake without it holding them.
+    pub fn discard_uploads(&self, discard: bool) {
+        self.inner
+            .discard_uploads
+            .store(discard, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// From now on every call aimed at this user's chat fails with 403

@@ -6,10 +6,23 @@
 //! 1. **By URL**: Telegram fetches the result itself (no bytes through us).
 //! 2. **Upload**: Telegram refused the URL (could not fetch it, wrong content
 //!    type, too big to fetch): we download it (capped at 50 MB, Telegram's
-//!    upload limit) and upload it as multipart. A photo above Telegram's 10 MB
-//!    photo limit goes up as a document.
+//!    upload limit) into a temporary file and upload it as multipart from
+//!    there, so memory stays flat whatever the size. A photo above
+//!    Telegram's 10 MB photo limit goes up as a document.
 //! 3. **Link**: the upload failed too (or the download did): the user gets a
 //!    message with the link, so a result is never lost.
+//!
+//! Result URLs come from KIE and are checked against the
+//! [`EgressPolicy`](crate::egress::EgressPolicy) of
+//! [`DeliveryOptions::egress`] before anything is done with them (https, an
+//! allowed KIE host) and again, address by address and redirect by
+//! redirect, while downloading. A URL the policy refuses is exchanged for a
+//! fresh link from KIE ([`DeliveryOptions::fresh_links`], KIE's download-url
+//! endpoint), itself checked; when there is none, a URL refused up front ends
+//! the delivery with [`DeliveryError::Refused`] (final: nothing is sent, and
+//! no forbidden link is shown to the user), and a download refused on its
+//! addresses falls to the link rung. Every refusal is reported in
+//! [`Delivered::refusals`].
 //!
 //! Several images go as albums of up to 10 (`sendMediaGroup`), one as a
 //! photo; video, audio and documents go one message each; text is split into
@@ -35,11 +48,12 @@
 mod split;
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use teloxide::payloads::{
     SendAudioSetters, SendDocumentSetters, SendMessageSetters, SendPhotoSetters, SendVideoSetters,
 };
@@ -51,6 +65,7 @@ use teloxide::types::{
 use teloxide::{ApiError, RequestError};
 use tracing::Instrument;
 
+use crate::egress::{EgressPolicy, FetchError, Fetched, Refusal, fetch_to_file};
 use crate::rate_limit::DeliveryLimiter;
 
 pub use split::{split_text, utf16_len};
@@ -148,6 +163,9 @@ pub struct Delivered {
     pub file_ids: Vec<String>,
     /// The worst rung any item needed.
     pub route: Route,
+    /// URLs or downloads refused on the way (egress policy, size cap), in
+    /// order; a fresh link or another rung delivered the result anyway.
+    pub refusals: Vec<Refusal>,
 }
 
 /// Why a delivery did not happen.
@@ -174,6 +192,10 @@ pub enum DeliveryError {
     /// The request had nothing to send.
     #[error("nothing to deliver")]
     Empty,
+    /// A result URL may not be fetched (see [`crate::egress`]) and KIE gave
+    /// no acceptable fresh link. Final: nothing was sent.
+    #[error("result URL refused: {0}")]
+    Refused(Refusal),
 }
 
 impl DeliveryError {
@@ -183,8 +205,27 @@ impl DeliveryError {
     }
 }
 
+/// Why KIE gave no fresh link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkError {
+    /// Whether asking again later may work (KIE unreachable, 5xx).
+    pub retryable: bool,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A future of [`FreshLinks::fresh_link`].
+pub type FreshLinkFuture<'a> = Pin<Box<dyn Future<Output = Result<String, LinkError>> + Send + 'a>>;
+
+/// Where a refused result URL is exchanged for a fresh one: KIE's
+/// download-url endpoint in production.
+pub trait FreshLinks: Send + Sync {
+    /// A fresh direct link to the file at `url`.
+    fn fresh_link<'a>(&'a self, url: &'a str) -> FreshLinkFuture<'a>;
+}
+
 /// Knobs of [`deliver_with`]; [`deliver`] uses the defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DeliveryOptions {
     /// Longest total time one delivery waits out 429s before giving up.
     pub max_retry_wait: Duration,
@@ -192,27 +233,69 @@ pub struct DeliveryOptions {
     pub max_download_bytes: u64,
     /// Time limit for one download.
     pub download_timeout: Duration,
-    /// Client for downloads (results live on KIE's file hosts).
+    /// What downloads may reach.
+    pub egress: EgressPolicy,
+    /// Client for downloads, enforcing `egress` (see
+    /// [`EgressPolicy::client`]).
     pub http: reqwest::Client,
+    /// Where downloads wait for their upload.
+    pub temp_dir: PathBuf,
+    /// Fresh links for refused URLs (`None`: none to be had).
+    pub fresh_links: Option<Arc<dyn FreshLinks>>,
+}
+
+impl std::fmt::Debug for DeliveryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryOptions")
+            .field("max_retry_wait", &self.max_retry_wait)
+            .field("max_download_bytes", &self.max_download_bytes)
+            .field("download_timeout", &self.download_timeout)
+            .field("egress", &self.egress)
+            .field("temp_dir", &self.temp_dir)
+            .field("fresh_links", &self.fresh_links.is_some())
+            .finish()
+    }
 }
 
 impl Default for DeliveryOptions {
+    /// KIE's hosts over https ([`EgressPolicy::default`]), no fresh links.
     fn default() -> Self {
         static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+        let egress = EgressPolicy::default();
         let http = HTTP
             .get_or_init(|| {
-                reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap_or_default()
+                egress
+                    .client(DOWNLOAD_CONNECT_TIMEOUT)
+                    .expect("the TLS backend of the download client")
             })
             .clone();
         Self {
             max_retry_wait: Duration::from_secs(30),
             max_download_bytes: MAX_UPLOAD_BYTES,
             download_timeout: Duration::from_secs(120),
+            egress,
             http,
+            temp_dir: std::env::temp_dir(),
+            fresh_links: None,
         }
+    }
+}
+
+/// Connect timeout of result downloads.
+const DOWNLOAD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl DeliveryOptions {
+    /// The defaults with downloads held to `egress`.
+    ///
+    /// # Errors
+    /// The TLS backend of the download client could not be set up.
+    pub fn with_egress(egress: EgressPolicy) -> reqwest::Result<Self> {
+        let http = egress.client(DOWNLOAD_CONNECT_TIMEOUT)?;
+        Ok(Self {
+            egress,
+            http,
+            ..Self::default()
+        })
     }
 }
 
@@ -254,9 +337,13 @@ pub async fn deliver_with(
         chat: chat_id,
         options,
         waited_ms: AtomicU64::new(0),
+        refusals: Mutex::new(Vec::new()),
     };
     async {
-        let result = sender.deliver(request).await;
+        let result = sender.deliver(request).await.map(|mut done| {
+            done.refusals = sender.take_refusals();
+            done
+        });
         match &result {
             Ok(done) => {
                 tracing::Span::current().record("route", tracing::field::debug(done.route));
@@ -412,23 +499,21 @@ fn classify(err: RequestError) -> CallError {
     }
 }
 
-/// A file fetched for re-upload.
+/// A file fetched for re-upload, on disk until it is dropped.
 struct Downloaded {
-    bytes: Bytes,
+    file: Fetched,
     file_name: String,
 }
 
-/// Why a result could not be downloaded (it then goes as a link).
-#[derive(Debug, thiserror::Error)]
-enum DownloadError {
-    #[error("HTTP status {0}")]
-    Status(u16),
-    #[error("larger than {0} bytes")]
-    TooBig(u64),
-    #[error("empty file")]
-    Empty,
-    #[error("{0}")]
-    Http(String),
+impl Downloaded {
+    fn size(&self) -> u64 {
+        self.file.size
+    }
+
+    /// The upload, streamed from the file.
+    fn input(&self) -> InputFile {
+        InputFile::file(self.file.path.to_path_buf()).file_name(self.file_name.clone())
+    }
 }
 
 fn file_name_for(url: &str, content_type: Option<&str>, kind: DeliveryKind) -> String {
@@ -518,6 +603,8 @@ struct Sender<'a> {
     options: &'a DeliveryOptions,
     /// 429 waits so far (atomic only so the future stays `Send`).
     waited_ms: AtomicU64,
+    /// Refusals so far (never held across an await).
+    refusals: Mutex<Vec<Refusal>>,
 }
 
 fn join_nonempty<'t>(parts: impl IntoIterator<Item = &'t str>) -> String {
@@ -574,15 +661,89 @@ impl Sender<'_> {
         }
     }
 
+    fn note(&self, refusal: Refusal) {
+        tracing::warn!(reason = refusal.reason(), %refusal, "result URL refused");
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(refusal);
+    }
+
+    fn take_refusals(&self) -> Vec<Refusal> {
+        std::mem::take(
+            &mut *self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// `url` if the policy allows it, else a fresh link KIE gives for it that
+    /// the policy allows. An unparseable URL is kept: it can only ever be
+    /// shown as text.
+    async fn vet(&self, url: &str) -> Result<String, DeliveryError> {
+        let Ok(parsed) = url::Url::parse(url) else {
+            return Ok(url.to_owned());
+        };
+        let Err(refusal) = self.options.egress.check_url(&parsed) else {
+            return Ok(url.to_owned());
+        };
+        self.note(refusal.clone());
+        match self.fresh(url).await? {
+            Some(fresh) => Ok(fresh),
+            None => Err(DeliveryError::Refused(refusal)),
+        }
+    }
+
+    /// A fresh link for `url` from KIE that the policy allows; `None` when
+    /// KIE has none (or only one the policy refuses). KIE being unreachable
+    /// is retryable.
+    async fn fresh(&self, url: &str) -> Result<Option<String>, DeliveryError> {
+        let Some(source) = &self.options.fresh_links else {
+            return Ok(None);
+        };
+        match source.fresh_link(url).await {
+            Ok(fresh) => match url::Url::parse(&fresh) {
+                Ok(parsed) => match self.options.egress.check_url(&parsed) {
+                    Ok(()) => {
+                        tracing::info!("refused result URL exchanged for a fresh link from KIE");
+                        Ok(Some(fresh))
+                    }
+                    Err(refusal) => {
+                        self.note(refusal);
+                        Ok(None)
+                    }
+                },
+                Err(_) => {
+                    tracing::warn!("KIE's fresh link is not a URL");
+                    Ok(None)
+                }
+            },
+            Err(e) if e.retryable => Err(DeliveryError::Network(format!(
+                "fresh link from KIE: {}",
+                e.message
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "KIE gave no fresh link");
+                Ok(None)
+            }
+        }
+    }
+
     async fn deliver(&self, request: &DeliveryRequest) -> Result<Delivered, DeliveryError> {
+        let mut urls = Vec::with_capacity(request.urls.len());
+        for url in &request.urls {
+            urls.push(self.vet(url).await?);
+        }
+        let urls = &urls;
         let caption = join_nonempty([
             request.caption.as_str(),
             request.text.as_deref().unwrap_or(""),
         ]);
         let keyboard = request.keyboard.as_ref();
-        if request.kind == DeliveryKind::Text || request.urls.is_empty() {
+        if request.kind == DeliveryKind::Text || urls.is_empty() {
             let body = join_nonempty(
-                std::iter::once(caption.as_str()).chain(request.urls.iter().map(String::as_str)),
+                std::iter::once(caption.as_str()).chain(urls.iter().map(String::as_str)),
             );
             if body.is_empty() {
                 return Err(DeliveryError::Empty);
@@ -592,14 +753,15 @@ impl Sender<'_> {
                 message_ids: messages.iter().map(|m| m.id).collect(),
                 file_ids: Vec::new(),
                 route: Route::Text,
+                refusals: Vec::new(),
             });
         }
 
         let mut sent: Vec<Message> = Vec::new();
         let mut route = Route::Url;
-        let single = request.urls.len() == 1;
+        let single = urls.len() == 1;
         if single && utf16_len(&caption) <= MAX_CAPTION_UTF16 {
-            let url = &request.urls[0];
+            let url = &urls[0];
             let caption = (!caption.is_empty()).then_some(caption.as_str());
             let track = request
                 .tracks
@@ -626,6 +788,7 @@ impl Sender<'_> {
             if request.kind == DeliveryKind::Audio
                 && let Some(cover) = request.tracks.iter().find_map(|t| t.cover.as_deref())
                 && let Ok(parsed) = url::Url::parse(cover)
+                && self.options.egress.check_url(&parsed).is_ok()
             {
                 match self
                     .send_media(Media::Photo, InputFile::url(parsed), None, None, None)
@@ -639,9 +802,9 @@ impl Sender<'_> {
                 }
             }
             let groups: Vec<&[String]> = if request.kind == DeliveryKind::Image {
-                request.urls.chunks(MAX_ALBUM_ITEMS).collect()
+                urls.chunks(MAX_ALBUM_ITEMS).collect()
             } else {
-                request.urls.chunks(1).collect()
+                urls.chunks(1).collect()
             };
             for (i, group) in groups.into_iter().enumerate() {
                 let track = request
@@ -678,6 +841,7 @@ impl Sender<'_> {
             message_ids: sent.iter().map(|m| m.id).collect(),
             file_ids: sent.iter().filter_map(file_id_of).collect(),
             route,
+            refusals: Vec::new(),
         })
     }
 
@@ -827,12 +991,12 @@ impl Sender<'_> {
                 return Ok(Outcome::Link);
             }
         };
-        let media = if media == Media::Photo && file.bytes.len() as u64 > MAX_PHOTO_UPLOAD_BYTES {
+        let media = if media == Media::Photo && file.size() > MAX_PHOTO_UPLOAD_BYTES {
             Media::Document
         } else {
             media
         };
-        let input = InputFile::memory(file.bytes).file_name(file.file_name);
+        let input = file.input();
         match self
             .send_media(media, input, caption, keyboard, track)
             .await
@@ -875,7 +1039,7 @@ impl Sender<'_> {
             let left = self.options.max_download_bytes.saturating_sub(total);
             match self.download(url, DeliveryKind::Image, left).await {
                 Ok(file) => {
-                    total += file.bytes.len() as u64;
+                    total += file.size();
                     files.push(file);
                 }
                 Err(err) => {
@@ -884,13 +1048,11 @@ impl Sender<'_> {
                 }
             }
         }
-        let as_documents = files
-            .iter()
-            .any(|f| f.bytes.len() as u64 > MAX_PHOTO_UPLOAD_BYTES);
+        let as_documents = files.iter().any(|f| f.size() > MAX_PHOTO_UPLOAD_BYTES);
         let uploads: Vec<InputMedia> = files
-            .into_iter()
+            .iter()
             .map(|f| {
-                let input = InputFile::memory(f.bytes).file_name(f.file_name);
+                let input = f.input();
                 if as_documents {
                     InputMedia::Document(InputMediaDocument::new(input))
                 } else {
@@ -913,70 +1075,55 @@ impl Sender<'_> {
         }
     }
 
-    /// Downloads `url`, refusing more than `max_bytes` (checked against the
-    /// declared length first, then while streaming).
+    /// Downloads `url` into a temporary file, refusing more than
+    /// `max_bytes` (see [`fetch_to_file`]). A URL the egress policy refuses
+    /// (on its addresses or a redirect) is exchanged for a fresh link from
+    /// KIE once.
     async fn download(
         &self,
         url: &str,
         kind: DeliveryKind,
         max_bytes: u64,
-    ) -> Result<Downloaded, DownloadError> {
-        let span = tracing::info_span!(
-            "download_result",
-            outcome = tracing::field::Empty,
-            size_bytes = tracing::field::Empty
-        );
-        let result = async {
-            let mut response = self
-                .options
-                .http
-                .get(url)
-                .timeout(self.options.download_timeout)
-                .send()
-                .await
-                .map_err(|e| DownloadError::Http(e.without_url().to_string()))?;
-            if !response.status().is_success() {
-                return Err(DownloadError::Status(response.status().as_u16()));
-            }
-            if response.content_length().is_some_and(|len| len > max_bytes) {
-                return Err(DownloadError::TooBig(max_bytes));
-            }
-            let content_type = response
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| DownloadError::Http(e.without_url().to_string()))?
-            {
-                if (body.len() + chunk.len()) as u64 > max_bytes {
-                    return Err(DownloadError::TooBig(max_bytes));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            if body.is_empty() {
-                return Err(DownloadError::Empty);
-            }
-            Ok(Downloaded {
-                file_name: file_name_for(url, content_type.as_deref(), kind),
-                bytes: Bytes::from(body),
-            })
+    ) -> Result<Downloaded, FetchError> {
+        let first = self.download_once(url, url, kind, max_bytes).await;
+        let Err(FetchError::Refused(refusal)) = first else {
+            return first;
+        };
+        self.note(refusal.clone());
+        if !refusal.is_egress() {
+            return Err(FetchError::Refused(refusal));
         }
-        .instrument(span.clone())
-        .await;
-        match &result {
-            Ok(file) => {
-                span.record("outcome", "ok");
-                span.record("size_bytes", file.bytes.len());
-            }
-            Err(_) => {
-                span.record("outcome", "failed");
-            }
+        let Ok(Some(fresh)) = self.fresh(url).await else {
+            return Err(FetchError::Refused(refusal));
+        };
+        let again = self.download_once(&fresh, url, kind, max_bytes).await;
+        if let Err(FetchError::Refused(refusal)) = &again {
+            self.note(refusal.clone());
         }
-        result
+        again
+    }
+
+    /// One download of `url`, named after `original`.
+    async fn download_once(
+        &self,
+        url: &str,
+        original: &str,
+        kind: DeliveryKind,
+        max_bytes: u64,
+    ) -> Result<Downloaded, FetchError> {
+        let file = fetch_to_file(
+            &self.options.http,
+            &self.options.egress,
+            url,
+            max_bytes,
+            self.options.download_timeout,
+            &self.options.temp_dir,
+        )
+        .await?;
+        Ok(Downloaded {
+            file_name: file_name_for(original, file.content_type.as_deref(), kind),
+            file,
+        })
     }
 }
 

@@ -29,6 +29,7 @@
 
 pub mod callback;
 pub mod delivery;
+pub mod egress;
 pub mod keyboards;
 pub mod rate_limit;
 pub mod texts;

@@ -9,13 +9,34 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use kiebot_testkit::telegram::{FakeTelegram, Fault, MediaKind, MediaSource};
 use kiebot_tg::delivery::{
-    DeliveryError, DeliveryKind, DeliveryOptions, DeliveryRequest, Route, deliver, deliver_with,
+    Delivered, DeliveryError, DeliveryKind, DeliveryOptions, DeliveryRequest, Route, deliver_with,
 };
+use kiebot_tg::egress::EgressPolicy;
 use kiebot_tg::rate_limit::{DeliveryLimiter, InProcessLimiter, LimiterConfig};
 use teloxide::Bot;
 use teloxide::types::{ChatId, InlineKeyboardButton, InlineKeyboardMarkup};
 
 const CHAT: ChatId = ChatId(4242);
+
+/// Downloads allowed from the loopback file host and the example hosts
+/// (the egress rules themselves are tested in `egress.rs`).
+fn test_options() -> DeliveryOptions {
+    DeliveryOptions::with_egress(
+        EgressPolicy::new(["127.0.0.1", "results.example", "r.example"])
+            .allow_http(true)
+            .allow_loopback(true),
+    )
+    .expect("download client")
+}
+
+async fn deliver(
+    bot: &Bot,
+    limiter: &dyn DeliveryLimiter,
+    chat: ChatId,
+    request: &DeliveryRequest,
+) -> Result<Delivered, DeliveryError> {
+    deliver_with(bot, limiter, chat, request, &test_options()).await
+}
 
 fn bot(fake: &FakeTelegram) -> Bot {
     Bot::new(fake.token()).set_api_url(fake.api_url().parse().expect("valid api url"))
@@ -336,7 +357,7 @@ async fn a_429_longer_than_the_wait_budget_is_reported_as_retryable() {
     fake.fail_next("sendMessage", 1, Fault::TooManyRequests { retry_after: 30 });
     let options = DeliveryOptions {
         max_retry_wait: Duration::from_secs(5),
-        ..DeliveryOptions::default()
+        ..test_options()
     };
     let text = DeliveryRequest {
         text: Some("hello".into()),

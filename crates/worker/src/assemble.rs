@@ -12,6 +12,8 @@ use kiebot_jobs::names::QueueNames;
 use kiebot_kie::{ApiKey, KieClient, KieConfig};
 use kiebot_kie_gate::{GateConfig, KieGate, LocalGate, RedisGate};
 use kiebot_store::{PoolSize, Store};
+use kiebot_tg::delivery::{DeliveryOptions, FreshLinkFuture, FreshLinks, LinkError};
+use kiebot_tg::egress::EgressPolicy;
 use kiebot_tg::rate_limit::{DeliveryLimiter, InProcessLimiter, LimiterConfig, RedisLimiter};
 use rand::Rng;
 
@@ -132,6 +134,7 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
             "{public}/kie/callback/{secret}"
         )));
     }
+    let delivery = delivery_options(settings, &kie)?;
     Ok(Arc::new(Ctx {
         store,
         queues,
@@ -139,11 +142,44 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         catalog,
         bot,
         limiter,
+        delivery,
         gate,
         run_times: Default::default(),
         config,
         last_vacuum_minute: Default::default(),
     }))
+}
+
+/// Delivery held to `RESULT_HOSTS` (and the test switches), with KIE's
+/// download-url endpoint as the source of fresh links.
+pub fn delivery_options(settings: &Settings, kie: &KieMode) -> anyhow::Result<DeliveryOptions> {
+    let egress = &settings.result_egress;
+    let policy = EgressPolicy::new(&egress.hosts)
+        .allow_http(egress.allow_http)
+        .allow_loopback(egress.allow_loopback);
+    if egress.allow_loopback {
+        tracing::warn!("RESULT_ALLOW_LOOPBACK: result downloads may reach loopback addresses");
+    }
+    let mut options =
+        DeliveryOptions::with_egress(policy).context("building the result download client")?;
+    if let KieMode::Live(client) = kie {
+        options.fresh_links = Some(Arc::new(KieLinks((**client).clone())));
+    }
+    Ok(options)
+}
+
+/// Fresh links from KIE's download-url endpoint.
+struct KieLinks(KieClient);
+
+impl FreshLinks for KieLinks {
+    fn fresh_link<'a>(&'a self, url: &'a str) -> FreshLinkFuture<'a> {
+        Box::pin(async move {
+            self.0.download_url(url).await.map_err(|e| LinkError {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })
+        })
+    }
 }
 
 /// The secret in the callback path: made once, kept in the database, so every

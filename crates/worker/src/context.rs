@@ -8,6 +8,7 @@ use kiebot_jobs::Queues;
 use kiebot_kie::KieClient;
 use kiebot_kie_gate::KieGate;
 use kiebot_store::Store;
+use kiebot_tg::delivery::DeliveryOptions;
 use kiebot_tg::rate_limit::DeliveryLimiter;
 
 use crate::plan::{PollPlan, RunEstimate, RunTimes};
@@ -160,6 +161,9 @@ pub struct Ctx {
     pub bot: teloxide::Bot,
     /// The delivery rate limiter shared by all workers.
     pub limiter: Arc<dyn DeliveryLimiter>,
+    /// How results are delivered: what downloads may reach (`RESULT_HOSTS`),
+    /// size caps, and KIE's fresh links for refused URLs.
+    pub delivery: DeliveryOptions,
     /// KIE's account limits shared by all workers.
     pub gate: Arc<dyn KieGate>,
     /// Each model's recent run times at KIE.
@@ -181,6 +185,7 @@ impl Ctx {
             catalog: self.catalog.clone(),
             bot: self.bot.clone(),
             limiter: self.limiter.clone(),
+            delivery: self.delivery.clone(),
             gate: self.gate.clone(),
             run_times: RunTimes::default(),
             config: self.config.clone(),

@@ -14,7 +14,7 @@ use kiebot_domain::{GenerationStatus, OutputKind};
 use kiebot_jobs::Deliver;
 use kiebot_store::generations::Generation;
 use kiebot_store::pipeline::DeliveryClaim;
-use kiebot_tg::delivery::{DeliveryError, DeliveryKind, DeliveryRequest, TrackMeta, deliver};
+use kiebot_tg::delivery::{DeliveryError, DeliveryKind, DeliveryRequest, TrackMeta, deliver_with};
 use kiebot_tg::texts::{self, Lang};
 use tracing::{info, warn};
 
@@ -53,15 +53,20 @@ pub(crate) async fn send_claimed(ctx: &Ctx, claim: DeliveryClaim) -> Result<(), 
     let id = g.id;
     let lang = claim.language.map_or(Lang::En, |l| Lang::parse(&l));
     let request = build_request(ctx, &g, lang);
-    match deliver(
+    match deliver_with(
         &ctx.bot,
         ctx.limiter.as_ref(),
         teloxide::types::ChatId(g.chat_id),
         &request,
+        &ctx.delivery,
     )
     .await
     {
         Ok(sent) => {
+            for refusal in &sent.refusals {
+                metrics::counter!(metrics_names::RESULT_REFUSED, "reason" => refusal.reason())
+                    .increment(1);
+            }
             let file_ids = serde_json::json!(sent.file_ids).to_string();
             if gens.mark_told(id, &file_ids).await? && g.status == GenerationStatus::Succeeded {
                 metrics_names::generation_state(GenerationStatus::Delivered.as_str());
@@ -76,6 +81,18 @@ pub(crate) async fn send_claimed(ctx: &Ctx, claim: DeliveryClaim) -> Result<(), 
             gens.mark_told(id, "[]").await?;
             metrics::counter!(metrics_names::DELIVERIES, "outcome" => "blocked").increment(1);
             info!(why, "chat blocked the bot; delivery abandoned");
+        }
+        Err(DeliveryError::Refused(refusal)) => {
+            // No result URL may be fetched and KIE has no acceptable fresh
+            // link: trying again cannot help. The money follows the
+            // finalizer's rules (captured on KIE's success, as for any other
+            // failed delivery); the row leaves the retry loop.
+            metrics::counter!(metrics_names::RESULT_REFUSED, "reason" => refusal.reason())
+                .increment(1);
+            warn!(%refusal, "result URL refused; giving up on delivery");
+            gens.give_up_delivery(id, &format!("result URL refused: {refusal}"))
+                .await?;
+            metrics::counter!(metrics_names::DELIVERIES, "outcome" => "refused").increment(1);
         }
         Err(e) => {
             if i64::from(g.delivery_attempts) >= ctx.config.max_delivery_attempts {

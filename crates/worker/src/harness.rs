@@ -121,7 +121,10 @@ impl Harness {
             ("KIE_CREATE_WINDOW_SECS", "1"),
             ("KIE_MAX_IN_FLIGHT", "0"),
             ("KIE_POLLS_PER_SECOND", "1000000"),
-        ] {
+        ]
+        .into_iter()
+        .chain(kiebot_testkit::LOOPBACK_RESULT_SETTINGS)
+        {
             vars.insert(k.to_owned(), v.to_owned());
         }
         for (k, v) in extra {
@@ -173,6 +176,18 @@ impl Harness {
             (
                 "DELIVERY_RATE_PER_SECOND".to_owned(),
                 self.settings.delivery_rate.to_string(),
+            ),
+            (
+                "RESULT_HOSTS".to_owned(),
+                self.settings.result_egress.hosts.join(","),
+            ),
+            (
+                "RESULT_ALLOW_HTTP".to_owned(),
+                self.settings.result_egress.allow_http.to_string(),
+            ),
+            (
+                "RESULT_ALLOW_LOOPBACK".to_owned(),
+                self.settings.result_egress.allow_loopback.to_string(),
             ),
         ];
         // The same KIE limits as the harness's own context.

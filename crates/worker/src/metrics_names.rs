@@ -20,6 +20,9 @@ pub const MONEY_RELEASED: &str = "kiebot_money_released_minor_total";
 pub const TELEGRAM_429: &str = "kiebot_telegram_429_total";
 /// Counter: deliveries, by `outcome` (sent, uploaded, link, blocked, retry, gave_up).
 pub const DELIVERIES: &str = "kiebot_deliveries_total";
+/// Counter: result URLs or downloads refused during delivery, by `reason`
+/// (scheme, host, address, redirects, too_big; see `kiebot_tg::egress`).
+pub const RESULT_REFUSED: &str = "kiebot_result_refused_total";
 /// Counter: jobs enqueued by the reconciler, by `queue`.
 pub const RECONCILED: &str = "kiebot_reconciled_jobs_total";
 /// Gauge: jobs waiting in a queue, by `queue`.

@@ -262,8 +262,23 @@ pub(super) async fn file(
     Path(path): Path<String>,
 ) -> Response {
     shared.count(Endpoint::Files);
+    let (redirect, size) = {
+        let mut state = shared.lock();
+        state.file_requests.push(path.clone());
+        (state.redirects.get(&path).cloned(), state.result_size)
+    };
+    if let Some(location) = redirect {
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, location)
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
     let path = undirect(&path);
     if let Some((mime, bytes)) = result_file(path) {
+        if let Some((size, declare_length)) = size {
+            return zeros_reply(mime, size, declare_length);
+        }
         return file_reply(mime, Bytes::from_static(bytes));
     }
     let stored = shared.lock().files.get(path).cloned();
@@ -271,6 +286,36 @@ pub(super) async fn file(
         Some(f) => file_reply(&f.mime, f.bytes),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// `size` zero bytes, made a chunk at a time as they are sent (the fake never
+/// holds a big file); without `declare_length` the body is chunked, so only
+/// the bytes themselves tell the size.
+fn zeros_reply(mime: &str, size: u64, declare_length: bool) -> Response {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![0u8; CHUNK as usize]);
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            (sent < size).then(|| {
+                let n = CHUNK.min(size - sent);
+                (
+                    Ok::<_, std::convert::Infallible>(chunk.slice(..n as usize)),
+                    sent + n,
+                )
+            })
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    if let Ok(value) = HeaderValue::from_str(mime) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    if declare_length {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    response
 }
 
 fn file_reply(mime: &str, bytes: Bytes) -> Response {
@@ -300,7 +345,10 @@ pub(super) async fn download_url(
     let Ok(parsed) = url::Url::parse(&requested) else {
         return shared.error(StatusCode::OK, 422, "url is not a valid URL");
     };
-    let own_host = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost"))
+    let own_host = (matches!(parsed.host_str(), Some("127.0.0.1" | "localhost"))
+        || parsed
+            .host_str()
+            .is_some_and(|h| shared.lock().file_hosts.iter().any(|f| f == h)))
         && parsed.port_or_known_default() == Some(shared.addr.port());
     if !own_host {
         return shared.error(

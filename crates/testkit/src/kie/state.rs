@@ -70,6 +70,8 @@ impl Due {
 
 pub(super) struct Shared {
     pub(super) base_url: String,
+    /// Where market results are said to be (`None`: `base_url`).
+    pub(super) result_base: Mutex<Option<String>>,
     pub(super) addr: SocketAddr,
     pub(super) state: Mutex<State>,
     pub(super) calls: [AtomicU64; Endpoint::ALL],
@@ -116,12 +118,26 @@ pub(super) struct State {
     pub(super) catalogue_requests: Vec<Instant>,
     /// The next this many catalogue requests are refused for rate.
     pub(super) catalogue_refusals: u32,
+    /// `/files/<path>` answered with a redirect to the value.
+    pub(super) redirects: HashMap<String, String>,
+    /// Result media served as this many zero bytes (with or without a
+    /// `Content-Length`) instead of the tiny samples.
+    pub(super) result_size: Option<(u64, bool)>,
+    /// Paths of every `/files` request, in order.
+    pub(super) file_requests: Vec<String>,
+    /// Other host names under which the fake's files are KIE's (for
+    /// download-url).
+    pub(super) file_hosts: Vec<String>,
 }
 
 impl State {
     pub(super) fn new() -> State {
         State {
             latency: Duration::ZERO,
+            redirects: HashMap::new(),
+            result_size: None,
+            file_requests: Vec::new(),
+            file_hosts: Vec::new(),
             default_outcome: Outcome::succeed(1),
             model_outcomes: HashMap::new(),
             credits_consumed: HashMap::new(),
@@ -518,7 +534,13 @@ impl Shared {
                 now
             }
         };
-        let Some(state) = final_state(&self.base_url, id, task) else {
+        let base = self
+            .result_base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| self.base_url.clone());
+        let Some(state) = final_state(&base, id, task) else {
             return false;
         };
         let run_ms = u64::try_from(at.saturating_duration_since(task.created_at).as_millis())

@@ -9,6 +9,7 @@ use axum::http::header::CONTENT_TYPE;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::FileContent;
 use super::state::ApiErr;
 
 /// The biggest request body the server reads (uploads are checked against the
@@ -19,7 +20,7 @@ pub(crate) const MAX_BODY_BYTES: usize = 128 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct Upload {
     pub file_name: String,
-    pub data: Bytes,
+    pub data: FileContent,
 }
 
 /// The parameters of one call.
@@ -30,7 +31,9 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    pub(crate) async fn from_request(req: Request) -> Result<Self, ApiErr> {
+    /// Reads the parameters; with `discard`, file parts are counted as they
+    /// stream in and kept as their size only (a benchmark's uploads).
+    pub(crate) async fn from_request(req: Request, discard: bool) -> Result<Self, ApiErr> {
         let mut params = Self::default();
         if let Some(query) = req.uri().query() {
             for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
@@ -50,13 +53,31 @@ impl Params {
             let mut form = Multipart::from_request(req, &())
                 .await
                 .map_err(|e| ApiErr::bad_request(&format!("can't parse multipart: {e}")))?;
-            while let Some(field) = form
+            while let Some(mut field) = form
                 .next_field()
                 .await
                 .map_err(|e| ApiErr::bad_request(&format!("can't parse multipart: {e}")))?
             {
                 let name = field.name().unwrap_or_default().to_owned();
                 let file_name = field.file_name().map(str::to_owned);
+                if discard && let Some(file_name) = &file_name {
+                    let mut size = 0u64;
+                    while let Some(chunk) = field
+                        .chunk()
+                        .await
+                        .map_err(|e| ApiErr::bad_request(&format!("can't read multipart: {e}")))?
+                    {
+                        size += chunk.len() as u64;
+                    }
+                    params.files.insert(
+                        name,
+                        Upload {
+                            file_name: file_name.clone(),
+                            data: FileContent::Zeros(size),
+                        },
+                    );
+                    continue;
+                }
                 let data = field
                     .bytes()
                     .await
@@ -70,7 +91,7 @@ impl Params {
                             name,
                             Upload {
                                 file_name: file_name.unwrap_or_default(),
-                                data,
+                                data: FileContent::Bytes(data),
                             },
                         );
                     }
@@ -165,7 +186,7 @@ impl Params {
                     .and_then(Value::as_str)
                     .map(|s| Upload {
                         file_name: String::new(),
-                        data: Bytes::copy_from_slice(s.as_bytes()),
+                        data: FileContent::Bytes(Bytes::copy_from_slice(s.as_bytes())),
                     })
             });
         }

@@ -65,7 +65,10 @@ async fn api(
     let Some(method) = canonical_method(&method) else {
         return reply(Err(ApiErr::not_found()));
     };
-    let params = match Params::from_request(req).await {
+    let discard = inner
+        .discard_uploads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let params = match Params::from_request(req, discard).await {
         Ok(params) => params,
         Err(err) => {
             {

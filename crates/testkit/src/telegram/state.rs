@@ -938,7 +938,7 @@ impl State {
     fn check_media(&mut self, items: &[(MediaKind, &MediaRef)], album: bool) -> Result<(), ApiErr> {
         for (kind, item) in items {
             match item {
-                MediaRef::Upload(up) if up.data.len() as u64 > self.upload_limit => {
+                MediaRef::Upload(up) if up.data.len() > self.upload_limit => {
                     return Err(ApiErr::too_large());
                 }
                 MediaRef::Upload(up) if up.data.is_empty() => {
@@ -1000,9 +1000,9 @@ impl State {
                 (id, MediaSource::Url(url))
             }
             MediaRef::Upload(up) => {
-                let size = up.data.len() as u64;
+                let size = up.data.len();
                 let name = (!up.file_name.is_empty()).then_some(up.file_name.as_str());
-                let id = self.new_file(kind, FileContent::Bytes(up.data.clone()), name, None);
+                let id = self.new_file(kind, up.data.clone(), name, None);
                 (
                     id,
                     MediaSource::Upload {
