@@ -29,6 +29,7 @@ fn spawn_front(db: &TestDb, tg: &FakeTelegram, namespace: &str) -> Child {
         .env("TELEGRAM_BOT_TOKEN", tg.token())
         .env("TELEGRAM_API_URL", tg.api_url())
         .env("HTTP_ADDR", "127.0.0.1:0")
+        .env("OPS_ADDR", "127.0.0.1:0")
         .env("DRY_RUN", "true")
         // The update path alone must credit it: no reconciler here.
         .env("STARS_RECONCILE_SECS", "0")

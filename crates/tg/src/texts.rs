@@ -91,6 +91,20 @@ pub fn generation_failed(lang: Lang, model: &str, reason: &str) -> String {
     )
 }
 
+/// A finished result that could not be fetched from where KIE left it; the
+/// charge was paid back.
+pub fn result_undeliverable(lang: Lang, model: &str) -> String {
+    pick(
+        lang,
+        format!(
+            "Результат {model} готов, но его не удалось безопасно получить. Деньги возвращены на баланс."
+        ),
+        format!(
+            "{model} finished, but its result could not be fetched safely. The charge was returned to your balance."
+        ),
+    )
+}
+
 /// A generation that ran past its model's deadline; the hold was released.
 pub fn generation_expired(lang: Lang, model: &str) -> String {
     pick(

@@ -44,6 +44,9 @@ pub async fn run(ctx: &Ctx, job: Deliver) -> Result<(), JobError> {
     send_claimed(ctx, claim).await
 }
 
+/// Who the audit names for money the pipeline itself moves.
+const SYSTEM_ACTOR: kiebot_domain::UserId = kiebot_domain::UserId(0);
+
 /// Sends a generation whose delivery this worker has claimed, and records
 /// the outcome: told, retry later (the claim released with a due time for
 /// the reconciler), or given up.
@@ -84,12 +87,45 @@ pub(crate) async fn send_claimed(ctx: &Ctx, claim: DeliveryClaim) -> Result<(), 
         }
         Err(DeliveryError::Refused(refusal)) => {
             // No result URL may be fetched and KIE has no acceptable fresh
-            // link: trying again cannot help. The money follows the
-            // finalizer's rules (captured on KIE's success, as for any other
-            // failed delivery); the row leaves the retry loop.
+            // link: trying again cannot help, and the user would have paid
+            // for nothing. The capture is paid back (once, by its key) and
+            // the user told; the row leaves the retry loop.
             metrics::counter!(metrics_names::RESULT_REFUSED, "reason" => refusal.reason())
                 .increment(1);
             warn!(%refusal, "result URL refused; giving up on delivery");
+            let model = ctx.catalog.get(g.model.as_str());
+            let model_name = model.map_or(g.model.as_str(), |m| m.name.get(lang.code()));
+            if g.status == GenerationStatus::Succeeded {
+                ctx.store
+                    .ledger()
+                    .adjust(
+                        g.user,
+                        g.price,
+                        &format!("undeliverable:{}", id.0),
+                        SYSTEM_ACTOR,
+                        "result could not be fetched safely; charge paid back",
+                    )
+                    .await?;
+                let notice = DeliveryRequest {
+                    kind: DeliveryKind::Text,
+                    urls: vec![],
+                    text: Some(texts::result_undeliverable(lang, model_name)),
+                    caption: String::new(),
+                    keyboard: None,
+                    tracks: Vec::new(),
+                };
+                if let Err(e) = deliver_with(
+                    &ctx.bot,
+                    ctx.limiter.as_ref(),
+                    teloxide::types::ChatId(g.chat_id),
+                    &notice,
+                    &ctx.delivery,
+                )
+                .await
+                {
+                    warn!(error = %e, "notice of an undeliverable result not sent");
+                }
+            }
             gens.give_up_delivery(id, &format!("result URL refused: {refusal}"))
                 .await?;
             metrics::counter!(metrics_names::DELIVERIES, "outcome" => "refused").increment(1);

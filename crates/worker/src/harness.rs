@@ -173,6 +173,9 @@ impl Harness {
             ("KIE_UPLOAD_URL".to_owned(), self.kie.upload_base()),
             ("QUEUE_NAMESPACE".to_owned(), self.namespace.clone()),
             ("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            // Equal to HTTP_ADDR: one listener on a free port serves every
+            // route, so processes started side by side never share a port.
+            ("OPS_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
             (
                 "DELIVERY_RATE_PER_SECOND".to_owned(),
                 self.settings.delivery_rate.to_string(),

@@ -115,7 +115,12 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
     if let Some(wait) = slot(ctx, &generation, now).await? {
         metrics::counter!(metrics_names::KIE_CREATES_WAITED).increment(1);
         tracing::debug!(wait_ms = Ctx::ms(wait), "no KIE create slot; in line");
-        gens.park_submit(id, now_ms() + Ctx::ms(wait)).await?;
+        // Due at once: the dispatcher hands out slots only as they free, in
+        // the line's fair order, which must rank this row with every other
+        // waiting one. Due later, it would be missing from the ranking when
+        // a slot frees early, and rows parked for shorter waits (a user's
+        // second create) would take the slot ahead of it.
+        gens.park_submit(id, now_ms()).await?;
         return Ok(());
     }
     let callback = ctx

@@ -124,6 +124,11 @@ async fn a_result_with_no_acceptable_link_is_given_up_not_retried(flavor: Flavor
     assert_eq!(g.delivery_attempts, 1);
     assert!(h.kie.file_requests().is_empty());
     assert!(h.telegram.sent_of("sendPhoto").is_empty());
+    // Paid for nothing: the capture is paid back and the user told.
+    let wallet = h.ctx.store.ledger().wallet(user).await.unwrap();
+    assert_eq!(wallet.balance, Money::from_minor(5_000));
+    let told = h.telegram.sent_of("sendMessage");
+    assert_eq!(told.len(), 1, "{told:?}");
     h.assert_money_consistent().await;
     h.cleanup().await;
 }
