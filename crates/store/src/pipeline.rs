@@ -363,51 +363,76 @@ impl Generations<'_> {
     /// than `grace_ms`, or due for a retry — claimed until `requeue_at` and
     /// marked admitted at `now`.
     ///
-    /// Taken fairly across users: each user's first waiting row comes before
-    /// anyone's second (then by age), so one user's five confirmations do not
-    /// put twenty other users behind them while KIE's create limit holds the
-    /// line back. The ranking looks at the oldest [`FAIR_WINDOW`] due rows.
+    /// Taken fairly across users, round by round: a row's turn is its place
+    /// among its user's waiting rows plus the creates that user had since
+    /// `fair_since`. Each user's first waiting row comes before anyone's
+    /// second, and a user whose earlier rows were sent in this line waits
+    /// behind those who have had none, so one user's five confirmations do
+    /// not put twenty other users behind them while KIE's create limit holds
+    /// the line back (counting only waiting rows would hand the busy user
+    /// the first slot of every window). The ranking looks at the oldest
+    /// [`FAIR_WINDOW`] due rows.
     pub async fn claim_due_submits(
         &self,
         now: i64,
         grace_ms: i64,
         requeue_at: i64,
         limit: i64,
+        fair_since: i64,
     ) -> Result<Vec<GenerationId>> {
         let due = DUE_SUBMIT;
+        // The creates a user had since `fair_since`. The bound on
+        // `created_at` keeps the count on the (user_id, created_at) index for
+        // a user with a long history; a row that waited longer than that in
+        // the line is not counted, which only favours its user.
+        let recent = "(SELECT COUNT(*) FROM generations r WHERE r.user_id = {uid} \
+                      AND r.created_at >= $5 - 3600000 AND r.submitted_at >= $5)";
         // The candidates are locked before they are ranked: PostgreSQL allows
         // no row lock in a query with a window function.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH candidates AS ( \
                  SELECT id, user_id FROM generations WHERE {due} ORDER BY id LIMIT {FAIR_WINDOW}{lock}), \
+             users AS ( \
+                 SELECT u.user_id, {recent_c} AS n FROM (SELECT DISTINCT user_id FROM candidates) u), \
              chosen AS ( \
                  SELECT id FROM ( \
-                     SELECT id, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY id) AS turn \
-                     FROM candidates) ranked \
+                     SELECT c.id, ROW_NUMBER() OVER (PARTITION BY c.user_id ORDER BY c.id) + u.n AS turn \
+                     FROM candidates c JOIN users u ON u.user_id = c.user_id) ranked \
                  ORDER BY turn, id LIMIT $4) \
              UPDATE generations SET next_poll_at = $3, admitted_at = $1 \
              WHERE id IN (SELECT id FROM chosen) AND {due} \
-             RETURNING id, user_id",
-            lock = self.store().skip_locked()
+             RETURNING id, user_id, {recent_g} AS recent",
+            lock = self.store().skip_locked(),
+            recent_c = recent.replace("{uid}", "u.user_id"),
+            recent_g = recent.replace("{uid}", "generations.user_id"),
         )))
         .bind(now)
         .bind(grace_ms)
         .bind(requeue_at)
         .bind(limit)
+        .bind(fair_since)
         .fetch_all(self.store().pool())
         .await?;
         // RETURNING gives no order; the caller needs the fair one when it has
-        // create slots for only some of them.
-        let mut claimed: Vec<(i64, i64)> = rows
+        // create slots for only some of them. The claimed rows are each
+        // user's first waiting ones, so their places among themselves are
+        // their places in the line.
+        let mut claimed: Vec<(i64, i64, i64)> = rows
             .iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("user_id")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("user_id")?,
+                    r.try_get("recent")?,
+                ))
+            })
             .collect::<Result<_>>()?;
         claimed.sort_unstable();
-        let mut turns: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
-        let mut ranked: Vec<(u32, i64)> = claimed
+        let mut turns: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+        let mut ranked: Vec<(i64, i64)> = claimed
             .into_iter()
-            .map(|(id, user)| {
-                let turn = turns.entry(user).or_insert(0);
+            .map(|(id, user, recent)| {
+                let turn = turns.entry(user).or_insert(recent);
                 *turn += 1;
                 (*turn, id)
             })

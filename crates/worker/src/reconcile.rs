@@ -245,6 +245,10 @@ async fn dispatch_line(ctx: &Ctx) -> Result<i64, JobError> {
     Ok(wait.map_or(0, Ctx::ms))
 }
 
+/// How many of KIE's create windows the fair line remembers a user's
+/// creates for.
+const FAIR_MEMORY_WINDOWS: u32 = 6;
+
 /// Picks the pending generations to submit now, in fair order (each user's
 /// oldest first), no more than KIE's free create slots, the in-flight cap and
 /// the queue allow. Those the slots do not cover wait in the database until
@@ -291,7 +295,12 @@ async fn dispatch_submits(
     // do they form a line that fresh confirmations must queue behind.
     let kie_bound = want < queue_room;
     let ids = if want > 0 {
-        gens.claim_due_submits(now, Ctx::ms(grace), requeue_at, want)
+        // Whom the line has served lately: several windows back, so a user
+        // whose earlier rows were sent stays behind newcomers while the line
+        // lasts, not only within the window that sent them.
+        let memory = ctx.gate.config().counted_window() * FAIR_MEMORY_WINDOWS;
+        let fair_since = now - Ctx::ms(memory.max(std::time::Duration::from_secs(60)));
+        gens.claim_due_submits(now, Ctx::ms(grace), requeue_at, want, fair_since)
             .await?
     } else {
         Vec::new()
