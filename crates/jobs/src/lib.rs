@@ -169,7 +169,38 @@ pub enum Queues {
         pool: sqlx::SqlitePool,
         /// The queue names in use.
         names: names::QueueNames,
+        /// Wakes this process's workers when it pushes a job.
+        wake: Arc<QueueWake>,
     },
+}
+
+/// Wake-ups for the embedded queue's workers, one per job kind. SQLite
+/// cannot tell a worker that a job arrived, so without them a worker must
+/// look every few milliseconds, which keeps an idle process busy; with
+/// them, a push in this process wakes the worker of its kind at once and
+/// the workers look by themselves only rarely (for jobs another process
+/// wrote into the file).
+#[derive(Debug, Default)]
+pub struct QueueWake {
+    /// The submit worker's.
+    pub submit: Arc<tokio::sync::Notify>,
+    /// The poll worker's.
+    pub poll: Arc<tokio::sync::Notify>,
+    /// The finalize worker's.
+    pub finalize: Arc<tokio::sync::Notify>,
+    /// The deliver worker's.
+    pub deliver: Arc<tokio::sync::Notify>,
+}
+
+impl QueueWake {
+    fn after_push(&self, pushed: [usize; 4]) {
+        let all = [&self.submit, &self.poll, &self.finalize, &self.deliver];
+        for (n, notify) in pushed.into_iter().zip(all) {
+            if n > 0 {
+                notify.notify_waiters();
+            }
+        }
+    }
 }
 
 /// A Redis client whose connections send each command at once
@@ -287,6 +318,7 @@ impl Queues {
             storages,
             pool,
             names,
+            wake: Arc::default(),
         })
     }
 
@@ -364,9 +396,14 @@ impl Queues {
                 Ok(left_out)
             }
             Queues::Sqlite {
-                storages, names, ..
+                storages,
+                names,
+                wake,
+                ..
             } => {
+                let pushed = [submit.len(), poll.len(), finalize.len(), deliver.len()];
                 push_storages!(storages, names, submit, poll, finalize, deliver)?;
+                wake.after_push(pushed);
                 Ok(vec![])
             }
         }

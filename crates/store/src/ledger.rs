@@ -1,4 +1,8 @@
-//! The ledger: the only writer of `wallets` and `ledger_entries`.
+//! The ledger: the rules every write of `wallets` and `ledger_entries`
+//! follows. On SQLite this module makes every such write; on PostgreSQL the
+//! hold of a confirmation and the capture or release of a finished
+//! generation are made by server-side functions (crates/store/sql/postgres)
+//! that append the same entries under the same keys and conditions.
 //!
 //! A wallet is two numbers: `balance` (money the user has) and `held` (the
 //! part reserved for generations in flight); `available = balance - held`.

@@ -4,9 +4,15 @@
 //!
 //! - [`Store`]: the pool, the engine, migrations; every repository hangs off it
 //!   (`store.ledger()`, `store.generations()`, ...).
-//! - [`ledger`]: **the only writer of `wallets` and `ledger_entries`**. Every
-//!   money movement is one transaction that appends an entry with a unique key
-//!   and changes the wallet with a conditional `UPDATE`.
+//! - [`ledger`]: the money rules. Every money movement is one transaction
+//!   that appends an entry with a unique key and changes the wallet with a
+//!   conditional `UPDATE`. On SQLite the ledger's Rust code is the only writer
+//!   of `wallets` and `ledger_entries`. On PostgreSQL three server-side
+//!   functions write them too, with the same entries, keys and conditions:
+//!   `kiebot_create_generation` and `kiebot_create_generations` (confirm:
+//!   the hold) and `kiebot_finish_generation` (capture or release). Their
+//!   current text is in `crates/store/sql/postgres/`, and a test holds the
+//!   migrated database to it.
 //! - [`generations`]: the generation rows and their lifecycle; the state change
 //!   and its money step (hold, capture, release) share one transaction.
 //! - [`payments`], [`promos`], [`referrals`]: where money comes from; each

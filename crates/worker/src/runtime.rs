@@ -64,8 +64,10 @@ pub struct WorkerRuntime {
     shutdown_timeout: Duration,
 }
 
-/// How often an embedded worker looks for new jobs in SQLite.
-const SQLITE_POLL: Duration = Duration::from_millis(100);
+/// How often an embedded worker looks for new jobs in SQLite by itself. A
+/// push from this process wakes it at once (see [`WakeOrEvery`]); this only
+/// bounds how late it sees a job another process wrote into the file.
+const SQLITE_POLL: Duration = Duration::from_secs(1);
 
 /// How soon a Redis worker whose last fetch found nothing looks again: the
 /// longest a job pushed just after an empty fetch waits, at the cost of at
@@ -121,6 +123,38 @@ macro_rules! register_all {
         let poll = $storages.poll.clone().poll_with_interval(every);
         let finalize = $storages.finalize.clone().poll_with_interval(every);
         let deliver = $storages.deliver.clone().poll_with_interval(every);
+        register_four!($monitor, submit, poll, finalize, deliver, $ctx, $conc)
+    }};
+}
+
+/// Registers the four job workers over the embedded queue's storages, each
+/// woken by a push from this process and otherwise looking every `$every`.
+macro_rules! register_all_woken {
+    ($monitor:expr, $storages:expr, $wake:expr, $every:expr, $ctx:expr, $conc:expr) => {{
+        let (every, wake) = ($every, $wake);
+        let submit = $storages
+            .submit
+            .clone()
+            .poll_with_strategy(WakeOrEvery::new(wake.submit.clone(), every));
+        let poll = $storages
+            .poll
+            .clone()
+            .poll_with_strategy(WakeOrEvery::new(wake.poll.clone(), every));
+        let finalize = $storages
+            .finalize
+            .clone()
+            .poll_with_strategy(WakeOrEvery::new(wake.finalize.clone(), every));
+        let deliver = $storages
+            .deliver
+            .clone()
+            .poll_with_strategy(WakeOrEvery::new(wake.deliver.clone(), every));
+        register_four!($monitor, submit, poll, finalize, deliver, $ctx, $conc)
+    }};
+}
+
+macro_rules! register_four {
+    ($monitor:expr, $submit:expr, $poll:expr, $finalize:expr, $deliver:expr, $ctx:expr, $conc:expr) => {{
+        let (submit, poll, finalize, deliver) = ($submit, $poll, $finalize, $deliver);
         let monitor = register!($monitor, "submit", submit, submit::handle, $ctx, $conc);
         let monitor = register!(monitor, "poll", poll, poll::handle, $ctx, $conc);
         let monitor = register!(monitor, "finalize", finalize, finalize::handle, $ctx, $conc);
@@ -178,11 +212,12 @@ impl WorkerRuntime {
                     // timer makes it look again soon.
                     monitor = register_all!(monitor, storages, REDIS_REPOLL, ctx, n);
                 }
-                Queues::Sqlite { storages, .. } => {
-                    // SQLite has no push notification across processes; a short
-                    // fixed interval keeps a generation's four hops quick at a
-                    // cost of a few indexed queries per second.
-                    monitor = register_all!(monitor, storages, SQLITE_POLL, ctx, n);
+                Queues::Sqlite { storages, wake, .. } => {
+                    // SQLite has no push notification across processes: the
+                    // pushes of this process (every job of an embedded run)
+                    // wake the workers, and a slow look covers the rest.
+                    monitor =
+                        register_all_woken!(monitor, storages, wake, SQLITE_POLL, ctx, n);
                 }
             }
         }
@@ -209,6 +244,60 @@ impl WorkerRuntime {
                 Ok(())
             })
             .await
+    }
+}
+
+/// When a queue's worker looks for jobs: as soon as `notify` fires (a push
+/// from this process), and otherwise every `every`.
+///
+/// apalis asks the strategy before each fetch and fetches whether or not it
+/// fired; what matters is that it wakes the worker, so both sources are
+/// polled until pending, which leaves a waker registered with each.
+struct WakeOrEvery {
+    notify: Arc<tokio::sync::Notify>,
+    notified: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    every: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WakeOrEvery {
+    fn new(notify: Arc<tokio::sync::Notify>, every: Duration) -> Self {
+        WakeOrEvery {
+            notified: Box::pin(notify.clone().notified_owned()),
+            notify,
+            every,
+            timer: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+}
+
+impl Clone for WakeOrEvery {
+    fn clone(&self) -> Self {
+        WakeOrEvery::new(self.notify.clone(), self.every)
+    }
+}
+
+impl apalis_core::backend::ext::poll_strategy::PollStrategy for WakeOrEvery {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &apalis_core::backend::ext::poll_strategy::PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let mut fired = false;
+        while self.notified.as_mut().poll(cx).is_ready() {
+            fired = true;
+            self.notified = Box::pin(self.notify.clone().notified_owned());
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            fired = true;
+            let next = tokio::time::Instant::now() + self.every;
+            self.timer.as_mut().reset(next);
+        }
+        if fired {
+            std::task::Poll::Ready(Some(()))
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }
 
