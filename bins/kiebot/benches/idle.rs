@@ -41,7 +41,10 @@ fn clock_ticks_per_second() -> u64 {
         .arg("CLK_TCK")
         .output()
         .expect("getconf CLK_TCK");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(100)
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -327,65 +327,63 @@ impl Priced {
 }
 
 /// The user's price for validated parameters, and why it differs from the
-/// model's price: dry run and the owner pay nothing, a daily free use (while
-/// the quota lasts) is free, and a limited admin with a budget spends the
-/// budget instead of their balance.
+/// model's price: the funding policy ([`kiebot_domain::funding::decide`])
+/// applied to this user, with today's free uses read when the model has any.
 async fn decide_price(
     ctx: &Ctx,
     model: &Model,
     params: &Params,
 ) -> anyhow::Result<Result<Priced, String>> {
+    use kiebot_domain::funding::{self, Buyer, FreeBecause, FreeUses};
     let base = match ctx.deps.pricing.price(model, params) {
         Ok(p) => p,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let free_of_charge = |note| Priced::new(Money::ZERO, note, Funding::Wallet);
-    if ctx.deps.dry_run {
-        return Ok(Ok(free_of_charge(PriceNote::DryRun)));
-    }
-    if ctx.is_owner() {
-        return Ok(Ok(free_of_charge(PriceNote::Owner)));
-    }
-    if !base.is_positive() {
-        return Ok(Ok(free_of_charge(PriceNote::None)));
-    }
-    if model.free_daily > 0 {
-        let day = today();
-        let used = ctx
+    let buyer = Buyer {
+        dry_run: ctx.deps.dry_run,
+        owner: ctx.is_owner(),
+        admin_budget: if ctx.is_admin() {
+            ctx.user.admin_budget
+        } else {
+            None
+        },
+    };
+    let day = today();
+    let mut free = FreeUses {
+        daily: model.free_daily,
+        used: 0,
+    };
+    // Read only when a free use could be what pays.
+    if free.daily > 0 && !buyer.dry_run && !buyer.owner && base.is_positive() {
+        free.used = ctx
             .deps
             .store
             .free_usage()
             .used_today(ctx.uid, &model.id, &day)
             .await?;
-        if used < model.free_daily {
-            // Taken in the confirm transaction and given back if the
-            // generation fails: a free use counts only for a result.
-            return Ok(Ok(Priced::new(
-                Money::ZERO,
-                PriceNote::FreeQuota,
-                Funding::FreeQuota {
-                    day,
-                    limit: model.free_daily,
-                },
-            )));
-        }
     }
-    // A free use comes first, so the budget lasts longer. An admin without a
-    // budget pays from their balance like any user. When the budget runs
-    // short, the confirmation is refused rather than charged to the admin's
-    // own balance: the budget is the operator's money for staff work, and
-    // staff should not find their personal balance spent (or be asked to top
-    // up) without having chosen it; the owner raises the budget instead.
-    if ctx.is_admin()
-        && let Some(left) = ctx.user.admin_budget
-    {
-        return Ok(Ok(Priced::new(
+    let priced = match funding::decide(base, buyer, free) {
+        funding::Funding::Free(why) => {
+            let note = match why {
+                FreeBecause::DryRun => PriceNote::DryRun,
+                FreeBecause::Owner => PriceNote::Owner,
+                FreeBecause::ZeroPrice => PriceNote::None,
+            };
+            Priced::new(Money::ZERO, note, Funding::Wallet)
+        }
+        funding::Funding::FreeUse { limit } => Priced::new(
+            Money::ZERO,
+            PriceNote::FreeQuota,
+            Funding::FreeQuota { day, limit },
+        ),
+        funding::Funding::AdminBudget { amount, left } => Priced::new(
             Money::ZERO,
             PriceNote::AdminBudget { left },
-            Funding::AdminBudget { amount: base },
-        )));
-    }
-    Ok(Ok(Priced::new(base, PriceNote::None, Funding::Wallet)))
+            Funding::AdminBudget { amount },
+        ),
+        funding::Funding::Wallet { price } => Priced::new(price, PriceNote::None, Funding::Wallet),
+    };
+    Ok(Ok(priced))
 }
 
 /// Free quotas count days in the server's local time zone.

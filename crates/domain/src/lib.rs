@@ -15,8 +15,11 @@
 //! - [`pricing`]: the operator's price formula (credits x USD per credit x FX x
 //!   markup, rounded up to the minor unit).
 //! - [`generation`]: the generation lifecycle with only legal transitions.
+//! - [`funding`]: who pays for a generation (wallet, free use, admin budget,
+//!   nobody), decided without I/O.
 
 pub mod catalog;
+pub mod funding;
 pub mod generation;
 pub mod ids;
 pub mod money;

@@ -72,7 +72,9 @@ async fn drift(sources: &[(String, String)]) -> Vec<String> {
     let files: BTreeSet<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
     for (name, args, def) in &from_files {
         if !files.contains(name.as_str()) {
-            problems.push(format!("{name}({args}) is defined by a file not named after it"));
+            problems.push(format!(
+                "{name}({args}) is defined by a file not named after it"
+            ));
         }
         let as_live = def.replacen(&format!("src.{name}("), &format!("public.{name}("), 1);
         match live.iter().find(|(n, a, _)| n == name && a == args) {
@@ -116,7 +118,8 @@ async fn a_source_file_that_differs_from_the_migrations_is_caught() {
     let problems = drift(&changed).await;
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].starts_with(&format!("{name}(")) && problems[0].contains("runs a different definition"),
+        problems[0].starts_with(&format!("{name}("))
+            && problems[0].contains("runs a different definition"),
         "{problems:?}"
     );
 }

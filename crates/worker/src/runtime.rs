@@ -216,8 +216,7 @@ impl WorkerRuntime {
                     // SQLite has no push notification across processes: the
                     // pushes of this process (every job of an embedded run)
                     // wake the workers, and a slow look covers the rest.
-                    monitor =
-                        register_all_woken!(monitor, storages, wake, SQLITE_POLL, ctx, n);
+                    monitor = register_all_woken!(monitor, storages, wake, SQLITE_POLL, ctx, n);
                 }
             }
         }
