@@ -434,338 +434,58 @@ impl Settings {
         Self::from_map(&vars)
     }
 
-    /// Parses settings from a name -> value map (empty values count as unset).
+    /// Parses settings from a name -> value map (empty values count as unset),
+    /// section by section; the first bad value stops it, naming its variable.
     pub fn from_map(vars: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
-        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let url = |name: &'static str, default: &str| -> Result<String, ConfigError> {
-            let v = get(name).unwrap_or(default);
-            if v.starts_with("http://") || v.starts_with("https://") {
-                Ok(v.trim_end_matches('/').to_owned())
-            } else {
-                Err(ConfigError::new(
-                    name,
-                    format!("expected an http(s) URL, got {v:?}"),
-                ))
-            }
-        };
-        let database_url = ConnUrl::new(get("DATABASE_URL").unwrap_or("sqlite://kiebot.db"));
-        database_kind(&database_url)?;
-        let redis_url = get("REDIS_URL").map(ConnUrl::new);
-        if let Some(r) = &redis_url
-            && !(r.starts_with("redis://") || r.starts_with("rediss://"))
-        {
-            return Err(ConfigError::new(
-                "REDIS_URL",
-                "expected a redis:// or rediss:// URL",
-            ));
-        }
-        let bot_mode = match get("BOT_MODE").unwrap_or("polling") {
-            "polling" => BotMode::Polling,
-            "webhook" => BotMode::Webhook,
-            other => {
-                return Err(ConfigError::new(
-                    "BOT_MODE",
-                    format!("expected polling or webhook, got {other:?}"),
-                ));
-            }
-        };
-        let public_url = match get("PUBLIC_URL") {
-            Some(_) => Some(url("PUBLIC_URL", "")?),
-            None => None,
-        };
-        if bot_mode == BotMode::Webhook && public_url.is_none() {
-            return Err(ConfigError::new(
-                "PUBLIC_URL",
-                "required when BOT_MODE=webhook",
-            ));
-        }
-        let http_addr = get("HTTP_ADDR")
-            .unwrap_or("127.0.0.1:8080")
-            .parse()
-            .map_err(|_| {
-                ConfigError::new("HTTP_ADDR", "expected host:port, like 127.0.0.1:8080")
-            })?;
-        let ops_addr = get("OPS_ADDR")
-            .unwrap_or("127.0.0.1:9090")
-            .parse()
-            .map_err(|_| ConfigError::new("OPS_ADDR", "expected host:port, like 127.0.0.1:9090"))?;
-        let http_limits = HttpLimits {
-            request_timeout: std::time::Duration::from_secs(parse_in::<u64>(
-                get("HTTP_REQUEST_TIMEOUT_SECS"),
-                "HTTP_REQUEST_TIMEOUT_SECS",
-                30,
-                1,
-                600,
-            )?),
-            body_limit: parse_in::<usize>(
-                get("HTTP_BODY_LIMIT_BYTES"),
-                "HTTP_BODY_LIMIT_BYTES",
-                256 * 1024,
-                1024,
-                64 * 1024 * 1024,
-            )?,
-            max_connections: parse_in::<usize>(
-                get("HTTP_MAX_CONNECTIONS"),
-                "HTTP_MAX_CONNECTIONS",
-                1024,
-                1,
-                100_000,
-            )?,
-        };
-        let flood = FloodSettings {
-            rate_per_min: parse_in::<u32>(
-                get("FLOOD_RATE_PER_MIN"),
-                "FLOOD_RATE_PER_MIN",
-                60,
-                0,
-                60_000,
-            )?,
-            burst: parse_in::<u32>(get("FLOOD_BURST"), "FLOOD_BURST", 20, 1, 10_000)?,
-            promo_failures_per_hour: parse_in::<u32>(
-                get("PROMO_FAILURES_PER_HOUR"),
-                "PROMO_FAILURES_PER_HOUR",
-                5,
-                1,
-                1000,
-            )?,
-        };
-        let admin_ids = match get("ADMIN_IDS") {
-            None => vec![],
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<i64>()
-                        .ok()
-                        .filter(|id| *id > 0)
-                        .map(UserId)
-                        .ok_or_else(|| {
-                            ConfigError::new(
-                                "ADMIN_IDS",
-                                format!("{s:?} is not a Telegram user id"),
-                            )
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let worker_concurrency =
-            parse_in::<usize>(get("WORKER_CONCURRENCY"), "WORKER_CONCURRENCY", 16, 1, 4096)?;
-        let max_active_generations = parse_in::<u32>(
-            get("MAX_ACTIVE_GENERATIONS"),
-            "MAX_ACTIVE_GENERATIONS",
-            5,
-            1,
-            1000,
-        )?;
-        let stars_rate = Money::from_minor(parse_in::<i64>(
-            get("STARS_RATE"),
-            "STARS_RATE",
-            150,
-            1,
-            1_000_000,
-        )?);
-        let dry_run = parse_flag(get("DRY_RUN"), "DRY_RUN")?;
-        let result_egress = ResultEgress {
-            hosts: parse_hosts(get("RESULT_HOSTS").unwrap_or(DEFAULT_RESULT_HOSTS))?,
-            allow_http: parse_flag(get("RESULT_ALLOW_HTTP"), "RESULT_ALLOW_HTTP")?,
-            allow_loopback: parse_flag(get("RESULT_ALLOW_LOOPBACK"), "RESULT_ALLOW_LOOPBACK")?,
-        };
-        let log_format = match get("LOG_FORMAT").unwrap_or("pretty") {
-            "pretty" => LogFormat::Pretty,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(ConfigError::new(
-                    "LOG_FORMAT",
-                    format!("expected pretty or json, got {other:?}"),
-                ));
-            }
-        };
-        let defaults = Pricing::default();
-        let rate = |name: &'static str, default: Rate| -> Result<Rate, ConfigError> {
-            match get(name) {
-                None => Ok(default),
-                Some(v) => match Rate::from_str(v) {
-                    Ok(r) if r.micros() > 0 => Ok(r),
-                    _ => Err(ConfigError::new(
-                        name,
-                        format!("expected a positive decimal, got {v:?}"),
-                    )),
-                },
-            }
-        };
-        let pricing = Pricing {
-            usd_per_credit: rate("USD_PER_CREDIT", defaults.usd_per_credit)?,
-            fx: rate("FX_RATE", defaults.fx)?,
-            markup: rate("MARKUP", defaults.markup)?,
-        };
-        if pricing.markup.micros() < 1_000_000 {
-            return Err(ConfigError::new(
-                "MARKUP",
-                "must be at least 1 (selling below KIE's cost)",
-            ));
-        }
-        let queue_namespace = get("QUEUE_NAMESPACE").unwrap_or("").to_owned();
-        if !queue_namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(ConfigError::new(
-                "QUEUE_NAMESPACE",
-                "use letters, digits, '-' and '_' only",
-            ));
-        }
-        let token = get("TELEGRAM_BOT_TOKEN").map(Secret::new);
-        if let Some(t) = &token {
-            let ok = t.expose().split_once(':').is_some_and(|(id, rest)| {
-                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
-            });
-            if !ok {
-                return Err(ConfigError::new(
-                    "TELEGRAM_BOT_TOKEN",
-                    "expected <bot id>:<secret> as BotFather gives it",
-                ));
-            }
-        }
-        let referral = ReferralSettings {
-            min_stars: parse_in::<u32>(
-                get("REFERRAL_MIN_STARS"),
-                "REFERRAL_MIN_STARS",
-                100,
-                1,
-                1_000_000,
-            )?,
-            min_spend: Some(money_in(
-                get("REFERRAL_MIN_SPEND"),
-                "REFERRAL_MIN_SPEND",
-                Money::ZERO,
-            )?)
-            .filter(|m| m.is_positive()),
-            monthly_cap: parse_in::<u32>(
-                get("REFERRAL_MONTHLY_CAP"),
-                "REFERRAL_MONTHLY_CAP",
-                10,
-                0,
-                1_000_000,
-            )?,
-        };
-        let admin_limits = AdminLimits {
-            max_single: money_in(
-                get("ADMIN_MAX_ADJUST"),
-                "ADMIN_MAX_ADJUST",
-                Money::from_minor(100_000),
-            )?,
-            daily_budget: money_in(
-                get("ADMIN_DAILY_BUDGET"),
-                "ADMIN_DAILY_BUDGET",
-                Money::from_minor(500_000),
-            )?,
-            notify_above: money_in(
-                get("ADMIN_NOTIFY_ABOVE"),
-                "ADMIN_NOTIFY_ABOVE",
-                Money::from_minor(50_000),
-            )?,
-        };
+        let v = Vars(vars);
+        let (database_url, redis_url) = v.storage()?;
+        let (telegram_token, telegram_api_url, bot_mode, public_url) = v.telegram()?;
+        let (http_addr, ops_addr, http_limits) = v.http()?;
+        let (kie_api_key, kie_api_url, kie_upload_url, kie_webhook_hmac_key, kie_limits) =
+            v.kie()?;
         Ok(Settings {
-            telegram_token: token,
-            telegram_api_url: url("TELEGRAM_API_URL", "https://api.telegram.org")?,
+            telegram_token,
+            telegram_api_url,
             bot_mode,
-            kie_api_key: get("KIE_API_KEY").map(Secret::new),
-            kie_api_url: url("KIE_API_URL", "https://api.kie.ai")?,
-            kie_upload_url: url("KIE_UPLOAD_URL", "https://kieai.redpandaai.co")?,
+            kie_api_key,
+            kie_api_url,
+            kie_upload_url,
             database_url,
             redis_url,
             http_addr,
             ops_addr,
             http_limits,
-            flood,
+            flood: v.flood()?,
             public_url,
-            admin_ids,
-            catalog_path: get("CATALOG_PATH").map(PathBuf::from),
-            worker_concurrency,
-            dry_run,
-            otel_endpoint: match get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some(_) => Some(url("OTEL_EXPORTER_OTLP_ENDPOINT", "")?),
-                None => None,
-            },
-            log_format,
-            pricing,
-            max_active_generations,
-            stars_rate,
-            dashboard_token: get("DASHBOARD_TOKEN").map(Secret::new),
-            queue_namespace,
-            delivery_rate: parse_in::<u32>(
-                get("DELIVERY_RATE_PER_SECOND"),
-                "DELIVERY_RATE_PER_SECOND",
-                25,
-                1,
-                100_000,
-            )?,
-            stars_reconcile: match parse_in::<u64>(
-                get("STARS_RECONCILE_SECS"),
-                "STARS_RECONCILE_SECS",
-                60,
-                0,
-                86_400,
-            )? {
+            admin_ids: v.admin_ids()?,
+            catalog_path: v.get("CATALOG_PATH").map(PathBuf::from),
+            worker_concurrency: v.int("WORKER_CONCURRENCY", 16, 1, 4096)?,
+            dry_run: parse_flag(v.get("DRY_RUN"), "DRY_RUN")?,
+            otel_endpoint: v.optional_url("OTEL_EXPORTER_OTLP_ENDPOINT")?,
+            log_format: v.log_format()?,
+            pricing: v.pricing()?,
+            max_active_generations: v.int("MAX_ACTIVE_GENERATIONS", 5, 1, 1000)?,
+            stars_rate: Money::from_minor(v.int("STARS_RATE", 150, 1, 1_000_000)?),
+            dashboard_token: v.get("DASHBOARD_TOKEN").map(Secret::new),
+            queue_namespace: v.queue_namespace()?,
+            delivery_rate: v.int("DELIVERY_RATE_PER_SECOND", 25, 1, 100_000)?,
+            stars_reconcile: match v.int::<u64>("STARS_RECONCILE_SECS", 60, 0, 86_400)? {
                 0 => None,
                 secs => Some(std::time::Duration::from_secs(secs)),
             },
-            job_lease: std::time::Duration::from_secs(parse_in::<u64>(
-                get("JOB_LEASE_SECS"),
-                "JOB_LEASE_SECS",
-                60,
-                2,
-                3600,
-            )?),
-            poll_initial: std::time::Duration::from_millis(parse_in::<u64>(
-                get("POLL_INITIAL_MS"),
+            job_lease: std::time::Duration::from_secs(v.int("JOB_LEASE_SECS", 60, 2, 3600)?),
+            poll_initial: std::time::Duration::from_millis(v.int(
                 "POLL_INITIAL_MS",
                 3000,
                 0,
                 60_000,
             )?),
-            kie_limits: KieLimits {
-                creates_per_window: parse_in::<u32>(
-                    get("KIE_CREATES_PER_WINDOW"),
-                    "KIE_CREATES_PER_WINDOW",
-                    20,
-                    1,
-                    1_000_000,
-                )?,
-                create_window: std::time::Duration::from_secs(parse_in::<u64>(
-                    get("KIE_CREATE_WINDOW_SECS"),
-                    "KIE_CREATE_WINDOW_SECS",
-                    10,
-                    1,
-                    3600,
-                )?),
-                max_in_flight: parse_in::<u32>(
-                    get("KIE_MAX_IN_FLIGHT"),
-                    "KIE_MAX_IN_FLIGHT",
-                    100,
-                    0,
-                    1_000_000,
-                )?,
-                polls_per_second: parse_in::<u32>(
-                    get("KIE_POLLS_PER_SECOND"),
-                    "KIE_POLLS_PER_SECOND",
-                    10,
-                    2,
-                    1_000_000,
-                )?,
-            },
-            kie_webhook_hmac_key: get("KIE_WEBHOOK_HMAC_KEY").map(Secret::new),
-            referral,
-            admin_limits,
-            catalog_check_hours: parse_in::<u32>(
-                get("CATALOG_CHECK_HOURS"),
-                "CATALOG_CHECK_HOURS",
-                0,
-                0,
-                24 * 30,
-            )?,
-            result_egress,
+            referral: v.referral()?,
+            admin_limits: v.admin_limits()?,
+            catalog_check_hours: v.int("CATALOG_CHECK_HOURS", 0, 0, 24 * 30)?,
+            result_egress: v.result_egress()?,
+            kie_limits,
+            kie_webhook_hmac_key,
         })
     }
 
@@ -816,6 +536,254 @@ impl Settings {
     /// The owner: the first admin id.
     pub fn owner(&self) -> Option<UserId> {
         self.admin_ids.first().copied()
+    }
+}
+
+/// The raw variables, read section by section (empty values count as unset).
+struct Vars<'a>(&'a BTreeMap<String, String>);
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    /// An integer within `min..=max`, `default` when unset.
+    fn int<T>(&self, name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        parse_in(self.get(name), name, default, min, max)
+    }
+
+    fn money(&self, name: &'static str, default: Money) -> Result<Money, ConfigError> {
+        money_in(self.get(name), name, default)
+    }
+
+    /// An http(s) URL without its trailing slash.
+    fn url(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let v = self.get(name).unwrap_or(default);
+        if v.starts_with("http://") || v.starts_with("https://") {
+            Ok(v.trim_end_matches('/').to_owned())
+        } else {
+            Err(ConfigError::new(
+                name,
+                format!("expected an http(s) URL, got {v:?}"),
+            ))
+        }
+    }
+
+    fn optional_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            Some(_) => Ok(Some(self.url(name, "")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `DATABASE_URL`, `REDIS_URL`.
+    fn storage(&self) -> Result<(ConnUrl, Option<ConnUrl>), ConfigError> {
+        let database_url = ConnUrl::new(self.get("DATABASE_URL").unwrap_or("sqlite://kiebot.db"));
+        database_kind(&database_url)?;
+        let redis_url = self.get("REDIS_URL").map(ConnUrl::new);
+        if let Some(r) = &redis_url
+            && !(r.starts_with("redis://") || r.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "expected a redis:// or rediss:// URL",
+            ));
+        }
+        Ok((database_url, redis_url))
+    }
+
+    /// `TELEGRAM_BOT_TOKEN`, `TELEGRAM_API_URL`, `BOT_MODE`, `PUBLIC_URL`.
+    fn telegram(&self) -> Result<(Option<Secret>, String, BotMode, Option<String>), ConfigError> {
+        let token = self.get("TELEGRAM_BOT_TOKEN").map(Secret::new);
+        if let Some(t) = &token {
+            let ok = t.expose().split_once(':').is_some_and(|(id, rest)| {
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
+            });
+            if !ok {
+                return Err(ConfigError::new(
+                    "TELEGRAM_BOT_TOKEN",
+                    "expected <bot id>:<secret> as BotFather gives it",
+                ));
+            }
+        }
+        let bot_mode = match self.get("BOT_MODE").unwrap_or("polling") {
+            "polling" => BotMode::Polling,
+            "webhook" => BotMode::Webhook,
+            other => {
+                return Err(ConfigError::new(
+                    "BOT_MODE",
+                    format!("expected polling or webhook, got {other:?}"),
+                ));
+            }
+        };
+        let public_url = self.optional_url("PUBLIC_URL")?;
+        if bot_mode == BotMode::Webhook && public_url.is_none() {
+            return Err(ConfigError::new(
+                "PUBLIC_URL",
+                "required when BOT_MODE=webhook",
+            ));
+        }
+        let api_url = self.url("TELEGRAM_API_URL", "https://api.telegram.org")?;
+        Ok((token, api_url, bot_mode, public_url))
+    }
+
+    /// `HTTP_ADDR`, `OPS_ADDR` and the public listener's limits.
+    fn http(&self) -> Result<(SocketAddr, SocketAddr, HttpLimits), ConfigError> {
+        let addr = |name: &'static str, default: &str| {
+            self.get(name)
+                .unwrap_or(default)
+                .parse()
+                .map_err(|_| ConfigError::new(name, format!("expected host:port, like {default}")))
+        };
+        let limits = HttpLimits {
+            request_timeout: std::time::Duration::from_secs(self.int(
+                "HTTP_REQUEST_TIMEOUT_SECS",
+                30,
+                1,
+                600,
+            )?),
+            body_limit: self.int("HTTP_BODY_LIMIT_BYTES", 256 * 1024, 1024, 64 * 1024 * 1024)?,
+            max_connections: self.int("HTTP_MAX_CONNECTIONS", 1024, 1, 100_000)?,
+        };
+        Ok((
+            addr("HTTP_ADDR", "127.0.0.1:8080")?,
+            addr("OPS_ADDR", "127.0.0.1:9090")?,
+            limits,
+        ))
+    }
+
+    /// KIE's key, addresses, callback signing key and account limits.
+    #[allow(clippy::type_complexity)]
+    fn kie(
+        &self,
+    ) -> Result<(Option<Secret>, String, String, Option<Secret>, KieLimits), ConfigError> {
+        let limits = KieLimits {
+            creates_per_window: self.int("KIE_CREATES_PER_WINDOW", 20, 1, 1_000_000)?,
+            create_window: std::time::Duration::from_secs(self.int(
+                "KIE_CREATE_WINDOW_SECS",
+                10,
+                1,
+                3600,
+            )?),
+            max_in_flight: self.int("KIE_MAX_IN_FLIGHT", 100, 0, 1_000_000)?,
+            polls_per_second: self.int("KIE_POLLS_PER_SECOND", 10, 2, 1_000_000)?,
+        };
+        Ok((
+            self.get("KIE_API_KEY").map(Secret::new),
+            self.url("KIE_API_URL", "https://api.kie.ai")?,
+            self.url("KIE_UPLOAD_URL", "https://kieai.redpandaai.co")?,
+            self.get("KIE_WEBHOOK_HMAC_KEY").map(Secret::new),
+            limits,
+        ))
+    }
+
+    fn flood(&self) -> Result<FloodSettings, ConfigError> {
+        Ok(FloodSettings {
+            rate_per_min: self.int("FLOOD_RATE_PER_MIN", 60, 0, 60_000)?,
+            burst: self.int("FLOOD_BURST", 20, 1, 10_000)?,
+            promo_failures_per_hour: self.int("PROMO_FAILURES_PER_HOUR", 5, 1, 1000)?,
+        })
+    }
+
+    fn admin_ids(&self) -> Result<Vec<UserId>, ConfigError> {
+        let Some(list) = self.get("ADMIN_IDS") else {
+            return Ok(vec![]);
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<i64>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .map(UserId)
+                    .ok_or_else(|| {
+                        ConfigError::new("ADMIN_IDS", format!("{s:?} is not a Telegram user id"))
+                    })
+            })
+            .collect()
+    }
+
+    fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        match self.get("LOG_FORMAT").unwrap_or("pretty") {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(ConfigError::new(
+                "LOG_FORMAT",
+                format!("expected pretty or json, got {other:?}"),
+            )),
+        }
+    }
+
+    /// `USD_PER_CREDIT`, `FX_RATE`, `MARKUP`.
+    fn pricing(&self) -> Result<Pricing, ConfigError> {
+        let defaults = Pricing::default();
+        let rate = |name: &'static str, default: Rate| -> Result<Rate, ConfigError> {
+            match self.get(name) {
+                None => Ok(default),
+                Some(v) => match Rate::from_str(v) {
+                    Ok(r) if r.micros() > 0 => Ok(r),
+                    _ => Err(ConfigError::new(
+                        name,
+                        format!("expected a positive decimal, got {v:?}"),
+                    )),
+                },
+            }
+        };
+        let pricing = Pricing {
+            usd_per_credit: rate("USD_PER_CREDIT", defaults.usd_per_credit)?,
+            fx: rate("FX_RATE", defaults.fx)?,
+            markup: rate("MARKUP", defaults.markup)?,
+        };
+        if pricing.markup.micros() < 1_000_000 {
+            return Err(ConfigError::new(
+                "MARKUP",
+                "must be at least 1 (selling below KIE's cost)",
+            ));
+        }
+        Ok(pricing)
+    }
+
+    fn queue_namespace(&self) -> Result<String, ConfigError> {
+        let ns = self.get("QUEUE_NAMESPACE").unwrap_or("").to_owned();
+        if !ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                "QUEUE_NAMESPACE",
+                "use letters, digits, '-' and '_' only",
+            ));
+        }
+        Ok(ns)
+    }
+
+    fn referral(&self) -> Result<ReferralSettings, ConfigError> {
+        Ok(ReferralSettings {
+            min_stars: self.int("REFERRAL_MIN_STARS", 100, 1, 1_000_000)?,
+            min_spend: Some(self.money("REFERRAL_MIN_SPEND", Money::ZERO)?)
+                .filter(|m| m.is_positive()),
+            monthly_cap: self.int("REFERRAL_MONTHLY_CAP", 10, 0, 1_000_000)?,
+        })
+    }
+
+    fn admin_limits(&self) -> Result<AdminLimits, ConfigError> {
+        Ok(AdminLimits {
+            max_single: self.money("ADMIN_MAX_ADJUST", Money::from_minor(100_000))?,
+            daily_budget: self.money("ADMIN_DAILY_BUDGET", Money::from_minor(500_000))?,
+            notify_above: self.money("ADMIN_NOTIFY_ABOVE", Money::from_minor(50_000))?,
+        })
+    }
+
+    fn result_egress(&self) -> Result<ResultEgress, ConfigError> {
+        Ok(ResultEgress {
+            hosts: parse_hosts(self.get("RESULT_HOSTS").unwrap_or(DEFAULT_RESULT_HOSTS))?,
+            allow_http: parse_flag(self.get("RESULT_ALLOW_HTTP"), "RESULT_ALLOW_HTTP")?,
+            allow_loopback: parse_flag(self.get("RESULT_ALLOW_LOOPBACK"), "RESULT_ALLOW_LOOPBACK")?,
+        })
     }
 }
 
