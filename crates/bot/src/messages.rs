@@ -83,7 +83,7 @@ pub(crate) async fn handle(ctx: Ctx, msg: Message) -> anyhow::Result<()> {
             Dialogue::Wizard(d) => match ctx
                 .deps
                 .catalog
-                .get(&d.model)
+                .get(d.model.as_str())
                 .filter(|m| m.is_sold())
                 .cloned()
             {
@@ -99,7 +99,7 @@ pub(crate) async fn handle(ctx: Ctx, msg: Message) -> anyhow::Result<()> {
             Dialogue::Wizard(d) => match ctx
                 .deps
                 .catalog
-                .get(&d.model)
+                .get(d.model.as_str())
                 .filter(|m| m.is_sold())
                 .cloned()
             {

@@ -44,7 +44,7 @@ pub(crate) struct Draft {
     /// Keys the confirm button and the generation (`draft_key`).
     pub id: DraftId,
     /// The model id.
-    pub model: String,
+    pub model: kiebot_domain::ModelId,
     /// The values given so far (defaults are not stored: they fill in at
     /// validation).
     pub values: BTreeMap<String, ParamValue>,

@@ -98,7 +98,7 @@ pub(crate) async fn start(
     };
     let draft = Draft {
         id: DraftId(rand::random()),
-        model: model.id.to_string(),
+        model: model.id.clone(),
         values,
         pos,
         steps,
@@ -509,7 +509,7 @@ async fn refuse(ctx: &Ctx, model: &Model, draft: &Draft, r: Refusal) -> anyhow::
 pub(crate) async fn draft_for(ctx: &Ctx, id: DraftId) -> anyhow::Result<Option<(Draft, Model)>> {
     if let Dialogue::Wizard(d) = ctx.dialogue()
         && d.id == id
-        && let Some(m) = ctx.deps.catalog.get(&d.model).filter(|m| m.is_sold())
+        && let Some(m) = ctx.deps.catalog.get(d.model.as_str()).filter(|m| m.is_sold())
     {
         return Ok(Some((d, m.clone())));
     }
