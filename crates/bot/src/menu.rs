@@ -190,12 +190,7 @@ pub(crate) async fn history(ctx: &Ctx, page: u32) -> anyhow::Result<()> {
                 || g.model.to_string(),
                 |m| m.name.get(lang.code()).to_owned(),
             );
-            format!(
-                "#{} · {name} · {} · {}",
-                g.id,
-                texts::status_name(lang, g.status),
-                texts::price_tag(lang, g.price)
-            )
+            texts::history_line(lang, g.id, &name, g.status, g.price)
         })
         .collect();
     let items: Vec<(GenerationId, bool)> = rows

@@ -907,6 +907,21 @@ pub fn history(lang: Lang, page: u32, lines: &[String]) -> String {
     t
 }
 
+/// One generation on a history page.
+pub fn history_line(
+    lang: Lang,
+    id: GenerationId,
+    model: &str,
+    status: GenerationStatus,
+    price: Money,
+) -> String {
+    format!(
+        "#{id} · {model} · {} · {}",
+        status_name(lang, status),
+        price_tag(lang, price)
+    )
+}
+
 /// A history button to send a result again.
 pub fn resend_button(lang: Lang, id: GenerationId) -> String {
     tr!(lang, "📤 #{id} ещё раз", "📤 Resend #{id}")
