@@ -12,7 +12,7 @@
 //! configuration), `finance` (adjust and refund, within `ADMIN_MAX_ADJUST`
 //! per action and `ADMIN_DAILY_BUDGET` per 24 hours), `broadcast`,
 //! `maintenance`. Budgets, grants and the admin list are the owner's alone.
-//! [`need_of_command`] and [`need_of_button`] are the one table of what
+//! The command table ([`crate::commands`]) and [`need_of_button`] say what
 //! each command and button needs; every one is checked before it runs and
 //! refused with a message otherwise. No admin acts on their own account:
 //! adjusting, refunding or blocking oneself is refused. Each action's audit
@@ -20,7 +20,6 @@
 //! and an adjustment above `ADMIN_NOTIFY_ABOVE` by anyone but the owner is
 //! reported to the owner.
 
-use std::fmt::Write as _;
 use std::str::FromStr;
 
 use kiebot_domain::{GenerationId, Money, UserId};
@@ -32,13 +31,10 @@ use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang};
 use teloxide::prelude::*;
 
+use crate::commands::Command;
 use crate::{Ctx, MAINTENANCE_KEY};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-
-fn say(lang: Lang, ru: String, en: String) -> String {
-    texts::admin_report(lang, &ru, &en)
-}
 
 /// What an admin command or button needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,34 +45,6 @@ pub(crate) enum Need {
     Permission(Permission),
     /// The owner.
     Owner,
-}
-
-/// The admin commands, each with what it needs: the one table the checks
-/// and the help follow.
-pub(crate) const COMMANDS: [(&str, Need); 15] = [
-    ("admin", Need::Admin),
-    ("stats", Need::Permission(Permission::Support)),
-    ("failed", Need::Permission(Permission::Support)),
-    ("user", Need::Permission(Permission::Support)),
-    ("resend", Need::Permission(Permission::Support)),
-    ("block", Need::Permission(Permission::Support)),
-    ("unblock", Need::Permission(Permission::Support)),
-    ("adjust", Need::Permission(Permission::Finance)),
-    ("refund", Need::Permission(Permission::Finance)),
-    ("broadcast", Need::Permission(Permission::Broadcast)),
-    ("maintenance", Need::Permission(Permission::Maintenance)),
-    ("budget", Need::Owner),
-    ("grant", Need::Owner),
-    ("revoke", Need::Owner),
-    ("admins", Need::Owner),
-];
-
-/// What the command `name` needs (`None`: not an admin command).
-pub(crate) fn need_of_command(name: &str) -> Option<Need> {
-    COMMANDS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, need)| *need)
 }
 
 /// What an admin button needs.
@@ -129,77 +97,54 @@ async fn refused(ctx: &Ctx, e: StoreError) -> anyhow::Result<()> {
         StoreError::AdminRefused(AdminRefusal::OverDailyBudget { left, budget }) => {
             texts::admin_over_budget(ctx.lang, left, budget)
         }
-        StoreError::NotFound { what: "user", id } => {
-            return ctx
-                .send(
-                    say(
-                        ctx.lang,
-                        format!("Пользователь {id} не найден."),
-                        format!("User {id} not found."),
-                    ),
-                    None,
-                )
-                .await;
-        }
+        StoreError::NotFound { what: "user", id } => match id.parse::<i64>() {
+            Ok(id) => texts::admin_no_user(ctx.lang, UserId(id)),
+            Err(_) => return Err(StoreError::NotFound { what: "user", id }.into()),
+        },
         other => return Err(other.into()),
     };
     ctx.send(t, None).await
 }
 
-/// An admin command (`name` without the slash).
-pub(crate) async fn command(ctx: &Ctx, name: &str, args: &str) -> anyhow::Result<()> {
+/// An admin command with its arguments.
+pub(crate) async fn command(ctx: &Ctx, cmd: Command, args: &str) -> anyhow::Result<()> {
     let lang = ctx.lang;
     let mut words = args.split_whitespace();
     let target = |w: Option<&str>| w.and_then(|s| s.parse::<i64>().ok()).map(UserId);
-    if !permitted(ctx, need_of_command(name).unwrap_or(Need::Admin)).await? {
+    if !permitted(ctx, cmd.need().unwrap_or(Need::Admin)).await? {
         return Ok(());
     }
-    match name {
-        "admin" => {
+    match cmd {
+        Command::Admin => {
             ctx.send(texts::admin_menu(lang), Some(keyboards::admin(lang)))
                 .await
         }
-        "stats" => stats(ctx).await,
-        "failed" => failed(ctx).await,
-        "maintenance" => toggle_maintenance(ctx).await,
-        "user" => match target(words.next()) {
+        Command::Stats => stats(ctx).await,
+        Command::Failed => failed(ctx).await,
+        Command::Maintenance => toggle_maintenance(ctx).await,
+        Command::User => match target(words.next()) {
             Some(u) => user_card(ctx, u).await,
-            None => {
-                ctx.send(
-                    say(
-                        lang,
-                        "Использование: /user ID".into(),
-                        "Usage: /user ID".into(),
-                    ),
-                    None,
-                )
-                .await
-            }
+            None => ctx.send(texts::user_usage(lang), None).await,
         },
-        "block" | "unblock" => match target(words.next()) {
-            Some(u) => set_blocked(ctx, u, name == "block").await,
-            None => {
-                ctx.send(
-                    say(
-                        lang,
-                        format!("Использование: /{name} ID"),
-                        format!("Usage: /{name} ID"),
-                    ),
-                    None,
-                )
-                .await
+        Command::Block | Command::Unblock => {
+            let block = cmd == Command::Block;
+            match target(words.next()) {
+                Some(u) => set_blocked(ctx, u, block).await,
+                None => ctx.send(texts::block_usage(lang, block), None).await,
             }
-        },
-        "adjust" => {
+        }
+        Command::Adjust => {
             let user = target(words.next());
             let amount = words.next().and_then(|a| Money::from_str(a).ok());
             let reason = words.collect::<Vec<_>>().join(" ");
             match (user, amount) {
-                (Some(u), Some(a)) if a != Money::ZERO && !reason.is_empty() => adjust(ctx, u, a, &reason).await,
-                _ => ctx.send(say(lang, "Использование: /adjust ID СУММА ПРИЧИНА (сумма может быть отрицательной)".into(), "Usage: /adjust ID AMOUNT REASON (the amount may be negative)".into()), None).await,
+                (Some(u), Some(a)) if a != Money::ZERO && !reason.is_empty() => {
+                    adjust(ctx, u, a, &reason).await
+                }
+                _ => ctx.send(texts::adjust_usage(lang), None).await,
             }
         }
-        "budget" => {
+        Command::Budget => {
             let user = target(words.next());
             let budget = match words.next() {
                 Some("off") => Some(None),
@@ -212,38 +157,37 @@ pub(crate) async fn command(ctx: &Ctx, name: &str, args: &str) -> anyhow::Result
             let reason = words.collect::<Vec<_>>().join(" ");
             match (user, budget) {
                 (Some(u), Some(b)) if !reason.is_empty() => set_budget(ctx, u, b, &reason).await,
-                _ => ctx.send(say(lang, "Использование: /budget ID СУММА ПРИЧИНА или /budget ID off ПРИЧИНА (бюджет — сколько администратор ещё может потратить)".into(), "Usage: /budget ID AMOUNT REASON or /budget ID off REASON (the budget is what the admin may still spend)".into()), None).await,
+                _ => ctx.send(texts::budget_usage(lang), None).await,
             }
         }
-        "broadcast" => crate::broadcast::start(ctx, args).await,
-        "grant" | "revoke" => {
+        Command::Broadcast => crate::broadcast::start(ctx, args).await,
+        Command::Grant | Command::Revoke => {
             let user = target(words.next());
             let perm = words.next().and_then(|p| p.parse::<Permission>().ok());
+            let give = cmd == Command::Grant;
             match (user, perm, words.next()) {
-                (Some(u), Some(p), None) => grant(ctx, u, p, name == "grant").await,
-                _ => ctx.send(texts::grant_usage(lang, name), None).await,
+                (Some(u), Some(p), None) => grant(ctx, u, p, give).await,
+                _ => ctx.send(texts::grant_usage(lang, cmd.name()), None).await,
             }
         }
-        "admins" => admins(ctx).await,
-        "resend" => match words.next().and_then(|w| w.parse::<i64>().ok()) {
+        Command::Admins => admins(ctx).await,
+        Command::Resend => match words.next().and_then(|w| w.parse::<i64>().ok()) {
             Some(g) => resend(ctx, GenerationId(g)).await,
             None => ctx.send(texts::resend_usage(lang), None).await,
         },
-        "refund" => match words.next() {
+        Command::Refund => match words.next() {
             Some(charge) => refund(ctx, charge).await,
-            None => {
-                ctx.send(
-                    say(
-                        lang,
-                        "Использование: /refund CHARGE_ID".into(),
-                        "Usage: /refund CHARGE_ID".into(),
-                    ),
-                    None,
-                )
-                .await
-            }
+            None => ctx.send(texts::refund_usage(lang), None).await,
         },
-        _ => {
+        // User commands never come here; the admin screen is a safe answer.
+        Command::Start
+        | Command::Balance
+        | Command::History
+        | Command::Promo
+        | Command::Language
+        | Command::Cancel
+        | Command::Help
+        | Command::Menu => {
             ctx.send(texts::admin_menu(lang), Some(keyboards::admin(lang)))
                 .await
         }
@@ -283,40 +227,31 @@ async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
     let now = now_ms();
     let users = store.users().counts(now - DAY_MS).await?;
     let by_status = store.generations().count_by_status().await?;
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "Users: {} (blocked {}, active 24h {})",
-        users.total, users.blocked, users.seen_since
-    );
-    let _ = writeln!(t, "Generations:");
+    let mut lines = vec![
+        texts::stats_users(users.total, users.blocked, users.seen_since),
+        texts::stats_generations(),
+    ];
     for (s, n) in by_status {
-        let _ = writeln!(t, "  {s}: {n}");
+        lines.push(texts::stats_status(s, n));
     }
     for (label, days) in [("24h", 1), ("7d", 7), ("30d", 30)] {
         let since = now - days * DAY_MS;
         let revenue = sum_since(ctx, "capture", since).await?;
         let topups = sum_since(ctx, "topup", since).await?;
-        let _ = writeln!(
-            t,
-            "{label}: revenue {} · top-ups {}",
-            texts::money(revenue),
-            texts::money(topups)
-        );
+        lines.push(texts::stats_period(label, revenue, topups));
     }
-    match &ctx.deps.kie {
-        Some(kie) => match kie.credits().await {
-            Ok(c) => {
-                let _ = writeln!(t, "KIE credits: {c}");
-            }
-            Err(e) => {
-                let _ = writeln!(t, "KIE credits: unavailable ({e})");
-            }
-        },
-        None => {
-            let _ = writeln!(t, "KIE credits: dry run");
-        }
-    }
+    let credits = match &ctx.deps.kie {
+        Some(kie) => Some(
+            kie.credits()
+                .await
+                .map(|c| c.to_string())
+                .map_err(|e| e.to_string()),
+        ),
+        None => None,
+    };
+    lines.push(texts::stats_kie_credits(credits));
+    let mut t = lines.join("\n");
+    t.push('\n');
     ctx.show(t, Some(keyboards::admin(ctx.lang))).await
 }
 
@@ -326,17 +261,19 @@ async fn failed(ctx: &Ctx) -> anyhow::Result<()> {
     )
     .fetch_all(ctx.deps.store.pool())
     .await?;
-    let mut t = say(
-        ctx.lang,
-        "Последние ошибки:".into(),
-        "Latest failed generations:".into(),
-    );
+    let mut t = texts::failed_heading(ctx.lang);
     if rows.is_empty() {
         t.push_str(" —");
     }
     for (id, user, model, reason) in rows {
         let reason: String = reason.unwrap_or_default().chars().take(120).collect();
-        let _ = write!(t, "\n#{id} · user {user} · {model} · {reason}");
+        t.push('\n');
+        t.push_str(&texts::failed_line(
+            GenerationId(id),
+            UserId(user),
+            &model,
+            &reason,
+        ));
     }
     ctx.show(t, Some(keyboards::admin(ctx.lang))).await
 }
@@ -361,34 +298,16 @@ async fn toggle_maintenance(ctx: &Ctx) -> anyhow::Result<()> {
         .admins()
         .switch(ctx.uid, MAINTENANCE_KEY, action, !on)
         .await?;
-    let t = if on {
-        say(
-            ctx.lang,
-            "Техработы выключены.".into(),
-            "Maintenance mode is off.".into(),
-        )
-    } else {
-        say(
-            ctx.lang,
-            "Техработы включены: пользователи видят сообщение о работах.".into(),
-            "Maintenance mode is on: users see the maintenance message.".into(),
-        )
-    };
-    ctx.show(t, Some(keyboards::admin(ctx.lang))).await
+    ctx.show(
+        texts::maintenance_switched(ctx.lang, !on),
+        Some(keyboards::admin(ctx.lang)),
+    )
+    .await
 }
 
 async fn user_card(ctx: &Ctx, user: UserId) -> anyhow::Result<()> {
     let Some(u) = ctx.deps.store.users().get(user).await? else {
-        return ctx
-            .send(
-                say(
-                    ctx.lang,
-                    format!("Пользователь {user} не найден."),
-                    format!("User {user} not found."),
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::admin_no_user(ctx.lang, user), None).await;
     };
     let w = ctx.deps.store.ledger().wallet(user).await?;
     let gens = ctx
@@ -397,29 +316,20 @@ async fn user_card(ctx: &Ctx, user: UserId) -> anyhow::Result<()> {
         .generations()
         .list_for_user(user, 0, 5)
         .await?;
-    let mut t = format!(
-        "User {}\nrole: {}\nlanguage: {}\nblocked: {}\nbalance: {} (held {})\nreferrer: {}",
-        u.id,
-        u.role.as_str(),
-        u.language.as_deref().unwrap_or("-"),
-        u.blocked,
-        texts::money(w.balance),
-        texts::money(w.held),
-        u.referrer.map_or_else(|| "-".to_owned(), |r| r.to_string()),
-    );
-    if let Some(b) = u.admin_budget {
-        let _ = write!(t, "\nadmin budget: {}", texts::money(b));
-    }
-    for g in gens {
-        let _ = write!(
-            t,
-            "\n#{} {} {} {}",
-            g.id,
-            g.model,
-            g.status,
-            texts::money(g.price)
-        );
-    }
+    let t = texts::user_card(&texts::UserCard {
+        id: u.id,
+        role: u.role.as_str(),
+        language: u.language.as_deref(),
+        blocked: u.blocked,
+        balance: w.balance,
+        held: w.held,
+        referrer: u.referrer,
+        admin_budget: u.admin_budget,
+        generations: gens
+            .iter()
+            .map(|g| (g.id, g.model.as_str(), g.status, g.price))
+            .collect(),
+    });
     ctx.send(t, Some(keyboards::admin_user(ctx.lang, user, u.blocked)))
         .await
 }
@@ -441,19 +351,7 @@ async fn set_blocked(ctx: &Ctx, user: UserId, blocked: bool) -> anyhow::Result<(
     {
         return refused(ctx, e).await;
     }
-    let t = if blocked {
-        say(
-            ctx.lang,
-            format!("Пользователь {user} заблокирован."),
-            format!("User {user} is blocked."),
-        )
-    } else {
-        say(
-            ctx.lang,
-            format!("Пользователь {user} разблокирован."),
-            format!("User {user} is unblocked."),
-        )
-    };
+    let t = texts::user_blocked(ctx.lang, user, blocked);
     ctx.send(t, Some(keyboards::admin_user(ctx.lang, user, blocked)))
         .await
 }
@@ -474,17 +372,8 @@ async fn adjust(ctx: &Ctx, user: UserId, amount: Money, reason: &str) -> anyhow:
     {
         Ok(applied) => {
             let w = ctx.deps.store.ledger().wallet(user).await?;
-            let a = texts::money(amount);
-            let b = texts::money(w.balance);
-            ctx.send(
-                say(
-                    ctx.lang,
-                    format!("Баланс {user} изменён на {a}. Теперь: {b}."),
-                    format!("Balance of {user} adjusted by {a}. Now: {b}."),
-                ),
-                None,
-            )
-            .await?;
+            ctx.send(texts::adjusted(ctx.lang, user, amount, w.balance), None)
+                .await?;
             let size = Money::from_minor(amount.minor().saturating_abs());
             if applied.fresh && !ctx.is_owner() && size > ctx.deps.admin_limits.notify_above {
                 tell_owner(ctx, user, amount, reason).await;
@@ -492,16 +381,8 @@ async fn adjust(ctx: &Ctx, user: UserId, amount: Money, reason: &str) -> anyhow:
             Ok(())
         }
         Err(StoreError::InsufficientFunds { available, .. }) => {
-            let a = texts::money(available);
-            ctx.send(
-                say(
-                    ctx.lang,
-                    format!("Нельзя списать больше доступного ({a})."),
-                    format!("Cannot take more than is available ({a})."),
-                ),
-                None,
-            )
-            .await
+            ctx.send(texts::adjust_over_available(ctx.lang, available), None)
+                .await
         }
         Err(e) => refused(ctx, e).await,
     }
@@ -559,15 +440,16 @@ async fn admins(ctx: &Ctx) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     for id in ctx.deps.admin_ids.iter().skip(1) {
         if !granted.iter().any(|(u, _)| u == id) {
-            lines.push(format!("{id}: support (ADMIN_IDS)"));
+            lines.push(texts::admins_line_configured(*id));
         }
     }
     for (u, perms) in granted {
-        let mut names: Vec<&str> = perms.iter().map(|p| p.as_str()).collect();
-        if ctx.deps.admin_ids.contains(&u) && !perms.contains(&Permission::Support) {
-            names.insert(0, "support (ADMIN_IDS)");
-        }
-        lines.push(format!("{u}: {}", names.join(", ")));
+        let names: Vec<&str> = perms.iter().map(|p| p.as_str()).collect();
+        lines.push(texts::admins_line(
+            u,
+            &names,
+            ctx.deps.admin_ids.contains(&u),
+        ));
     }
     ctx.send(texts::admins_list(ctx.lang, ctx.deps.owner(), &lines), None)
         .await
@@ -577,14 +459,7 @@ async fn admins(ctx: &Ctx) -> anyhow::Result<()> {
 async fn resend(ctx: &Ctx, id: GenerationId) -> anyhow::Result<()> {
     let Some(g) = ctx.deps.store.generations().get(id).await? else {
         return ctx
-            .send(
-                say(
-                    ctx.lang,
-                    format!("Генерация #{id} не найдена."),
-                    format!("Generation #{id} not found."),
-                ),
-                None,
-            )
+            .send(texts::admin_no_generation(ctx.lang, id), None)
             .await;
     };
     let lang = match ctx.deps.store.users().get(g.user).await? {
@@ -637,41 +512,16 @@ async fn set_budget(
 ) -> anyhow::Result<()> {
     let lang = ctx.lang;
     if !ctx.is_owner() {
-        return ctx
-            .send(
-                say(
-                    lang,
-                    "Бюджеты администраторов задаёт только владелец.".into(),
-                    "Only the owner sets admin budgets.".into(),
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::budget_owner_only(lang), None).await;
     }
     let Some(u) = ctx.deps.store.users().get(user).await? else {
-        return ctx
-            .send(
-                say(
-                    lang,
-                    format!("Пользователь {user} не найден."),
-                    format!("User {user} not found."),
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::admin_no_user(lang, user), None).await;
     };
     let is_owner = ctx.deps.owner() == Some(user) || u.role == Role::Owner;
     let is_admin = ctx.deps.admin_ids.contains(&user) || u.role == Role::Admin;
     if is_owner || !is_admin {
         return ctx
-            .send(
-                say(
-                    lang,
-                    format!("{user} — не ограниченный администратор: бюджет ему не нужен."),
-                    format!("{user} is not a limited admin: a budget would not apply."),
-                ),
-                None,
-            )
+            .send(texts::budget_not_applicable(lang, user), None)
             .await;
     }
     let before = ctx
@@ -680,17 +530,8 @@ async fn set_budget(
         .users()
         .set_admin_budget_audited(user, budget, ctx.uid, reason)
         .await?;
-    let show = |b: Option<Money>| b.map_or_else(|| "—".to_owned(), texts::money);
-    let (now, was) = (show(budget), show(before));
-    ctx.send(
-        say(
-            lang,
-            format!("Бюджет администратора {user}: {now} (было {was})."),
-            format!("Admin budget of {user}: {now} (was {was})."),
-        ),
-        None,
-    )
-    .await
+    ctx.send(texts::budget_set(lang, user, budget, before), None)
+        .await
 }
 
 /// Refunds a Stars payment: the ledger first (so money the wallet still
@@ -703,45 +544,17 @@ async fn refund(ctx: &Ctx, charge: &str) -> anyhow::Result<()> {
     let lang = ctx.lang;
     let store = &ctx.deps.store;
     let Some(p) = store.payments().get(charge).await? else {
-        return ctx
-            .send(
-                say(
-                    lang,
-                    "Платёж не найден.".into(),
-                    "Payment not found.".into(),
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::payment_not_found(lang), None).await;
     };
     let applied = match store.payments().mark_refunded(charge).await {
         Ok(a) => a,
         Err(StoreError::InsufficientFunds { available, .. }) => {
-            let a = texts::money(available);
-            return ctx
-                .send(
-                    say(
-                        lang,
-                        format!("Пользователь уже потратил деньги: доступно {a}."),
-                        format!("The user has spent the money: {a} available."),
-                    ),
-                    None,
-                )
-                .await;
+            return ctx.send(texts::refund_spent(lang, available), None).await;
         }
         Err(e) => return Err(e.into()),
     };
     if !applied.fresh {
-        return ctx
-            .send(
-                say(
-                    lang,
-                    "Этот платёж уже возвращён.".into(),
-                    "This payment was already refunded.".into(),
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::refund_repeat(lang), None).await;
     }
     // A lost or ambiguous answer is settled by Telegram's own transaction
     // list, never guessed: only a definite refusal undoes the debit.
@@ -751,28 +564,13 @@ async fn refund(ctx: &Ctx, charge: &str) -> anyhow::Result<()> {
                 .audit()
                 .record(ctx.uid, "refund", Some(p.user), Some(p.amount), charge)
                 .await?;
-            let a = texts::money(p.amount);
-            ctx.send(
-                say(
-                    lang,
-                    format!("Возвращено {} ⭐ ({a}) пользователю {}.", p.stars, p.user),
-                    format!("Refunded {} ⭐ ({a}) to user {}.", p.stars, p.user),
-                ),
-                None,
-            )
-            .await
+            ctx.send(texts::refunded(lang, p.stars, p.amount, p.user), None)
+                .await
         }
         crate::stars::RefundOutcome::Unknown(e) => {
             tracing::error!(charge, error = %e, "refund outcome unknown; the debit stands");
-            ctx.send(
-                say(
-                    lang,
-                    format!("Telegram не подтвердил возврат ({e}). Списание остаётся; сверка платежей покажет итог. Если возврата не было, верните деньги через /adjust."),
-                    format!("Telegram did not confirm the refund ({e}). The debit stands; the payment reconciler will show the outcome. If no refund was made, credit the user back with /adjust."),
-                ),
-                None,
-            )
-            .await
+            ctx.send(texts::refund_unknown(lang, &e.to_string()), None)
+                .await
         }
         crate::stars::RefundOutcome::Refused(e) => {
             tracing::error!(charge, error = %e, "refundStarPayment refused; reversing the debit");
@@ -786,15 +584,8 @@ async fn refund(ctx: &Ctx, charge: &str) -> anyhow::Result<()> {
                     "Telegram refused the refund",
                 )
                 .await?;
-            ctx.send(
-                say(
-                    lang,
-                    format!("Telegram отказал в возврате: {e}. Списание отменено."),
-                    format!("Telegram refused the refund: {e}. The debit was reversed."),
-                ),
-                None,
-            )
-            .await
+            ctx.send(texts::refund_refused(lang, &e.to_string()), None)
+                .await
         }
     }
 }

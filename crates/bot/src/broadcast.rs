@@ -84,16 +84,7 @@ impl BroadcastRunners {
 pub(crate) async fn start(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
     let lang = ctx.lang;
     if text.trim().is_empty() {
-        return ctx
-            .send(
-                texts::admin_report(
-                    lang,
-                    "Использование: /broadcast ТЕКСТ",
-                    "Usage: /broadcast TEXT",
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::broadcast_usage(lang), None).await;
     }
     let new = NewBroadcast {
         text: text.trim().to_owned(),
@@ -102,22 +93,9 @@ pub(crate) async fn start(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
         created_by: ctx.uid,
     };
     if ctx.deps.store.broadcasts().create(&new).await?.is_none() {
-        return ctx
-            .send(
-                texts::admin_report(
-                    lang,
-                    "Рассылка уже идёт.",
-                    "A broadcast is already running.",
-                ),
-                None,
-            )
-            .await;
+        return ctx.send(texts::broadcast_running(lang), None).await;
     }
-    ctx.send(
-        texts::admin_report(lang, "Рассылка запущена.", "Broadcast started."),
-        None,
-    )
-    .await?;
+    ctx.send(texts::broadcast_started(lang), None).await?;
     let deps = Arc::clone(&ctx.deps);
     ctx.deps
         .broadcasts
@@ -243,6 +221,7 @@ async fn send(
         Ok(_) => Ok((true, true)),
         Err(teloxide::RequestError::RetryAfter(after)) => {
             let wait = after.duration().max(Duration::from_millis(100));
+            metrics::counter!(kiebot_tg::rate_limit::TELEGRAM_429).increment(1);
             deps.limiter.note_retry_after(None, wait).await;
             if !pause(deps, b.id, runner, wait, lease).await? {
                 return Ok((false, false));
@@ -283,11 +262,7 @@ async fn pause(
 async fn report(deps: &BotDeps, b: &Broadcast) {
     let lang = Lang::parse(&b.lang);
     let (sent, failed) = (b.sent, b.failed);
-    let report = texts::admin_report(
-        lang,
-        &format!("Рассылка завершена: доставлено {sent}, не доставлено {failed}."),
-        &format!("Broadcast finished: {sent} delivered, {failed} failed."),
-    );
+    let report = texts::broadcast_finished(lang, sent, failed);
     if let Err(e) = deps.bot.send_message(ChatId(b.admin_chat), report).await {
         tracing::warn!(error = %e, "broadcast report not delivered");
     }

@@ -27,6 +27,8 @@
 //!   `broadcast`: a rate-limited message to every user with a report, sent
 //!   by one front process at a time under a lease in the database, and taken
 //!   over from where it stopped when that process dies.
+//! - `commands`: the one table of commands (users' and admins'), parsed into
+//!   an enum the handlers match on, with who may use each.
 //! - `callbacks` and `messages`: route a parsed button ([`kiebot_tg::callback::Cb`])
 //!   or a message (command, text, file) to the above.
 //!
@@ -74,6 +76,7 @@ use teloxide::types::{
 mod admin;
 mod broadcast;
 mod callbacks;
+mod commands;
 pub mod flood;
 mod menu;
 mod messages;
@@ -584,9 +587,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// English list as the default for every other language).
 pub async fn set_commands(bot: &Bot) -> anyhow::Result<()> {
     for lang in Lang::ALL {
-        let cmds: Vec<BotCommand> = texts::commands(lang)
-            .into_iter()
-            .map(|(c, d)| BotCommand::new(c, d))
+        let cmds: Vec<BotCommand> = commands::Command::registered()
+            .filter_map(|c| {
+                texts::command_description(lang, c.name()).map(|d| BotCommand::new(c.name(), d))
+            })
             .collect();
         let req = bot.set_my_commands(cmds).scope(BotCommandScope::Default);
         match lang {

@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
 use kiebot_domain::catalog::default_price;
 use kiebot_domain::{
     GenerationId, GenerationStatus, GenerationType, Model, OutputKind, ParamValue, UserId,
 };
+use kiebot_tg::delivery::{self, DeliveryOptions};
 use kiebot_tg::keyboards;
 use kiebot_tg::texts::{self, Lang};
 use teloxide::prelude::*;
-use teloxide::types::{FileId, InputFile};
 
 use crate::Ctx;
 use crate::state::Dialogue;
@@ -189,12 +190,7 @@ pub(crate) async fn history(ctx: &Ctx, page: u32) -> anyhow::Result<()> {
                 || g.model.to_string(),
                 |m| m.name.get(lang.code()).to_owned(),
             );
-            format!(
-                "#{} · {name} · {} · {}",
-                g.id,
-                texts::status_name(lang, g.status),
-                texts::price_tag(lang, g.price)
-            )
+            texts::history_line(lang, g.id, &name, g.status, g.price)
         })
         .collect();
     let items: Vec<(GenerationId, bool)> = rows
@@ -240,14 +236,15 @@ pub(crate) async fn resend(ctx: &Ctx, id: GenerationId) -> anyhow::Result<bool> 
 }
 
 /// Sends the generation's delivered files again to `chat` (its owner's, or
-/// the admin's own for support's `/resend`). `false`: it has none.
+/// the admin's own for support's `/resend`) by their Telegram file ids,
+/// through the delivery path: every message waits on the limiter shared
+/// with the workers, and a 429 is waited out there. `false`: it has none.
 pub(crate) async fn send_result(
     ctx: &Ctx,
     g: &kiebot_store::Generation,
     chat: ChatId,
     lang: Lang,
 ) -> anyhow::Result<bool> {
-    let id = g.id;
     let ids = file_ids(g.file_ids.as_deref()).unwrap_or_default();
     if ids.is_empty() {
         return Ok(false);
@@ -257,42 +254,18 @@ pub(crate) async fn send_result(
         .catalog
         .get(g.model.as_str())
         .map_or(OutputKind::Image, |m| m.output);
-    let bot = &ctx.deps.bot;
-    let last = ids.len() - 1;
-    for (i, fid) in ids.into_iter().enumerate() {
-        let file = InputFile::file_id(FileId(fid));
-        let kb = (i == last).then(|| texts::result_keyboard(lang, id));
-        match output {
-            OutputKind::Image => {
-                let mut r = bot.send_photo(chat, file);
-                if let Some(kb) = kb {
-                    r = r.reply_markup(kb);
-                }
-                r.await?;
-            }
-            OutputKind::Video => {
-                let mut r = bot.send_video(chat, file);
-                if let Some(kb) = kb {
-                    r = r.reply_markup(kb);
-                }
-                r.await?;
-            }
-            OutputKind::Audio => {
-                let mut r = bot.send_audio(chat, file);
-                if let Some(kb) = kb {
-                    r = r.reply_markup(kb);
-                }
-                r.await?;
-            }
-            OutputKind::Text => {
-                let mut r = bot.send_document(chat, file);
-                if let Some(kb) = kb {
-                    r = r.reply_markup(kb);
-                }
-                r.await?;
-            }
-        }
-    }
+    let keyboard = texts::result_keyboard(lang, g.id);
+    delivery::resend_files(
+        &ctx.deps.bot,
+        ctx.deps.limiter.as_ref(),
+        chat,
+        output.into(),
+        &ids,
+        Some(&keyboard),
+        &DeliveryOptions::default(),
+    )
+    .await
+    .with_context(|| format!("resending generation {}", g.id))?;
     Ok(true)
 }
 

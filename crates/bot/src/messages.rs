@@ -8,6 +8,7 @@ use kiebot_tg::texts::{self, Lang, Refusal};
 use teloxide::prelude::*;
 use teloxide::types::Update;
 
+use crate::commands::{Access, Command};
 use crate::state::{Dialogue, parse_dialogue};
 use crate::wizard::{self, IncomingFile};
 use crate::{BotDeps, Ctx, Prefetched, admin, callbacks, menu, payments};
@@ -168,34 +169,34 @@ fn incoming_file(msg: &Message) -> Option<IncomingFile> {
     None
 }
 
-/// `/name args` (a `@bot` suffix on the name is ignored).
-async fn command(ctx: &Ctx, cmd: &str) -> anyhow::Result<()> {
-    let (name, args) = cmd.split_once(char::is_whitespace).unwrap_or((cmd, ""));
-    let name = name.split('@').next().unwrap_or("").to_ascii_lowercase();
-    let args = args.trim();
+/// `/name args` (see [`Command::parse`]).
+async fn command(ctx: &Ctx, text: &str) -> anyhow::Result<()> {
+    let Some((cmd, args)) = Command::parse(text) else {
+        return not_understood(ctx).await;
+    };
     let arg = (!args.is_empty()).then_some(args);
-    match name.as_str() {
-        "start" => menu::start(ctx, arg, ctx.first_contact).await,
-        "menu" => {
+    match cmd.access() {
+        Access::Anyone => {}
+        Access::Staff(_) if ctx.is_admin() => return admin::command(ctx, cmd, args).await,
+        Access::Staff(_) => return ctx.send(texts::admin_only(ctx.lang), None).await,
+    }
+    match cmd {
+        Command::Start => menu::start(ctx, arg, ctx.first_contact).await,
+        Command::Menu => {
             ctx.set_dialogue(&Dialogue::Idle).await?;
             menu::main_menu(ctx).await
         }
-        "balance" => menu::balance(ctx).await,
-        "history" => menu::history(ctx, 0).await,
-        "help" => menu::help(ctx).await,
-        "language" => menu::languages(ctx).await,
-        "cancel" => {
+        Command::Balance => menu::balance(ctx).await,
+        Command::History => menu::history(ctx, 0).await,
+        Command::Help => menu::help(ctx).await,
+        Command::Language => menu::languages(ctx).await,
+        Command::Cancel => {
             ctx.set_dialogue(&Dialogue::Idle).await?;
             ctx.send(texts::cancelled(ctx.lang), Some(keyboards::home(ctx.lang)))
                 .await
         }
-        "promo" => payments::promo(ctx, arg).await,
-        n if admin::need_of_command(n).is_some() => {
-            if !ctx.is_admin() {
-                return ctx.send(texts::admin_only(ctx.lang), None).await;
-            }
-            admin::command(ctx, &name, args).await
-        }
+        Command::Promo => payments::promo(ctx, arg).await,
+        // Staff commands went to the admin module above.
         _ => not_understood(ctx).await,
     }
 }

@@ -187,10 +187,7 @@ fn display(lang: Lang, v: &ParamValue) -> String {
             texts::button(lang, if *b { Button::Yes } else { Button::No }).to_owned()
         }
         ParamValue::Choice(c) => c.clone(),
-        ParamValue::Files(f) => match lang {
-            Lang::Ru => format!("файлов: {}", f.len()),
-            Lang::En => format!("{} file(s)", f.len()),
-        },
+        ParamValue::Files(f) => texts::files_value(lang, f.len()),
     }
 }
 

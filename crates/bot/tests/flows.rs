@@ -844,10 +844,9 @@ async fn a_broadcast_reaches_every_unblocked_user_reports_and_resumes_after_a_re
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivered_result_is_sent_again_from_the_history_by_its_file_id() {
-    let mut app = App::start().await;
-    let user = 210;
+/// A generation of `user` that the worker would have submitted, finished
+/// and delivered as one photo; the photo's Telegram file id.
+async fn delivered_photo(app: &mut App, user: i64) -> String {
     app.onboard(user).await;
     app.top_up(user, 100_000).await;
     app.flux_confirm(user).await;
@@ -881,7 +880,14 @@ async fn a_delivered_result_is_sent_again_from_the_history_by_its_file_id() {
             .await
             .unwrap()
     );
+    file_id
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_result_is_sent_again_from_the_history_by_its_file_id() {
+    let mut app = App::start().await;
+    let user = 210;
+    let file_id = delivered_photo(&mut app, user).await;
     app.send(user, "/history").await;
     assert!(app.last_text(user).contains("delivered"));
     app.press(user, "Resend").await;
@@ -899,6 +905,48 @@ async fn a_delivered_result_is_sent_again_from_the_history_by_its_file_id() {
         app.last_text(user).contains("Check the parameters"),
         "{}",
         app.last_text(user)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_goes_through_the_delivery_path_and_arrives_once_per_press() {
+    let mut app = App::start().await;
+    let user = 211;
+    let file_id = delivered_photo(&mut app, user).await;
+    let before = app.tg.sent_of("sendPhoto").len();
+    app.send(user, "/history").await;
+    // Telegram says the bot is over its budget: like a first delivery, the
+    // resend reports it to the shared limiter, waits it out and sends.
+    app.tg.fail_next(
+        "sendPhoto",
+        1,
+        kiebot_testkit::telegram::Fault::TooManyRequests { retry_after: 1 },
+    );
+    app.press(user, "Resend").await;
+    let photos = app.tg.sent_of("sendPhoto");
+    assert_eq!(photos.len(), before + 1, "one press, one result");
+    assert_eq!(
+        photos.last().unwrap().media[0].source,
+        kiebot_testkit::telegram::MediaSource::FileId(file_id.clone())
+    );
+    assert_eq!(
+        app.tg
+            .rejected()
+            .iter()
+            .filter(|r| r.method == "sendPhoto")
+            .count(),
+        1
+    );
+    let labels: Vec<String> = app.buttons(user).into_iter().map(|(l, _)| l).collect();
+    assert!(labels.iter().any(|l| l.contains("Repeat")), "{labels:?}");
+    // Another press: the result once more.
+    app.send(user, "/history").await;
+    app.press(user, "Resend").await;
+    let photos = app.tg.sent_of("sendPhoto");
+    assert_eq!(photos.len(), before + 2);
+    assert_eq!(
+        photos.last().unwrap().media[0].source,
+        kiebot_testkit::telegram::MediaSource::FileId(file_id)
     );
 }
 

@@ -359,6 +359,62 @@ pub async fn deliver_with(
     .await
 }
 
+/// Sends a delivered result again by the Telegram file ids its delivery
+/// stored ([`Delivered::file_ids`]): one message per file, as `kind`, the
+/// keyboard under the last; the ids of the messages sent. Nothing is
+/// fetched or uploaded. Every call waits
+/// on the shared `limiter` and a 429 is waited out within
+/// [`DeliveryOptions::max_retry_wait`], as in [`deliver_with`], so a re-send
+/// spends from the same budget as first deliveries.
+///
+/// # Errors
+/// [`DeliveryError::Empty`] without file ids; otherwise see
+/// [`DeliveryError`]. A failure after some files went out leaves them sent.
+pub async fn resend_files(
+    bot: &Bot,
+    limiter: &dyn DeliveryLimiter,
+    chat_id: ChatId,
+    kind: DeliveryKind,
+    file_ids: &[String],
+    keyboard: Option<&InlineKeyboardMarkup>,
+    options: &DeliveryOptions,
+) -> Result<Vec<MessageId>, DeliveryError> {
+    if file_ids.is_empty() {
+        return Err(DeliveryError::Empty);
+    }
+    let span = tracing::info_span!(
+        "resend",
+        chat_id = chat_id.0,
+        kind = ?kind,
+        items = file_ids.len(),
+    );
+    let sender = Sender {
+        bot,
+        limiter,
+        chat: chat_id,
+        options,
+        waited_ms: AtomicU64::new(0),
+        refusals: Mutex::new(Vec::new()),
+    };
+    async {
+        let last = file_ids.len() - 1;
+        let mut sent = Vec::with_capacity(file_ids.len());
+        for (i, id) in file_ids.iter().enumerate() {
+            let file = InputFile::file_id(teloxide::types::FileId(id.clone()));
+            let keyboard = if i == last { keyboard } else { None };
+            let message = sender
+                .send_media(Media::of(kind), file, None, keyboard, None)
+                .await
+                .map_err(CallError::into_delivery)?;
+            sent.push(message.id);
+        }
+        tracing::info!(messages = sent.len(), "result sent again");
+        Ok(sent)
+    }
+    .instrument(span)
+    .await
+}
+
 /// A failed Bot API call, classified.
 #[derive(Debug)]
 enum CallError {
@@ -645,6 +701,7 @@ impl Sender<'_> {
                 tracing::debug!(parent: &span, error = ?err, "Bot API call failed");
                 return Err(err);
             };
+            metrics::counter!(crate::rate_limit::TELEGRAM_429).increment(1);
             // Pause everyone: after our own per-chat spacing, a 429 most
             // likely means the bot as a whole is over Telegram's budget.
             self.limiter.note_retry_after(None, wait).await;

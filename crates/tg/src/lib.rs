@@ -4,7 +4,8 @@
 //!
 //! - [`delivery`]: sending a finished generation to its user ([`deliver`]):
 //!   by URL, else downloaded and uploaded, else as a link; albums, long texts,
-//!   429 handling, blocked users, and the file ids for cheap re-sends.
+//!   429 handling, blocked users, and the file ids for cheap re-sends
+//!   ([`resend_files`], under the same limiter).
 //! - [`rate_limit`]: the outgoing-message budget ([`DeliveryLimiter`]) every
 //!   sender shares: token buckets in process ([`InProcessLimiter`]), or
 //!   fixed-window counters in Redis for the fleet ([`RedisLimiter`]).
@@ -36,7 +37,7 @@ pub mod texts;
 
 pub use delivery::{
     Delivered, DeliveryError, DeliveryKind, DeliveryOptions, DeliveryRequest, Route, deliver,
-    deliver_with,
+    deliver_with, resend_files,
 };
 pub use rate_limit::{
     Admission, DeliveryLimiter, InProcessLimiter, LimiterConfig, RedisLimiter, RedisLimiterError,

@@ -27,6 +27,10 @@ use teloxide::types::ChatId;
 pub use in_process::InProcessLimiter;
 pub use redis_backed::{RedisLimiter, RedisLimiterError};
 
+/// Counter: 429 answers from the Bot API, by every sender (deliveries,
+/// re-sends, broadcasts); the `KiebotTelegram429` alert watches it.
+pub const TELEGRAM_429: &str = "kiebot_telegram_429_total";
+
 /// Waits for permission to send, shared by every sender of a process (and,
 /// with Redis, of the fleet). Object safe: workers hold an
 /// `Arc<dyn DeliveryLimiter>`.

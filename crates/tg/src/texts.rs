@@ -907,6 +907,21 @@ pub fn history(lang: Lang, page: u32, lines: &[String]) -> String {
     t
 }
 
+/// One generation on a history page.
+pub fn history_line(
+    lang: Lang,
+    id: GenerationId,
+    model: &str,
+    status: GenerationStatus,
+    price: Money,
+) -> String {
+    format!(
+        "#{id} · {model} · {} · {}",
+        status_name(lang, status),
+        price_tag(lang, price)
+    )
+}
+
 /// A history button to send a result again.
 pub fn resend_button(lang: Lang, id: GenerationId) -> String {
     tr!(lang, "📤 #{id} ещё раз", "📤 Resend #{id}")
@@ -1283,37 +1298,339 @@ pub fn admin_button(lang: Lang, what: &str) -> String {
     }
 }
 
-/// A plain admin report line (operators read English and Russian alike, so
-/// reports carry numbers with short labels).
-pub fn admin_report(lang: Lang, ru: &str, en: &str) -> String {
-    match lang {
-        Lang::Ru => ru.to_owned(),
-        Lang::En => en.to_owned(),
+/// An admin command typed without what it needs: `usage` is the command
+/// with its arguments (for example `/user ID`), each language's own.
+fn usage(lang: Lang, ru: &str, en: &str) -> String {
+    tr!(lang, "Использование: {ru}", "Usage: {en}")
+}
+
+/// `/user` usage.
+pub fn user_usage(lang: Lang) -> String {
+    usage(lang, "/user ID", "/user ID")
+}
+
+/// `/block` (`block`) or `/unblock` usage.
+pub fn block_usage(lang: Lang, block: bool) -> String {
+    let c = if block { "/block ID" } else { "/unblock ID" };
+    usage(lang, c, c)
+}
+
+/// `/adjust` usage.
+pub fn adjust_usage(lang: Lang) -> String {
+    usage(
+        lang,
+        "/adjust ID СУММА ПРИЧИНА (сумма может быть отрицательной)",
+        "/adjust ID AMOUNT REASON (the amount may be negative)",
+    )
+}
+
+/// `/budget` usage.
+pub fn budget_usage(lang: Lang) -> String {
+    usage(
+        lang,
+        "/budget ID СУММА ПРИЧИНА или /budget ID off ПРИЧИНА (бюджет — сколько администратор ещё может потратить)",
+        "/budget ID AMOUNT REASON or /budget ID off REASON (the budget is what the admin may still spend)",
+    )
+}
+
+/// `/refund` usage.
+pub fn refund_usage(lang: Lang) -> String {
+    usage(lang, "/refund CHARGE_ID", "/refund CHARGE_ID")
+}
+
+/// `/broadcast` usage.
+pub fn broadcast_usage(lang: Lang) -> String {
+    usage(lang, "/broadcast ТЕКСТ", "/broadcast TEXT")
+}
+
+/// The heading of the latest failed generations (`/failed`).
+pub fn failed_heading(lang: Lang) -> String {
+    tr!(lang, "Последние ошибки:", "Latest failed generations:")
+}
+
+/// One failed generation in `/failed`.
+pub fn failed_line(id: GenerationId, user: UserId, model: &str, reason: &str) -> String {
+    format!("#{id} · user {user} · {model} · {reason}")
+}
+
+/// Maintenance mode was switched `on` or off.
+pub fn maintenance_switched(lang: Lang, on: bool) -> String {
+    match on {
+        true => tr!(
+            lang,
+            "Техработы включены: пользователи видят сообщение о работах.",
+            "Maintenance mode is on: users see the maintenance message."
+        ),
+        false => tr!(lang, "Техработы выключены.", "Maintenance mode is off."),
     }
 }
 
-/// Commands for setMyCommands: (command, description).
-pub fn commands(lang: Lang) -> Vec<(&'static str, &'static str)> {
-    match lang {
-        Lang::Ru => vec![
-            ("start", "Главное меню"),
-            ("balance", "Баланс"),
-            ("history", "История генераций"),
-            ("promo", "Активировать промокод"),
-            ("language", "Язык"),
-            ("cancel", "Отменить текущее действие"),
-            ("help", "Помощь"),
-        ],
-        Lang::En => vec![
-            ("start", "Main menu"),
-            ("balance", "Balance"),
-            ("history", "Generation history"),
-            ("promo", "Redeem a promo code"),
-            ("language", "Language"),
-            ("cancel", "Cancel the current action"),
-            ("help", "Help"),
-        ],
+/// A user was `blocked` or unblocked.
+pub fn user_blocked(lang: Lang, user: UserId, blocked: bool) -> String {
+    match blocked {
+        true => tr!(
+            lang,
+            "Пользователь {user} заблокирован.",
+            "User {user} is blocked."
+        ),
+        false => tr!(
+            lang,
+            "Пользователь {user} разблокирован.",
+            "User {user} is unblocked."
+        ),
     }
+}
+
+/// A balance was adjusted by `amount`; `balance` is what it is now.
+pub fn adjusted(lang: Lang, user: UserId, amount: Money, balance: Money) -> String {
+    let (a, b) = (money(amount), money(balance));
+    tr!(
+        lang,
+        "Баланс {user} изменён на {a}. Теперь: {b}.",
+        "Balance of {user} adjusted by {a}. Now: {b}."
+    )
+}
+
+/// An adjustment would take more than the wallet has available.
+pub fn adjust_over_available(lang: Lang, available: Money) -> String {
+    let a = money(available);
+    tr!(
+        lang,
+        "Нельзя списать больше доступного ({a}).",
+        "Cannot take more than is available ({a})."
+    )
+}
+
+/// No such generation.
+pub fn admin_no_generation(lang: Lang, id: GenerationId) -> String {
+    tr!(
+        lang,
+        "Генерация #{id} не найдена.",
+        "Generation #{id} not found."
+    )
+}
+
+/// A limited admin tried to set a budget.
+pub fn budget_owner_only(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Бюджеты администраторов задаёт только владелец.",
+        "Only the owner sets admin budgets."
+    )
+}
+
+/// A budget for someone who is not a limited admin.
+pub fn budget_not_applicable(lang: Lang, user: UserId) -> String {
+    tr!(
+        lang,
+        "{user} — не ограниченный администратор: бюджет ему не нужен.",
+        "{user} is not a limited admin: a budget would not apply."
+    )
+}
+
+/// A limited admin's budget set (`None`: no budget), and what it was.
+pub fn budget_set(lang: Lang, user: UserId, now: Option<Money>, was: Option<Money>) -> String {
+    let show = |b: Option<Money>| b.map_or_else(|| "—".to_owned(), money);
+    let (now, was) = (show(now), show(was));
+    tr!(
+        lang,
+        "Бюджет администратора {user}: {now} (было {was}).",
+        "Admin budget of {user}: {now} (was {was})."
+    )
+}
+
+/// `/refund` of an unknown charge.
+pub fn payment_not_found(lang: Lang) -> String {
+    tr!(lang, "Платёж не найден.", "Payment not found.")
+}
+
+/// A refund the user's wallet no longer covers.
+pub fn refund_spent(lang: Lang, available: Money) -> String {
+    let a = money(available);
+    tr!(
+        lang,
+        "Пользователь уже потратил деньги: доступно {a}.",
+        "The user has spent the money: {a} available."
+    )
+}
+
+/// A refund of a payment refunded before.
+pub fn refund_repeat(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Этот платёж уже возвращён.",
+        "This payment was already refunded."
+    )
+}
+
+/// Stars refunded.
+pub fn refunded(lang: Lang, stars: i64, amount: Money, user: UserId) -> String {
+    let a = money(amount);
+    tr!(
+        lang,
+        "Возвращено {stars} ⭐ ({a}) пользователю {user}.",
+        "Refunded {stars} ⭐ ({a}) to user {user}."
+    )
+}
+
+/// Telegram gave no clear answer to a refund (`error`); the debit stands.
+pub fn refund_unknown(lang: Lang, error: &str) -> String {
+    tr!(
+        lang,
+        "Telegram не подтвердил возврат ({error}). Списание остаётся; сверка платежей покажет итог. Если возврата не было, верните деньги через /adjust.",
+        "Telegram did not confirm the refund ({error}). The debit stands; the payment reconciler will show the outcome. If no refund was made, credit the user back with /adjust."
+    )
+}
+
+/// Telegram refused a refund (`error`); the debit was reversed.
+pub fn refund_refused(lang: Lang, error: &str) -> String {
+    tr!(
+        lang,
+        "Telegram отказал в возврате: {error}. Списание отменено.",
+        "Telegram refused the refund: {error}. The debit was reversed."
+    )
+}
+
+/// `/broadcast` while one is running.
+pub fn broadcast_running(lang: Lang) -> String {
+    tr!(
+        lang,
+        "Рассылка уже идёт.",
+        "A broadcast is already running."
+    )
+}
+
+/// A broadcast was started.
+pub fn broadcast_started(lang: Lang) -> String {
+    tr!(lang, "Рассылка запущена.", "Broadcast started.")
+}
+
+/// The report of a finished broadcast.
+pub fn broadcast_finished(lang: Lang, sent: u64, failed: u64) -> String {
+    tr!(
+        lang,
+        "Рассылка завершена: доставлено {sent}, не доставлено {failed}.",
+        "Broadcast finished: {sent} delivered, {failed} failed."
+    )
+}
+
+/// `/stats`: how many users there are.
+pub fn stats_users(total: u64, blocked: u64, active: u64) -> String {
+    format!("Users: {total} (blocked {blocked}, active 24h {active})")
+}
+
+/// `/stats`: the heading of generations by status.
+pub fn stats_generations() -> String {
+    "Generations:".to_owned()
+}
+
+/// `/stats`: how many generations are in `status`.
+pub fn stats_status(status: GenerationStatus, count: u64) -> String {
+    format!("  {status}: {count}")
+}
+
+/// `/stats`: revenue and top-ups over `period` (`24h`, `7d`, `30d`).
+pub fn stats_period(period: &str, revenue: Money, topups: Money) -> String {
+    format!(
+        "{period}: revenue {} · top-ups {}",
+        money(revenue),
+        money(topups)
+    )
+}
+
+/// `/stats`: KIE's credits (`Ok`), why they are unknown (`Err`), or dry
+/// run (`None`).
+pub fn stats_kie_credits(credits: Option<Result<String, String>>) -> String {
+    match credits {
+        Some(Ok(c)) => format!("KIE credits: {c}"),
+        Some(Err(e)) => format!("KIE credits: unavailable ({e})"),
+        None => "KIE credits: dry run".to_owned(),
+    }
+}
+
+/// What `/user` shows of a user.
+#[derive(Debug, Clone)]
+pub struct UserCard<'a> {
+    /// Who.
+    pub id: UserId,
+    /// Their role's name.
+    pub role: &'a str,
+    /// Their language code, if they chose one.
+    pub language: Option<&'a str>,
+    /// Whether they are blocked.
+    pub blocked: bool,
+    /// Their balance.
+    pub balance: Money,
+    /// The part of it held for running generations.
+    pub held: Money,
+    /// Who invited them.
+    pub referrer: Option<UserId>,
+    /// Their budget, when they are a limited admin with one.
+    pub admin_budget: Option<Money>,
+    /// Their latest generations: id, model, status, price.
+    pub generations: Vec<(GenerationId, &'a str, GenerationStatus, Money)>,
+}
+
+/// `/user ID`: the user card (operators read English and Russian alike, so
+/// it carries numbers with short labels).
+pub fn user_card(c: &UserCard<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut t = format!(
+        "User {}\nrole: {}\nlanguage: {}\nblocked: {}\nbalance: {} (held {})\nreferrer: {}",
+        c.id,
+        c.role,
+        c.language.unwrap_or("-"),
+        c.blocked,
+        money(c.balance),
+        money(c.held),
+        c.referrer.map_or_else(|| "-".to_owned(), |r| r.to_string()),
+    );
+    if let Some(b) = c.admin_budget {
+        let _ = write!(t, "\nadmin budget: {}", money(b));
+    }
+    for (id, model, status, price) in &c.generations {
+        let _ = write!(t, "\n#{id} {model} {status} {}", money(*price));
+    }
+    t
+}
+
+/// `/admins`: an admin by configuration only.
+pub fn admins_line_configured(user: UserId) -> String {
+    format!("{user}: support (ADMIN_IDS)")
+}
+
+/// `/admins`: an admin and their permissions (`configured`: in
+/// `ADMIN_IDS` too, which gives `support`).
+pub fn admins_line(user: UserId, permissions: &[&str], configured: bool) -> String {
+    let mut names: Vec<&str> = permissions.to_vec();
+    if configured && !permissions.contains(&"support") {
+        names.insert(0, "support (ADMIN_IDS)");
+    }
+    format!("{user}: {}", names.join(", "))
+}
+
+/// What the files of an answer are shown as on the confirm screen.
+pub fn files_value(lang: Lang, count: usize) -> String {
+    tr!(lang, "файлов: {count}", "{count} file(s)")
+}
+
+/// The description of the command `name` in Telegram's command menu
+/// (`setMyCommands`); `None` for a command that is not registered there.
+pub fn command_description(lang: Lang, name: &str) -> Option<&'static str> {
+    let (ru, en) = match name {
+        "start" => ("Главное меню", "Main menu"),
+        "balance" => ("Баланс", "Balance"),
+        "history" => ("История генераций", "Generation history"),
+        "promo" => ("Активировать промокод", "Redeem a promo code"),
+        "language" => ("Язык", "Language"),
+        "cancel" => ("Отменить текущее действие", "Cancel the current action"),
+        "help" => ("Помощь", "Help"),
+        _ => return None,
+    };
+    Some(match lang {
+        Lang::Ru => ru,
+        Lang::En => en,
+    })
 }
 
 #[cfg(test)]

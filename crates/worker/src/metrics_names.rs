@@ -2,10 +2,6 @@
 //!
 //! Units are in the names. Labels: `queue`, `outcome`, `endpoint`, `state`.
 
-/// Counter: jobs handled, by `queue` and `outcome` (ok, error).
-pub const JOBS: &str = "kiebot_jobs_total";
-/// Histogram: job handling time in seconds, by `queue`.
-pub const JOB_SECONDS: &str = "kiebot_job_duration_seconds";
 /// Counter: KIE calls, by `endpoint` and `outcome` (ok, or the error class).
 pub const KIE_CALLS: &str = "kiebot_kie_calls_total";
 /// Histogram: KIE call latency in seconds, by `endpoint`.
