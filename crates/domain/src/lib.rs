@@ -15,10 +15,13 @@
 //! - [`pricing`]: the operator's price formula (credits x USD per credit x FX x
 //!   markup, rounded up to the minor unit).
 //! - [`generation`]: the generation lifecycle with only legal transitions.
+//! - [`lifecycle`]: a generation's state with what decides its next job
+//!   ([`Lifecycle::next_job`]).
 
 pub mod catalog;
 pub mod generation;
 pub mod ids;
+pub mod lifecycle;
 pub mod money;
 pub mod params;
 pub mod pricing;
@@ -29,6 +32,7 @@ pub use catalog::{
 };
 pub use generation::{GenerationStatus, TransitionError};
 pub use ids::{GenerationId, ModelId, UserId};
+pub use lifecycle::{End, Lifecycle, NextJob, Notice, TaskOutcome};
 pub use money::{Credits, Money, MoneyError, Rate};
 pub use params::{ParamError, ParamValue, Params};
 pub use pricing::{PriceError, Pricing};
