@@ -593,7 +593,19 @@ async fn the_owner_is_not_charged_and_z_image_is_free_five_times_a_day() {
                 .await
                 .unwrap()
         );
-        assert!(gens.finish_success(g, "{}").await.unwrap());
+        assert!(
+            gens.finish_and_claim(
+                g,
+                kiebot_domain::GenerationStatus::Succeeded,
+                &kiebot_domain::TaskOutcome::Success {
+                    result: "{}".into()
+                },
+                0
+            )
+            .await
+            .unwrap()
+            .is_some()
+        );
     }
     let prices: Vec<Money> = app
         .generations(user)
@@ -862,9 +874,17 @@ async fn a_delivered_result_is_sent_again_from_the_history_by_its_file_id() {
             .unwrap()
     );
     assert!(
-        gens.finish_success(g, r#"{"resultUrls":["https://example.com/a.png"]}"#)
-            .await
-            .unwrap()
+        gens.finish_and_claim(
+            g,
+            kiebot_domain::GenerationStatus::Succeeded,
+            &kiebot_domain::TaskOutcome::Success {
+                result: r#"{"resultUrls":["https://example.com/a.png"]}"#.into()
+            },
+            0
+        )
+        .await
+        .unwrap()
+        .is_some()
     );
     let sent = app
         .deps
