@@ -538,7 +538,19 @@ async fn spending_qualifies_a_referral_when_configured() {
     );
     let gens = app.store().generations();
     assert!(gens.mark_submitted(g.id, "t1", 0, i64::MAX).await.unwrap());
-    assert!(gens.finish_success(g.id, "{}").await.unwrap());
+    assert!(
+        gens.finish_and_claim(
+            g.id,
+            kiebot_domain::GenerationStatus::Succeeded,
+            &kiebot_domain::TaskOutcome::Success {
+                result: "{}".into()
+            },
+            0
+        )
+        .await
+        .unwrap()
+        .is_some()
+    );
     assert_eq!(
         app.store()
             .generations()

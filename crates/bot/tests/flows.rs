@@ -593,7 +593,19 @@ async fn the_owner_is_not_charged_and_z_image_is_free_five_times_a_day() {
                 .await
                 .unwrap()
         );
-        assert!(gens.finish_success(g, "{}").await.unwrap());
+        assert!(
+            gens.finish_and_claim(
+                g,
+                kiebot_domain::GenerationStatus::Succeeded,
+                &kiebot_domain::TaskOutcome::Success {
+                    result: "{}".into()
+                },
+                0
+            )
+            .await
+            .unwrap()
+            .is_some()
+        );
     }
     let prices: Vec<Money> = app
         .generations(user)
@@ -861,9 +873,17 @@ async fn delivered_photo(app: &mut App, user: i64) -> String {
             .unwrap()
     );
     assert!(
-        gens.finish_success(g, r#"{"resultUrls":["https://example.com/a.png"]}"#)
-            .await
-            .unwrap()
+        gens.finish_and_claim(
+            g,
+            kiebot_domain::GenerationStatus::Succeeded,
+            &kiebot_domain::TaskOutcome::Success {
+                result: r#"{"resultUrls":["https://example.com/a.png"]}"#.into()
+            },
+            0
+        )
+        .await
+        .unwrap()
+        .is_some()
     );
     let sent = app
         .deps

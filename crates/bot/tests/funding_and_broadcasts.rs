@@ -41,7 +41,19 @@ async fn succeed(app: &App, id: GenerationId) {
             .await
             .unwrap()
     );
-    assert!(gens.finish_success(id, "{}").await.unwrap());
+    assert!(
+        gens.finish_and_claim(
+            id,
+            kiebot_domain::GenerationStatus::Succeeded,
+            &kiebot_domain::TaskOutcome::Success {
+                result: "{}".into()
+            },
+            0
+        )
+        .await
+        .unwrap()
+        .is_some()
+    );
 }
 
 async fn budget_of(app: &App, user: i64) -> Option<Money> {

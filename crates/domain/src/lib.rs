@@ -17,11 +17,14 @@
 //! - [`generation`]: the generation lifecycle with only legal transitions.
 //! - [`funding`]: who pays for a generation (wallet, free use, admin budget,
 //!   nobody), decided without I/O.
+//! - [`lifecycle`]: a generation's state with what decides its next job
+//!   ([`Lifecycle::next_job`]).
 
 pub mod catalog;
 pub mod funding;
 pub mod generation;
 pub mod ids;
+pub mod lifecycle;
 pub mod money;
 pub mod params;
 pub mod pricing;
@@ -32,6 +35,7 @@ pub use catalog::{
 };
 pub use generation::{GenerationStatus, TransitionError};
 pub use ids::{GenerationId, ModelId, UserId};
+pub use lifecycle::{End, Lifecycle, NextJob, Notice, TaskOutcome};
 pub use money::{Credits, Money, MoneyError, Rate};
 pub use params::{ParamError, ParamValue, Params};
 pub use pricing::{PriceError, Pricing};

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apalis_core::backend::TaskSink;
-use kiebot_domain::GenerationId;
+use kiebot_domain::{GenerationId, NextJob};
 use serde::{Deserialize, Serialize};
 
 pub mod names;
@@ -72,6 +72,18 @@ pub enum Job {
 }
 
 impl Job {
+    /// The job of kind `next` for generation `id` (see
+    /// [`kiebot_domain::Lifecycle::next_job`]); `None` for [`NextJob::Nothing`].
+    pub fn next(id: GenerationId, next: NextJob) -> Option<Job> {
+        match next {
+            NextJob::Submit => Some(Job::Submit(id)),
+            NextJob::Poll => Some(Job::Poll(id)),
+            NextJob::Finalize => Some(Job::Finalize(id)),
+            NextJob::Deliver => Some(Job::Deliver(id)),
+            NextJob::Nothing => None,
+        }
+    }
+
     /// The queue's short name, for logs and metrics labels.
     pub fn kind(self) -> &'static str {
         match self {

@@ -215,32 +215,16 @@ async fn show_generation(State(state): State<OpsState>, Path(id): Path<i64>) -> 
     }
 }
 
-/// The job that moves a generation in `status` on, if any.
-fn job_for(id: GenerationId, status: GenerationStatus) -> Option<Job> {
-    match status {
-        GenerationStatus::Pending => Some(Job::Submit(id)),
-        GenerationStatus::Submitted => Some(Job::Poll(id)),
-        // A result or a failure notice may still be owed; the deliver job
-        // claims the row and does nothing if it was sent.
-        GenerationStatus::Succeeded
-        | GenerationStatus::Failed
-        | GenerationStatus::Expired
-        | GenerationStatus::Canceled => Some(Job::Deliver(id)),
-        GenerationStatus::Delivered => None,
-    }
-}
-
 /// `POST /dashboard/generations/{id}/retry`: makes the generation's next
 /// step due now, then enqueues the job for it. If the push fails the step
 /// is still due in the database, and the reconciler enqueues it.
 async fn retry(State(state): State<OpsState>, Path(id): Path<i64>) -> Response {
     let id = GenerationId(id);
-    let status = match state.store.generations().nudge(id, now_ms()).await {
-        Ok(Some(status)) => status,
+    let (status, job) = match state.store.generations().nudge(id, now_ms()).await {
+        Ok(Some(g)) => (g.status, Job::next(id, g.lifecycle.next_job())),
         Ok(None) => return not_found(id.0),
         Err(e) => return store_failed("retry", &e),
     };
-    let job = job_for(id, status);
     let queued = match job {
         Some(job) => push(&state, job, "retry").await,
         None => false,

@@ -806,3 +806,34 @@ pub(crate) async fn settle_in(
     }
     Ok(Applied { entry, fresh: true })
 }
+
+/// Money in the ledger by what happened to it, for invariant checks and
+/// metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MoneyTotals {
+    /// Every capture entry, summed.
+    pub captured: Money,
+    /// Every release entry, summed.
+    pub released: Money,
+    /// Held across all wallets right now.
+    pub held: Money,
+}
+
+impl Store {
+    /// Totals of captured, released and currently held money.
+    pub async fn money_totals(&self) -> Result<MoneyTotals> {
+        let row = sqlx::query(
+            "SELECT \
+                 CAST(COALESCE((SELECT SUM(amount) FROM ledger_entries WHERE kind = 'capture'), 0) AS BIGINT) AS captured, \
+                 CAST(COALESCE((SELECT SUM(amount) FROM ledger_entries WHERE kind = 'release'), 0) AS BIGINT) AS released, \
+                 CAST(COALESCE((SELECT SUM(held) FROM wallets), 0) AS BIGINT) AS held",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(MoneyTotals {
+            captured: Money::from_minor(row.try_get("captured")?),
+            released: Money::from_minor(row.try_get("released")?),
+            held: Money::from_minor(row.try_get("held")?),
+        })
+    }
+}

@@ -86,7 +86,6 @@ use sqlx::{AnyPool, Connection as _, Executor};
 
 #[macro_use]
 mod tx;
-mod confirm_batch;
 mod sql;
 
 pub mod admins;
@@ -100,7 +99,6 @@ pub mod invoices;
 pub mod ledger;
 pub mod model_holds;
 pub mod payments;
-pub mod pipeline;
 pub mod promos;
 pub mod referrals;
 pub mod settings;
@@ -113,9 +111,14 @@ pub use broadcasts::{Broadcast, BroadcastId, BroadcastStatus, Broadcasts, Claim,
 pub use dialogues::Dialogues;
 pub use error::{AdminRefusal, PromoRefusal, Result, StoreError};
 pub use free_usage::FreeUsage;
-pub use generations::{Creation, DialogueAfter, Funding, Generation, Generations, NewGeneration};
+pub use generations::{
+    Creation, DeliveryClaim, DialogueAfter, Funding, Generation, Generations, NewGeneration,
+    TaskOutcome,
+};
 pub use invoices::{Invoice, InvoiceId, Invoices};
-pub use ledger::{Applied, Drift, Entry, EntryId, EntryKind, Hold, HoldState, Ledger, Wallet};
+pub use ledger::{
+    Applied, Drift, Entry, EntryId, EntryKind, Hold, HoldState, Ledger, MoneyTotals, Wallet,
+};
 pub use payments::{Payment, PaymentId, PaymentStatus, Payments, StarsCredit};
 pub use promos::{Promo, Promos};
 pub use referrals::{ReferralOutcome, ReferralRules, Referrals, Settled};
@@ -225,7 +228,7 @@ pub struct Store {
     recent_settings: std::sync::Arc<settings::RecentSettings>,
     recent_holds: std::sync::Arc<model_holds::RecentHolds>,
     /// Confirmations waiting to be written together (PostgreSQL).
-    confirms: std::sync::Arc<confirm_batch::ConfirmBatcher>,
+    confirms: std::sync::Arc<generations::batch::ConfirmBatcher>,
 }
 
 impl Store {

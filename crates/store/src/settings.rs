@@ -112,3 +112,22 @@ impl RecentSettings {
         values.remove(key);
     }
 }
+
+impl Store {
+    /// The setting's value, storing `value` first if the key is unset. Safe
+    /// to race: every caller gets the one value that won.
+    pub async fn setting_or_init(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(self.pool())
+        .await?;
+        let v: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(v)
+    }
+}

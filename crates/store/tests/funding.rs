@@ -10,7 +10,9 @@
 #[macro_use]
 mod common;
 
-use common::{assert_books_balance, confirmation, funded_user, wallet};
+use common::{
+    assert_books_balance, confirm_funded, confirmation, funded_user, succeed_with, wallet,
+};
 use kiebot_domain::{GenerationId, GenerationStatus as S, ModelId, Money, UserId};
 use kiebot_store::{Creation, Funding, Store, StoreError};
 
@@ -60,10 +62,7 @@ async fn confirm_at_once(
             let store = store.clone();
             let funding = funding.clone();
             tokio::spawn(async move {
-                store
-                    .generations()
-                    .create_pending_funded(&confirmation(user, &format!("d{i}"), 0), &funding)
-                    .await
+                confirm_funded(&store, &confirmation(user, &format!("d{i}"), 0), &funding).await
             })
         })
         .collect();
@@ -91,9 +90,7 @@ async fn budget_of(store: &Store, user: UserId) -> Option<Money> {
 }
 
 async fn create(store: &Store, user: UserId, draft: &str, funding: &Funding) -> GenerationId {
-    match store
-        .generations()
-        .create_pending_funded(&confirmation(user, draft, 0), funding)
+    match confirm_funded(store, &confirmation(user, draft, 0), funding)
         .await
         .unwrap()
     {
@@ -117,7 +114,11 @@ async fn succeed(store: &Store, id: GenerationId) {
             .await
             .unwrap()
     );
-    assert!(g.finish_success(id, r#"{"resultUrls":[]}"#).await.unwrap());
+    assert!(
+        succeed_with(store, id, r#"{"resultUrls":[]}"#)
+            .await
+            .unwrap()
+    );
 }
 
 async fn a_failed_free_generation_gives_its_use_back_once(store: Store) {
@@ -132,9 +133,7 @@ async fn a_failed_free_generation_gives_its_use_back_once(store: Store) {
     );
 
     // A double tap on the same draft takes nothing more.
-    let again = store
-        .generations()
-        .create_pending_funded(&confirmation(user, "d1", 0), &free(5))
+    let again = confirm_funded(&store, &confirmation(user, "d1", 0), &free(5))
         .await
         .unwrap();
     assert_eq!(again, Creation::AlreadyExists(id));
@@ -186,7 +185,7 @@ async fn a_succeeded_free_generation_keeps_its_use(store: Store) {
     let id = create(&store, user, "d1", &free(1)).await;
     succeed(&store, id).await;
     assert_eq!(used(&store, user).await, 1);
-    assert!(store.generations().mark_delivered(id).await.unwrap());
+    assert!(store.generations().mark_told(id, "[]").await.unwrap());
     assert_eq!(used(&store, user).await, 1);
     // A late failure report cannot end it, nor give the use back.
     let late = store
@@ -201,10 +200,7 @@ async fn a_succeeded_free_generation_keeps_its_use(store: Store) {
     let g = store.generations().get(id).await.unwrap().unwrap();
     assert_eq!(g.funding_returned_at, None);
     // The one use of the day is spent.
-    let refused = store
-        .generations()
-        .create_pending_funded(&confirmation(user, "d2", 0), &free(1))
-        .await;
+    let refused = confirm_funded(&store, &confirmation(user, "d2", 0), &free(1)).await;
     assert!(
         matches!(refused, Err(StoreError::FreeQuotaUsedUp { limit: 1 })),
         "{refused:?}"
@@ -225,11 +221,11 @@ async fn expired_and_canceled_free_generations_give_their_use_back(store: Store)
             .unwrap()
     );
     assert_eq!(used(&store, user).await, 2);
-    // An operator's cancel goes through `transition`, with the same step.
+    // An operator's cancel takes the same step.
     assert!(
         store
             .generations()
-            .transition(canceled, &[], S::Canceled)
+            .finish_failure(canceled, S::Canceled, "canceled", "canceled by an operator")
             .await
             .unwrap()
     );
@@ -256,10 +252,7 @@ async fn the_free_quota_is_taken_in_the_confirm_transaction(store: Store) {
     assert_eq!(gens.len(), 1, "the refused confirmation left no row");
 
     // A free use and a wallet price at once is a caller's bug.
-    let both = store
-        .generations()
-        .create_pending_funded(&confirmation(user, "x", 100), &free(5))
-        .await;
+    let both = confirm_funded(&store, &confirmation(user, "x", 100), &free(5)).await;
     assert!(
         matches!(both, Err(StoreError::InvalidAmount { .. })),
         "{both:?}"
@@ -284,10 +277,7 @@ async fn a_budget_pays_for_a_limited_admin_and_is_refused_when_short(store: Stor
     );
     assert!(store.ledger().hold_of(id).await.unwrap().is_none());
 
-    let refused = store
-        .generations()
-        .create_pending_funded(&confirmation(admin, "d2", 0), &budget(701))
-        .await;
+    let refused = confirm_funded(&store, &confirmation(admin, "d2", 0), &budget(701)).await;
     match refused {
         Err(StoreError::BudgetExhausted {
             available,
@@ -322,10 +312,7 @@ async fn a_budget_pays_for_a_limited_admin_and_is_refused_when_short(store: Stor
 
     // Someone without a budget cannot spend one.
     let user = funded_user(&store, 8, 5_000).await;
-    let none = store
-        .generations()
-        .create_pending_funded(&confirmation(user, "u1", 0), &budget(1))
-        .await;
+    let none = confirm_funded(&store, &confirmation(user, "u1", 0), &budget(1)).await;
     assert!(
         matches!(
             none,
@@ -356,7 +343,7 @@ async fn a_failed_budget_generation_gives_the_budget_back_once(store: Store) {
     assert!(
         !store
             .generations()
-            .transition(id, &[], S::Canceled)
+            .finish_failure(id, S::Canceled, "canceled", "canceled by an operator")
             .await
             .unwrap()
     );

@@ -8,8 +8,10 @@
 #[macro_use]
 mod common;
 
-use common::{assert_books_balance, confirmation, entries_with_prefix, funded_user, wallet};
-use kiebot_domain::{GenerationId, GenerationStatus as S, Money};
+use common::{
+    assert_books_balance, confirmation, entries_with_prefix, funded_user, succeed_with, wallet,
+};
+use kiebot_domain::{End, GenerationId, GenerationStatus as S, Lifecycle, Money, NextJob, Notice};
 use std::time::Duration;
 
 use kiebot_store::{Creation, Funding, Store, StoreError};
@@ -23,7 +25,7 @@ on_both_engines!(
     a_failed_generation_releases_once_and_cannot_succeed_later,
     racing_finishers_move_the_money_once,
     a_free_generation_places_no_hold,
-    transitions_refuse_illegal_steps_and_carry_their_money_step,
+    finishing_refuses_illegal_steps_and_carries_its_money_step,
     the_lifecycle_queries_find_due_work,
     the_confirmations_traceparent_is_kept_with_the_generation,
     finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim,
@@ -322,7 +324,7 @@ async fn a_confirmation_leaves_its_dialogue_only_with_a_new_generation(store: St
 }
 
 async fn finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim(store: Store) {
-    use kiebot_store::pipeline::Outcome;
+    use kiebot_domain::TaskOutcome as Outcome;
     let user = funded_user(&store, 1, 1000).await;
     store.users().set_language(user, "ru").await.unwrap();
     let gens = store.generations();
@@ -385,6 +387,27 @@ async fn finishing_with_a_delivery_claim_moves_money_once_and_holds_the_claim(st
     // Once the lease has run out, the ordinary claim takes over.
     let retaken = gens.claim_delivery(bad, lease, lease + 1).await.unwrap();
     assert_eq!(retaken.map(|c| c.generation.delivery_attempts), Some(2));
+    let lifecycle = |id| async move { gens.get(id).await.unwrap().unwrap().lifecycle };
+    assert_eq!(
+        lifecycle(bad).await,
+        Lifecycle::Finished {
+            end: End::Expired,
+            notice: Notice::Claimed { until: lease + 1 }
+        }
+    );
+    // Given up, it needs nothing more; an operator's nudge makes it due.
+    assert!(gens.give_up_delivery(bad, "chat gone").await.unwrap());
+    assert_eq!(lifecycle(bad).await.next_job(), NextJob::Nothing);
+    let nudged = gens.nudge(bad, lease + 2).await.unwrap().unwrap();
+    assert_eq!(
+        nudged.lifecycle,
+        Lifecycle::Finished {
+            end: End::Expired,
+            notice: Notice::Due { at: lease + 2 }
+        }
+    );
+    assert_eq!(nudged.lifecycle.next_job(), NextJob::Deliver);
+    assert!(gens.nudge(GenerationId(404), 0).await.unwrap().is_none());
     assert_books_balance(&store).await;
 }
 
@@ -653,20 +676,8 @@ async fn finishing_successfully_twice_captures_once(store: Store) {
     let user = funded_user(&store, 1, 1000).await;
     let id = submitted(&store, user, "d", 300).await;
     let result = r#"{"resultUrls":["https://example.com/a.png"]}"#;
-    assert!(
-        store
-            .generations()
-            .finish_success(id, result)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .generations()
-            .finish_success(id, result)
-            .await
-            .unwrap()
-    );
+    assert!(succeed_with(&store, id, result).await.unwrap());
+    assert!(!succeed_with(&store, id, result).await.unwrap());
     assert_eq!(entries_with_prefix(&store, "capture:").await, 1);
     assert_eq!(wallet(&store, user).await, (700, 0));
 
@@ -675,16 +686,19 @@ async fn finishing_successfully_twice_captures_once(store: Store) {
     assert_eq!(generation.result_json.as_deref(), Some(result));
     assert!(generation.finished_at.is_some());
 
-    assert!(store.generations().mark_delivered(id).await.unwrap());
-    assert!(!store.generations().mark_delivered(id).await.unwrap());
-    // Still "already done" after delivery, and still one capture.
-    assert!(
-        !store
-            .generations()
-            .finish_success(id, result)
-            .await
-            .unwrap()
+    assert!(store.generations().mark_told(id, "[]").await.unwrap());
+    assert!(!store.generations().mark_told(id, "[]").await.unwrap());
+    let delivered = store.generations().get(id).await.unwrap().unwrap();
+    assert_eq!(delivered.status, S::Delivered);
+    assert_eq!(
+        delivered.lifecycle,
+        Lifecycle::Finished {
+            end: End::Succeeded,
+            notice: Notice::Told
+        }
     );
+    // Still "already done" after delivery, and still one capture.
+    assert!(!succeed_with(&store, id, result).await.unwrap());
     let late_failure = store
         .generations()
         .finish_failure(id, S::Failed, "x", "late")
@@ -727,7 +741,7 @@ async fn a_failed_generation_releases_once_and_cannot_succeed_later(store: Store
     assert_eq!(entries_with_prefix(&store, "release:").await, 1);
     assert_eq!(wallet(&store, user).await, (1000, 0));
 
-    let outcome = store.generations().finish_success(id, "{}").await;
+    let outcome = succeed_with(&store, id, "{}").await;
     match outcome {
         Err(StoreError::IllegalTransition(e)) => {
             assert_eq!((e.from, e.to), (S::Failed, S::Succeeded))
@@ -756,7 +770,7 @@ async fn racing_finishers_move_the_money_once(store: Store) {
     for i in 0..10 {
         let id = submitted(&store, user, &format!("d{i}"), 100).await;
         let (s1, s2) = (store.clone(), store.clone());
-        let success = tokio::spawn(async move { s1.generations().finish_success(id, "{}").await });
+        let success = tokio::spawn(async move { succeed_with(&s1, id, "{}").await });
         let failure = tokio::spawn(async move {
             s2.generations()
                 .finish_failure(id, S::Expired, "deadline", "late")
@@ -777,13 +791,13 @@ async fn a_free_generation_places_no_hold(store: Store) {
     let user = funded_user(&store, 1, 0).await;
     let id = submitted(&store, user, "d", 0).await;
     assert!(store.ledger().hold_of(id).await.unwrap().is_none());
-    assert!(store.generations().finish_success(id, "{}").await.unwrap());
+    assert!(succeed_with(&store, id, "{}").await.unwrap());
     assert_eq!(wallet(&store, user).await, (0, 0));
     assert!(store.ledger().entries(user, 10).await.unwrap().is_empty());
     assert_books_balance(&store).await;
 }
 
-async fn transitions_refuse_illegal_steps_and_carry_their_money_step(store: Store) {
+async fn finishing_refuses_illegal_steps_and_carries_its_money_step(store: Store) {
     let user = funded_user(&store, 1, 1000).await;
     let created = store
         .generations()
@@ -791,45 +805,40 @@ async fn transitions_refuse_illegal_steps_and_carry_their_money_step(store: Stor
         .await
         .unwrap();
     let id = created.id();
+    let gens = store.generations();
 
-    let illegal = store
-        .generations()
-        .transition(id, &[S::Pending], S::Succeeded)
-        .await;
+    // A pending generation cannot succeed, and a failure cannot end as a
+    // success.
+    let illegal = succeed_with(&store, id, "{}").await;
     assert!(
-        matches!(illegal, Err(StoreError::IllegalTransition(_))),
+        matches!(illegal, Err(StoreError::IllegalTransition(e)) if e.from == S::Pending),
         "{illegal:?}"
     );
-    // Not in the given state: nothing happens.
+    let not_a_failure = gens.finish_failure(id, S::Succeeded, "x", "y").await;
     assert!(
-        !store
-            .generations()
-            .transition(id, &[S::Submitted], S::Canceled)
-            .await
-            .unwrap()
+        matches!(not_a_failure, Err(StoreError::IllegalTransition(_))),
+        "{not_a_failure:?}"
     );
+    // A step of another state (a poll of a pending row): nothing happens.
+    assert!(!gens.schedule_poll(id, 0).await.unwrap());
     assert_eq!(wallet(&store, user).await, (1000, 100));
     // Canceling releases the hold in the same transaction.
     assert!(
-        store
-            .generations()
-            .transition(id, &[], S::Canceled)
+        gens.finish_failure(id, S::Canceled, "x", "y")
             .await
             .unwrap()
     );
     assert_eq!(wallet(&store, user).await, (1000, 0));
     assert!(
-        store
-            .generations()
+        !gens
             .finish_failure(id, S::Canceled, "x", "y")
             .await
-            .is_ok()
+            .unwrap()
     );
     assert_eq!(entries_with_prefix(&store, "release:").await, 1);
 
-    let missing = store
-        .generations()
-        .transition(GenerationId(404), &[], S::Canceled)
+    let missing = gens
+        .finish_failure(GenerationId(404), S::Canceled, "x", "y")
         .await;
     assert!(
         matches!(missing, Err(StoreError::NotFound { .. })),
@@ -839,6 +848,7 @@ async fn transitions_refuse_illegal_steps_and_carry_their_money_step(store: Stor
 }
 
 async fn the_lifecycle_queries_find_due_work(store: Store) {
+    use kiebot_domain::TaskOutcome;
     let user = funded_user(&store, 1, 10_000).await;
     let gens = store.generations();
     let a = gens
@@ -856,9 +866,30 @@ async fn the_lifecycle_queries_find_due_work(store: Store) {
         .await
         .unwrap()
         .id();
+    // The claimed rows with their next job, by id (a claim returns them in
+    // no particular order).
+    let jobs = |claimed: Vec<(GenerationId, Lifecycle)>| {
+        let mut jobs: Vec<_> = claimed
+            .into_iter()
+            .map(|(id, l)| (id, l.next_job()))
+            .collect();
+        jobs.sort_by_key(|(id, _)| id.0);
+        jobs
+    };
 
-    assert_eq!(gens.record_submit_attempt(a).await.unwrap(), Some(1));
-    assert_eq!(gens.record_submit_attempt(a).await.unwrap(), Some(2));
+    // Each submit attempt is claimed and counted before KIE is called.
+    let claimed = gens.claim_submit(a, 0, 10).await.unwrap().unwrap();
+    assert_eq!(claimed.submit_attempts, 1);
+    assert!(gens.claim_submit(a, 5, 10).await.unwrap().is_none());
+    assert!(gens.retry_submit_at(a, 10).await.unwrap());
+    let again = gens.claim_submit(a, 10, 20).await.unwrap().unwrap();
+    assert_eq!(
+        again.lifecycle,
+        Lifecycle::Pending {
+            attempts: 2,
+            retry_at: Some(10)
+        }
+    );
     assert!(
         gens.mark_submitted(a, "task-a", 1_000, 50_000)
             .await
@@ -870,18 +901,41 @@ async fn the_lifecycle_queries_find_due_work(store: Store) {
             .await
             .unwrap()
     );
-    assert_eq!(gens.record_submit_attempt(a).await.unwrap(), None);
+    assert!(gens.claim_submit(a, 30, 40).await.unwrap().is_none());
     assert!(
         gens.mark_submitted(b, "task-b", 2_000, 60_000)
             .await
             .unwrap()
     );
+    assert_eq!(
+        gens.get(a).await.unwrap().unwrap().lifecycle,
+        Lifecycle::Running {
+            task: "task-a".into(),
+            next_poll: Some(1_000),
+            outcome: None
+        }
+    );
 
-    assert_eq!(gens.due_polls(1_500, 10).await.unwrap(), vec![a]);
-    assert_eq!(gens.due_polls(2_000, 10).await.unwrap(), vec![a, b]);
-    assert_eq!(gens.due_polls(2_000, 1).await.unwrap(), vec![a]);
+    // Polls as they fall due, each claimed once.
+    assert!(
+        gens.claim_due_polls(999, 3_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        jobs(gens.claim_due_polls(1_500, 3_000, 10).await.unwrap()),
+        vec![(a, NextJob::Poll)]
+    );
+    assert_eq!(
+        jobs(gens.claim_due_polls(2_000, 3_000, 10).await.unwrap()),
+        vec![(b, NextJob::Poll)]
+    );
     assert!(gens.schedule_poll(a, 5_000).await.unwrap());
-    assert_eq!(gens.due_polls(2_000, 10).await.unwrap(), vec![b]);
+    assert_eq!(
+        jobs(gens.claim_due_polls(4_000, 4_500, 10).await.unwrap()),
+        vec![(b, NextJob::Poll)]
+    );
     assert_eq!(gens.get(a).await.unwrap().unwrap().poll_attempts, 1);
 
     assert_eq!(gens.by_task_id("task-b").await.unwrap().unwrap().id, b);
@@ -891,33 +945,60 @@ async fn the_lifecycle_queries_find_due_work(store: Store) {
     // A submitted task gets its grace after the deadline for a last poll.
     assert!(gens.overdue(55_000, 10_000, 10).await.unwrap().is_empty());
     assert_eq!(gens.overdue(60_000, 10_000, 10).await.unwrap(), vec![a]);
+
+    // An untried pending row is due for a submit after the grace.
     let c_row = gens.get(c).await.unwrap().unwrap();
-    assert_eq!(
-        gens.pending_older_than(c_row.updated_at + 1, 10)
-            .await
-            .unwrap(),
-        vec![c]
-    );
+    let grace = 1_000;
     assert!(
-        gens.pending_older_than(c_row.updated_at, 10)
+        gens.claim_due_submits(c_row.created_at + grace - 1, grace, 0, 10, 0)
             .await
             .unwrap()
             .is_empty()
     );
-
-    assert!(gens.finish_success(b, "{}").await.unwrap());
-    let finished = gens.get(b).await.unwrap().unwrap().finished_at.unwrap();
-    assert_eq!(gens.due_deliveries(finished, 10).await.unwrap(), vec![b]);
-    assert!(gens.schedule_delivery(b, finished + 10_000).await.unwrap());
-    assert!(gens.due_deliveries(finished, 10).await.unwrap().is_empty());
-    assert_eq!(gens.get(b).await.unwrap().unwrap().delivery_attempts, 1);
-    assert!(gens.mark_delivered(b).await.unwrap());
-    assert!(!gens.schedule_delivery(b, 0).await.unwrap());
-
-    gens.set_progress_message(c, 77).await.unwrap();
     assert_eq!(
-        gens.get(c).await.unwrap().unwrap().progress_message_id,
-        Some(77)
+        gens.claim_due_submits(c_row.created_at + grace, grace, 9, 10, 0)
+            .await
+            .unwrap(),
+        vec![c]
+    );
+
+    // A recorded outcome makes the row due for Finalize, not a poll.
+    let result = TaskOutcome::Success {
+        result: "{}".into(),
+    };
+    assert!(gens.record_outcome(b, &result, 7_000).await.unwrap());
+    assert!(!gens.record_outcome(b, &result, 7_000).await.unwrap());
+    assert_eq!(
+        jobs(gens.claim_due_polls(7_000, 8_000, 10).await.unwrap()),
+        vec![(a, NextJob::Poll), (b, NextJob::Finalize)]
+    );
+
+    assert!(succeed_with(&store, b, "{}").await.unwrap());
+    let finished = gens.get(b).await.unwrap().unwrap().finished_at.unwrap();
+    assert_eq!(
+        gens.claim_due_deliveries(finished, finished + 1, 10)
+            .await
+            .unwrap(),
+        vec![b]
+    );
+    assert!(gens.retry_delivery_at(b, finished + 10_000).await.unwrap());
+    assert!(
+        gens.claim_due_deliveries(finished + 9_999, finished + 20_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claim = gens
+        .claim_delivery(b, finished, finished + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.generation.delivery_attempts, 2);
+    assert!(gens.mark_told(b, "[]").await.unwrap());
+    assert!(!gens.retry_delivery_at(b, 0).await.unwrap());
+    assert_eq!(
+        gens.get(b).await.unwrap().unwrap().lifecycle.next_job(),
+        NextJob::Nothing
     );
 
     let history = gens.list_for_user(user, 0, 10).await.unwrap();

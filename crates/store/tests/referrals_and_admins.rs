@@ -10,7 +10,9 @@
 #[macro_use]
 mod common;
 
-use common::{assert_books_balance, confirmation, entries_with_prefix, funded_user, wallet};
+use common::{
+    assert_books_balance, confirmation, entries_with_prefix, funded_user, succeed_with, wallet,
+};
 use kiebot_domain::{Money, UserId};
 use kiebot_store::{
     AdminRefusal, FinanceLimits, PaymentId, Permission, ReferralOutcome, ReferralRules, Role,
@@ -149,7 +151,7 @@ async fn spending_qualifies_when_configured(store: Store) {
             .is_empty()
     );
     // Spending off: nothing whatever was spent.
-    assert!(gens.finish_success(spent[0], "{}").await.unwrap());
+    assert!(succeed_with(&store, spent[0], "{}").await.unwrap());
     assert!(
         store
             .referrals()
@@ -167,7 +169,7 @@ async fn spending_qualifies_when_configured(store: Store) {
             .unwrap()
             .is_empty()
     );
-    assert!(gens.finish_success(spent[1], "{}").await.unwrap());
+    assert!(succeed_with(&store, spent[1], "{}").await.unwrap());
     let settled = store.referrals().settle_spent(&spend, 100).await.unwrap();
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].0, invitee);

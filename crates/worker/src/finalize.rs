@@ -19,10 +19,9 @@
 use std::sync::Arc;
 
 use apalis::prelude::Data;
-use kiebot_domain::GenerationStatus;
+use kiebot_domain::{GenerationStatus, Lifecycle, NextJob, TaskOutcome};
 use kiebot_jobs::{Deliver, Finalize};
 use kiebot_store::StoreError;
-use kiebot_store::pipeline::Outcome;
 use tracing::{Instrument as _, info, warn};
 
 use crate::context::{Ctx, now_ms};
@@ -43,18 +42,15 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
         return Ok(());
     };
     kiebot_telemetry::link_current_span(g.traceparent.as_deref());
-    match (g.status, g.outcome()) {
-        (GenerationStatus::Submitted, Some(outcome)) => conclude(ctx, id, outcome).await?,
-        (GenerationStatus::Submitted, None) => {
-            // Nothing observed yet: a stray job. The poll schedule goes on.
-        }
+    match g.lifecycle {
+        Lifecycle::Running {
+            outcome: Some(outcome),
+            ..
+        } => conclude(ctx, id, outcome).await?,
         // Finalized already (a repeated job): make sure the user hears.
-        (s, _)
-            if (s.is_terminal() || s == GenerationStatus::Succeeded)
-                && g.delivered_at.is_none() =>
-        {
-            tell(ctx, id).await?;
-        }
+        other if other.next_job() == NextJob::Deliver => tell(ctx, id).await?,
+        // Nothing observed yet (a stray job: the poll schedule goes on),
+        // or nothing left to do.
         _ => {}
     }
     Ok(())
@@ -71,14 +67,14 @@ pub async fn run(ctx: &Ctx, job: Finalize) -> Result<(), JobError> {
 pub(crate) async fn conclude(
     ctx: &Ctx,
     id: kiebot_domain::GenerationId,
-    outcome: Outcome,
+    outcome: TaskOutcome,
 ) -> Result<(), JobError> {
     let to = match &outcome {
-        Outcome::Success { .. } => GenerationStatus::Succeeded,
-        Outcome::Failure { code, .. } if code == crate::poll::DEADLINE_CODE => {
+        TaskOutcome::Success { .. } => GenerationStatus::Succeeded,
+        TaskOutcome::Failure { code, .. } if code == crate::poll::DEADLINE_CODE => {
             GenerationStatus::Expired
         }
-        Outcome::Failure { .. } => GenerationStatus::Failed,
+        TaskOutcome::Failure { .. } => GenerationStatus::Failed,
     };
     let lease_until = now_ms() + Ctx::ms(ctx.config.lease);
     let gens = ctx.store.generations();
@@ -91,7 +87,7 @@ pub(crate) async fn conclude(
                 info!(price = %claim.generation.price, "succeeded");
             } else {
                 metrics::counter!(metrics_names::MONEY_RELEASED).increment(price);
-                if let Outcome::Failure { code, .. } = &outcome {
+                if let TaskOutcome::Failure { code, .. } = &outcome {
                     info!(code, status = to.as_str(), "ended; hold released");
                 }
             }

@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apalis::prelude::Data;
-use kiebot_domain::GenerationStatus;
+use kiebot_domain::{Lifecycle, TaskOutcome};
 use kiebot_jobs::{Job, Poll};
 use kiebot_kie::{KieError, TaskId, TaskState};
 use kiebot_kie_gate::Admission;
 use kiebot_store::generations::Generation;
-use kiebot_store::pipeline::Outcome;
 use tracing::{info, warn};
 
 use crate::context::{Ctx, KieMode, now_ms};
@@ -43,15 +42,21 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         return Ok(());
     };
     kiebot_telemetry::link_current_span(g.traceparent.as_deref());
-    if g.status != GenerationStatus::Submitted || g.outcome_recorded() {
-        // Already finalized, or waiting for Finalize: make sure it is queued.
-        if g.status == GenerationStatus::Submitted {
+    let task_id = match &g.lifecycle {
+        Lifecycle::Running {
+            task,
+            outcome: None,
+            ..
+        } => task.as_str(),
+        Lifecycle::Running {
+            outcome: Some(_), ..
+        } => {
+            // Waiting for Finalize: make sure it is queued.
             ctx.queues.push(Job::Finalize(id)).await?;
+            return Ok(());
         }
-        return Ok(());
-    }
-    let Some(task_id) = g.kie_task_id.as_deref() else {
-        return Ok(());
+        // Not submitted yet, or finalized already.
+        Lifecycle::Pending { .. } | Lifecycle::Finished { .. } => return Ok(()),
     };
     let client = match &ctx.kie {
         KieMode::DryRun => {
@@ -59,7 +64,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
             // generation ends as failed (its hold released), a free one gets
             // the request echoed back.
             let outcome = if g.price.is_positive() {
-                Outcome::Failure {
+                TaskOutcome::Failure {
                     code: "dry_run".into(),
                     reason: "DRY_RUN is on: nothing was generated and nothing was charged".into(),
                 }
@@ -68,7 +73,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
                     "DRY RUN: no KIE call was made. Request:\n{}",
                     g.request_json
                 );
-                Outcome::Success {
+                TaskOutcome::Success {
                     result: serde_json::json!({ "resultUrls": [], "text": text, "dryRun": true })
                         .to_string(),
                 }
@@ -78,7 +83,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         KieMode::Live(c) => c,
     };
     let Some(task) = TaskId::parse(task_id) else {
-        let o = Outcome::Failure {
+        let o = TaskOutcome::Failure {
             code: "bad_task_id".into(),
             reason: "stored task id is invalid".into(),
         };
@@ -116,14 +121,14 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
             metrics_names::kie_call("recordInfo", "ok", seconds);
             match record.state {
                 TaskState::Waiting | TaskState::Queuing | TaskState::Generating => None,
-                TaskState::Success(result) if result.is_empty() => Some(Outcome::Failure {
+                TaskState::Success(result) if result.is_empty() => Some(TaskOutcome::Failure {
                     code: "empty_result".into(),
                     reason: "KIE reported success without a result".into(),
                 }),
-                TaskState::Success(result) => Some(Outcome::Success {
+                TaskState::Success(result) => Some(TaskOutcome::Success {
                     result: result_json(&result),
                 }),
-                TaskState::Fail { code, message } => Some(Outcome::Failure {
+                TaskState::Fail { code, message } => Some(TaskOutcome::Failure {
                     code: if code.is_empty() { "fail".into() } else { code },
                     reason: if message.is_empty() {
                         "generation failed".into()
@@ -144,7 +149,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
                 None
             } else {
                 warn!(error = %e, "recordInfo refused; failing the generation");
-                Some(Outcome::Failure {
+                Some(TaskOutcome::Failure {
                     code: error_code(&e),
                     reason: e.to_string(),
                 })
@@ -155,7 +160,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
     let deadline = g.deadline_at.unwrap_or(i64::MAX);
     let outcome = match outcome {
         // KIE answered and the task is still running at its deadline.
-        None if still_running && now >= deadline => Some(Outcome::Failure {
+        None if still_running && now >= deadline => Some(TaskOutcome::Failure {
             code: DEADLINE_CODE.into(),
             reason: "no result before the model's deadline".into(),
         }),
@@ -213,7 +218,7 @@ async fn poll_token(ctx: &Ctx) -> Option<Duration> {
 /// for the reconciler's `Finalize` job (so KIE is not asked again), and if
 /// even that write fails, the row's poll falls due again when the
 /// reconciler's lease on it runs out, and KIE gives the same answer.
-async fn finish(ctx: &Ctx, g: &Generation, outcome: Outcome) -> Result<(), JobError> {
+async fn finish(ctx: &Ctx, g: &Generation, outcome: TaskOutcome) -> Result<(), JobError> {
     use tracing::Instrument as _;
     let concluded = crate::finalize::conclude(ctx, g.id, outcome.clone())
         .instrument(tracing::info_span!("finalize"))

@@ -177,13 +177,18 @@ pub async fn tick(ctx: &Ctx) -> Result<Report, JobError> {
         .min(room.limit(&ctx.queues.names().finalize, cfg))
         .min(budget);
     if poll_room > 0 {
-        for (id, has_outcome) in gens.claim_due_polls(now, requeue_at, poll_room).await? {
-            if has_outcome {
-                jobs.push(Job::Finalize(id));
-                report.finalizes += 1;
-            } else {
-                jobs.push(Job::Poll(id));
-                report.polls += 1;
+        for (id, lifecycle) in gens.claim_due_polls(now, requeue_at, poll_room).await? {
+            match Job::next(id, lifecycle.next_job()) {
+                Some(job @ Job::Finalize(_)) => {
+                    jobs.push(job);
+                    report.finalizes += 1;
+                }
+                Some(job @ Job::Poll(_)) => {
+                    jobs.push(job);
+                    report.polls += 1;
+                }
+                // Only submitted rows are claimed here.
+                _ => {}
             }
         }
     }

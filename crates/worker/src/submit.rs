@@ -27,7 +27,6 @@ use kiebot_jobs::{Job, Submit};
 use kiebot_kie::{KieError, TaskId};
 use kiebot_kie_gate::Admission;
 use kiebot_store::generations::Generation;
-use kiebot_store::pipeline::Outcome;
 use tracing::{info, warn};
 
 use crate::context::{Ctx, KieMode, now_ms};
@@ -289,7 +288,7 @@ pub(crate) async fn fail(
     code: &str,
     reason: &str,
 ) -> Result<(), JobError> {
-    let outcome = Outcome::Failure {
+    let outcome = kiebot_domain::TaskOutcome::Failure {
         code: code.to_owned(),
         reason: reason.to_owned(),
     };

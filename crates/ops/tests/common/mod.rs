@@ -345,14 +345,23 @@ pub fn callback_body(task_id: &str, state: &str) -> String {
     .to_string()
 }
 
-/// Records a successful KIE result for a submitted generation (the hold is
-/// captured).
+/// Records a successful KIE result for a submitted generation as the
+/// finalizer does (the hold is captured; the delivery claim it takes has
+/// already run out).
 pub async fn succeed(store: &Store, id: GenerationId) {
     assert!(
         store
             .generations()
-            .finish_success(id, r#"{"resultUrls":["https://example.com/1.png"]}"#)
+            .finish_and_claim(
+                id,
+                kiebot_domain::GenerationStatus::Succeeded,
+                &kiebot_domain::TaskOutcome::Success {
+                    result: r#"{"resultUrls":["https://example.com/1.png"]}"#.into(),
+                },
+                0,
+            )
             .await
             .unwrap()
+            .is_some()
     );
 }

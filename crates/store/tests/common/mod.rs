@@ -3,8 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use kiebot_domain::{ModelId, Money, UserId};
-use kiebot_store::{NewGeneration, Store, Wallet};
+use kiebot_domain::{GenerationId, GenerationStatus, ModelId, Money, TaskOutcome, UserId};
+use kiebot_store::{Creation, DialogueAfter, Funding, NewGeneration, Store, StoreError, Wallet};
 use kiebot_testkit::TestDb;
 
 /// Generates `sqlite::<case>` and `postgres::<case>` tests for each `case`,
@@ -92,4 +92,37 @@ pub async fn entries_with_prefix(store: &Store, prefix: &str) -> i64 {
         .fetch_one(store.pool())
         .await
         .expect("count entries")
+}
+
+/// KIE's result recorded as the finalizer records it: the hold captured and
+/// the delivery claimed, with a lease that has already run out so that any
+/// delivery may take it. `Ok(false)`: it had succeeded already.
+pub async fn succeed_with(
+    store: &Store,
+    id: GenerationId,
+    result: &str,
+) -> Result<bool, StoreError> {
+    let outcome = TaskOutcome::Success {
+        result: result.to_owned(),
+    };
+    let claim = store
+        .generations()
+        .finish_and_claim(id, GenerationStatus::Succeeded, &outcome, 0)
+        .await?;
+    Ok(claim.is_some())
+}
+
+/// Confirms `new` paid by `funding`, as the bot does (with the dialogue the
+/// confirmation leaves).
+pub async fn confirm_funded(
+    store: &Store,
+    new: &NewGeneration,
+    funding: &Funding,
+) -> Result<Creation, StoreError> {
+    let then = DialogueAfter {
+        state_json: r#"{"s":"confirmed","generation":0}"#,
+        id_field: "generation",
+        ttl: std::time::Duration::from_secs(60),
+    };
+    store.generations().confirm(new, funding, &then).await
 }

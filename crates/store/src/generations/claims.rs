@@ -18,86 +18,14 @@
 //! creation. For a submitted row with a recorded outcome (`result` or
 //! `fail_code` set while still `submitted`), it means "re-enqueue Finalize at".
 
-use kiebot_domain::{GenerationId, GenerationStatus};
+use kiebot_domain::{GenerationId, Lifecycle, TaskOutcome, UserId};
 use sqlx::Row;
 
-use crate::generations::{Generation, Generations, generation_from_row};
-use crate::sql::get_parsed;
+use super::row::{
+    CLAIM_COLUMNS, DeliveryClaim, FINISHED, Generation, Generations, LIFECYCLE_COLUMNS,
+    generation_from_row, lifecycle_from_row, status_of,
+};
 use crate::{Result, now_ms};
-
-/// What KIE said about a finished task, recorded before it is finalized.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// A result (the stored JSON: `resultUrls`, `text`, ...).
-    Success {
-        /// The result JSON.
-        result: String,
-    },
-    /// A failure.
-    Failure {
-        /// Machine-readable code (KIE's failCode, an HTTP code, ...).
-        code: String,
-        /// Human-readable reason.
-        reason: String,
-    },
-}
-
-/// A finished generation whose delivery the caller has claimed, with the
-/// user's language for the message.
-#[derive(Debug, Clone)]
-pub struct DeliveryClaim {
-    /// The row as the claim left it.
-    pub generation: Generation,
-    /// The user's chosen language, if any.
-    pub language: Option<String>,
-}
-
-/// What a statement returns for a [`DeliveryClaim`]: the row and its user's
-/// language.
-pub(crate) const CLAIM_COLUMNS: &str = concat!(
-    crate::generation_columns!(),
-    ", (SELECT u.language FROM users u WHERE u.id = generations.user_id) AS user_language"
-);
-
-impl DeliveryClaim {
-    pub(crate) fn from_row(row: &sqlx::any::AnyRow) -> Result<DeliveryClaim> {
-        Ok(DeliveryClaim {
-            generation: generation_from_row(row)?,
-            language: row.try_get("user_language")?,
-        })
-    }
-}
-
-impl Generation {
-    /// The outcome recorded by a poll, if any (meaningful while `submitted`;
-    /// after finalization the same columns hold the final result).
-    pub fn outcome(&self) -> Option<Outcome> {
-        if let Some(result) = &self.result_json {
-            return Some(Outcome::Success {
-                result: result.clone(),
-            });
-        }
-        self.fail_code.as_ref().map(|code| Outcome::Failure {
-            code: code.clone(),
-            reason: self.fail_reason.clone().unwrap_or_default(),
-        })
-    }
-
-    /// Whether a poll has recorded the outcome.
-    pub fn outcome_recorded(&self) -> bool {
-        self.result_json.is_some() || self.fail_code.is_some()
-    }
-
-    /// A boolean parameter as the user chose it (`None` when absent).
-    pub fn params_flag(&self, name: &str) -> Option<bool> {
-        let v: serde_json::Value = serde_json::from_str(&self.params_json).ok()?;
-        // Stored parameters are `{"name": {"t": "bool", "v": true}}` or plain values.
-        let field = v.get(name)?;
-        field.get("v").unwrap_or(field).as_bool()
-    }
-}
-
-const FINISHED: &str = "('succeeded', 'failed', 'expired', 'canceled')";
 
 /// A pending row due for a submit at `$1` (never tried rows after the grace
 /// `$2`), claimed by no handler.
@@ -109,6 +37,54 @@ const DUE_SUBMIT: &str = "status = 'pending' AND COALESCE(next_poll_at, created_
 pub const FAIR_WINDOW: u32 = 5000;
 
 impl Generations<'_> {
+    /// `pending -> submitted` with KIE's task id, the first poll time and the
+    /// deadline. `Ok(false)`: it was not pending (already submitted, or ended).
+    pub async fn mark_submitted(
+        &self,
+        id: GenerationId,
+        task_id: &str,
+        next_poll_at: i64,
+        deadline_at: i64,
+    ) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE generations SET status = 'submitted', kie_task_id = $2, next_poll_at = $3, \
+                 deadline_at = $4, submitted_at = $5, updated_at = $5, claimed_until = NULL \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id.0)
+        .bind(task_id)
+        .bind(next_poll_at)
+        .bind(deadline_at)
+        .bind(now_ms())
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            self.require(id).await?;
+        }
+        Ok(changed > 0)
+    }
+
+    /// Schedules the next poll of a submitted generation and counts the poll
+    /// that found it unfinished. `Ok(false)`: it is no longer submitted.
+    pub async fn schedule_poll(&self, id: GenerationId, at: i64) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE generations SET next_poll_at = $2, poll_attempts = poll_attempts + 1, \
+                 updated_at = $3 \
+             WHERE id = $1 AND status = 'submitted'",
+        )
+        .bind(id.0)
+        .bind(at)
+        .bind(now_ms())
+        .execute(self.store().pool())
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            self.require(id).await?;
+        }
+        Ok(changed > 0)
+    }
+
     /// Claims a pending generation for a submit attempt and counts the
     /// attempt, before KIE is called. `None`: not pending, or another worker
     /// holds the claim.
@@ -160,18 +136,53 @@ impl Generations<'_> {
         Ok(n > 0)
     }
 
+    /// Gives a claimed pending row back without a create: the attempt counted
+    /// by [`claim_submit`](Self::claim_submit) is taken back (nothing was sent
+    /// to KIE, or KIE refused it for its rate, which proves no task was made),
+    /// and the row is due again at `at`, in the fair line.
+    pub async fn park_submit(&self, id: GenerationId, at: i64) -> Result<bool> {
+        self.give_back_submit(id, at, true).await
+    }
+
+    /// Whether `user` has another generation sent to KIE since `since`, or
+    /// being sent now: a fresh create of theirs then joins the fair line
+    /// instead of taking a second slot of the same window.
+    pub async fn user_created_since(
+        &self,
+        user: UserId,
+        except: GenerationId,
+        since: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM generations WHERE user_id = $1 AND id <> $2 AND ( \
+                 (status = 'submitted' AND submitted_at >= $3) \
+                 OR (status = 'pending' AND claimed_until > $4 AND submit_attempts > 0)) \
+             LIMIT 1",
+        )
+        .bind(user.0)
+        .bind(except.0)
+        .bind(since)
+        .bind(now)
+        .fetch_optional(self.store().pool())
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// Records what KIE said about a finished task, once; the row becomes due
     /// for Finalize at `now + lease` should the Finalize job be lost.
     /// `false`: not submitted, or an outcome was already recorded.
     pub async fn record_outcome(
         &self,
         id: GenerationId,
-        outcome: &Outcome,
+        outcome: &TaskOutcome,
         requeue_at: i64,
     ) -> Result<bool> {
         let (result, code, reason) = match outcome {
-            Outcome::Success { result } => (Some(result.as_str()), None, None),
-            Outcome::Failure { code, reason } => (None, Some(code.as_str()), Some(reason.as_str())),
+            TaskOutcome::Success { result } => (Some(result.as_str()), None, None),
+            TaskOutcome::Failure { code, reason } => {
+                (None, Some(code.as_str()), Some(reason.as_str()))
+            }
         };
         let n = sqlx::query(
             "UPDATE generations SET result = $2, fail_code = $3, fail_reason = $4, next_poll_at = $5, \
@@ -190,44 +201,6 @@ impl Generations<'_> {
         Ok(n > 0)
     }
 
-    /// Ends an active generation with KIE's outcome, as
-    /// [`finish_success`](Self::finish_success) or
-    /// [`finish_failure`](Self::finish_failure) do (capture or release in the
-    /// same transaction), and claims its delivery until `lease_until` in the
-    /// same write, so the finalizer tells the user without another claim.
-    /// `to` is `succeeded` for a success, else `failed` or `expired`.
-    /// `None`: it had ended already (nothing moved; the usual delivery claim
-    /// decides who tells the user).
-    pub async fn finish_and_claim(
-        &self,
-        id: GenerationId,
-        to: GenerationStatus,
-        outcome: &Outcome,
-        lease_until: i64,
-    ) -> Result<Option<DeliveryClaim>> {
-        let (ok, bad) = match outcome {
-            Outcome::Success { result } => (Some(result.as_str()), None),
-            Outcome::Failure { code, reason } => (None, Some((code.as_str(), reason.as_str()))),
-        };
-        let columns = crate::generations::Outcome {
-            result_json: ok,
-            fail_code: bad.map(|b| b.0),
-            fail_reason: bad.map(|b| b.1),
-            delivery_lease: Some(lease_until),
-        };
-        let legal = match outcome {
-            Outcome::Success { .. } => to == GenerationStatus::Succeeded,
-            Outcome::Failure { .. } => to.releases_hold(),
-        };
-        if !legal {
-            let from = crate::generations::status_of(self.store(), id).await?;
-            return Err(crate::StoreError::IllegalTransition(
-                kiebot_domain::TransitionError { from, to },
-            ));
-        }
-        crate::generations::finish(self.store(), id, to, columns).await
-    }
-
     /// Moves a submitted generation's next poll to `now` (a KIE callback's
     /// hint). `false`: not submitted.
     pub async fn poll_now(&self, id: GenerationId, now: i64) -> Result<bool> {
@@ -243,21 +216,24 @@ impl Generations<'_> {
     }
 
     /// Makes whatever the generation waits for due now and drops any handler
-    /// lease (an operator's "retry"). Returns the status, `None` if absent.
-    pub async fn nudge(&self, id: GenerationId, now: i64) -> Result<Option<GenerationStatus>> {
+    /// lease (an operator's "retry"). Returns the row as it left it (its
+    /// [`lifecycle`](Generation::lifecycle) names the job to enqueue),
+    /// `None` if absent.
+    pub async fn nudge(&self, id: GenerationId, now: i64) -> Result<Option<Generation>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE generations SET \
                  next_poll_at = CASE WHEN status IN ('pending', 'submitted') THEN $2 ELSE next_poll_at END, \
                  next_delivery_at = CASE WHEN delivered_at IS NULL AND status IN {FINISHED} THEN $2 \
                      ELSE next_delivery_at END, \
                  claimed_until = NULL, updated_at = $2 \
-             WHERE id = $1 RETURNING status"
+             WHERE id = $1 RETURNING {}",
+            crate::generation_columns!()
         )))
         .bind(id.0)
         .bind(now)
         .fetch_optional(self.store().pool())
         .await?;
-        row.as_ref().map(|r| get_parsed(r, "status")).transpose()
+        row.as_ref().map(generation_from_row).transpose()
     }
 
     /// Undoes reconciler claims whose jobs the queue had no room for: each
@@ -455,52 +431,6 @@ impl Generations<'_> {
         Ok(crate::sql::count(n))
     }
 
-    /// Gives a claimed pending row back without a create: the attempt counted
-    /// by [`claim_submit`](Self::claim_submit) is taken back (nothing was sent
-    /// to KIE, or KIE refused it for its rate, which proves no task was made),
-    /// and the row is due again at `at`, in the fair line.
-    pub async fn park_submit(&self, id: GenerationId, at: i64) -> Result<bool> {
-        self.give_back_submit(id, at, true).await
-    }
-
-    /// Whether `user` has another generation sent to KIE since `since`, or
-    /// being sent now: a fresh create of theirs then joins the fair line
-    /// instead of taking a second slot of the same window.
-    pub async fn user_created_since(
-        &self,
-        user: kiebot_domain::UserId,
-        except: GenerationId,
-        since: i64,
-        now: i64,
-    ) -> Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM generations WHERE user_id = $1 AND id <> $2 AND ( \
-                 (status = 'submitted' AND submitted_at >= $3) \
-                 OR (status = 'pending' AND claimed_until > $4 AND submit_attempts > 0)) \
-             LIMIT 1",
-        )
-        .bind(user.0)
-        .bind(except.0)
-        .bind(since)
-        .bind(now)
-        .fetch_optional(self.store().pool())
-        .await?;
-        Ok(found.is_some())
-    }
-
-    /// Tasks at KIE now (submitted, no outcome yet), counted up to `cap`:
-    /// enough to know whether the in-flight cap is reached, without counting
-    /// a hundred thousand rows.
-    pub async fn count_in_flight(&self, cap: u32) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM generations \
-                 WHERE status = 'submitted' AND result IS NULL AND fail_code IS NULL LIMIT {cap}) t"
-        )))
-        .fetch_one(self.store().pool())
-        .await?;
-        Ok(crate::sql::count(n))
-    }
-
     /// Keeps KIE's own account of a finished task: its run time (for the
     /// model's poll plan) and what it billed (for margin reports).
     pub async fn record_kie_facts(
@@ -524,36 +454,22 @@ impl Generations<'_> {
         Ok(())
     }
 
-    /// The run times (ms) of a model's most recent finished tasks, newest
-    /// first.
-    pub async fn recent_run_times(&self, model: &str, limit: u32) -> Result<Vec<i64>> {
-        let rows = sqlx::query(
-            "SELECT kie_run_ms FROM generations WHERE model = $1 AND kie_run_ms IS NOT NULL \
-             ORDER BY finished_at DESC LIMIT $2",
-        )
-        .bind(model)
-        .bind(i64::from(limit))
-        .fetch_all(self.store().pool())
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get("kie_run_ms")?)).collect()
-    }
-
     /// Reconciler: submitted rows whose next poll (or, with a recorded
-    /// outcome, whose Finalize) is due, claimed until `requeue_at`. The flag
-    /// says whether the outcome is recorded (enqueue Finalize, not Poll).
+    /// outcome, whose Finalize) is due, claimed until `requeue_at`, with
+    /// their lifecycle: its [`next_job`](Lifecycle::next_job) says which of
+    /// the two to enqueue.
     pub async fn claim_due_polls(
         &self,
         now: i64,
         requeue_at: i64,
         limit: i64,
-    ) -> Result<Vec<(GenerationId, bool)>> {
+    ) -> Result<Vec<(GenerationId, Lifecycle)>> {
         let due = "status = 'submitted' AND next_poll_at <= $1";
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE generations SET next_poll_at = $2 \
              WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_poll_at, id LIMIT $3{lock}) \
                  AND {due} \
-             RETURNING id, CAST(CASE WHEN result IS NULL AND fail_code IS NULL THEN 0 ELSE 1 END AS BIGINT) \
-                 AS has_outcome",
+             RETURNING {LIFECYCLE_COLUMNS}",
             lock = self.store().skip_locked()
         )))
         .bind(now)
@@ -561,14 +477,7 @@ impl Generations<'_> {
         .bind(limit)
         .fetch_all(self.store().pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    GenerationId(r.try_get("id")?),
-                    r.try_get::<i64, _>("has_outcome")? != 0,
-                ))
-            })
-            .collect()
+        rows.iter().map(lifecycle_from_row).collect()
     }
 
     /// Reconciler: finished rows whose user has not been told and whose
@@ -600,53 +509,10 @@ impl Generations<'_> {
             .collect()
     }
 
-    /// How many generations are not terminal (for tests and the dashboard).
-    pub async fn count_unfinished(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM generations WHERE status IN ('pending', 'submitted', 'succeeded')",
-        )
-        .fetch_one(self.store().pool())
-        .await?;
-        Ok(crate::sql::count(n))
+    /// `NotFound` unless the generation exists.
+    async fn require(&self, id: GenerationId) -> Result<()> {
+        status_of(self.store(), id).await.map(|_| ())
     }
-
-    /// Total price of generations that succeeded (delivered or not): what the
-    /// ledger must have captured.
-    pub async fn succeeded_total(&self) -> Result<kiebot_domain::Money> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(price), 0) AS BIGINT) FROM generations \
-             WHERE status IN ('succeeded', 'delivered')",
-        )
-        .fetch_one(self.store().pool())
-        .await?;
-        Ok(kiebot_domain::Money::from_minor(n))
-    }
-}
-
-impl Generations<'_> {
-    /// Finished generations whose user has not been told yet (delivery still
-    /// to be attempted; given-up ones are not counted).
-    pub async fn count_untold(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM generations \
-             WHERE delivered_at IS NULL AND status IN {FINISHED} AND next_delivery_at IS NOT NULL"
-        )))
-        .fetch_one(self.store().pool())
-        .await?;
-        Ok(crate::sql::count(n))
-    }
-}
-
-/// Money in the ledger by what happened to it, for invariant checks and
-/// metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MoneyTotals {
-    /// Every capture entry, summed.
-    pub captured: kiebot_domain::Money,
-    /// Every release entry, summed.
-    pub released: kiebot_domain::Money,
-    /// Held across all wallets right now.
-    pub held: kiebot_domain::Money,
 }
 
 impl crate::Store {
@@ -660,43 +526,5 @@ impl crate::Store {
             crate::Engine::Postgres => " FOR UPDATE SKIP LOCKED",
             crate::Engine::Sqlite => "",
         }
-    }
-}
-
-impl crate::Store {
-    /// Totals of captured, released and currently held money.
-    pub async fn money_totals(&self) -> Result<MoneyTotals> {
-        let row = sqlx::query(
-            "SELECT \
-                 CAST(COALESCE((SELECT SUM(amount) FROM ledger_entries WHERE kind = 'capture'), 0) AS BIGINT) AS captured, \
-                 CAST(COALESCE((SELECT SUM(amount) FROM ledger_entries WHERE kind = 'release'), 0) AS BIGINT) AS released, \
-                 CAST(COALESCE((SELECT SUM(held) FROM wallets), 0) AS BIGINT) AS held",
-        )
-        .fetch_one(self.pool())
-        .await?;
-        Ok(MoneyTotals {
-            captured: kiebot_domain::Money::from_minor(row.try_get("captured")?),
-            released: kiebot_domain::Money::from_minor(row.try_get("released")?),
-            held: kiebot_domain::Money::from_minor(row.try_get("held")?),
-        })
-    }
-}
-
-impl crate::Store {
-    /// The setting's value, storing `value` first if the key is unset. Safe
-    /// to race: every caller gets the one value that won.
-    pub async fn setting_or_init(&self, key: &str, value: &str) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(self.pool())
-        .await?;
-        let v: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-            .bind(key)
-            .fetch_one(self.pool())
-            .await?;
-        Ok(v)
     }
 }

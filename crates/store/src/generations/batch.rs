@@ -1,4 +1,4 @@
-//! Group commit for confirmations on PostgreSQL.
+//! The confirmation on PostgreSQL, and group commit for it.
 //!
 //! A confirmation is one call of `kiebot_create_generation`: one round trip,
 //! one commit, and seven statements each started, checked and planned for a
@@ -31,9 +31,11 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument as _;
 
-use crate::generations::{
-    Creation, Funding, NewGeneration, create_pg, deadline_at, funding_args, refusal_of_message,
+use super::new::{
+    Creation, DialogueAfter, Funding, NewGeneration, bind_new_row, deadline_at, funding_args,
+    refusal_of_message,
 };
+use super::row::REFUSAL_SQLSTATE;
 use crate::{GenerationId, Result, StoreError, now_ms};
 
 /// The most confirmations written in one call. Those that are not plain
@@ -82,7 +84,7 @@ pub(crate) struct Confirmation {
     pub(crate) then: Option<OwnedDialogueAfter>,
 }
 
-/// [`DialogueAfter`](crate::DialogueAfter), owned.
+/// [`DialogueAfter`], owned.
 #[derive(Debug, Clone)]
 pub(crate) struct OwnedDialogueAfter {
     pub(crate) state_json: String,
@@ -246,7 +248,7 @@ async fn write_each(pool: &AnyPool, batch: Vec<Request>) {
 
 /// One confirmation on its own: `kiebot_create_generation`.
 async fn write_one(pool: &AnyPool, c: &Confirmation) -> Result<Creation> {
-    let then = c.then.as_ref().map(|t| crate::DialogueAfter {
+    let then = c.then.as_ref().map(|t| DialogueAfter {
         state_json: &t.state_json,
         id_field: &t.id_field,
         ttl: t.ttl,
@@ -365,6 +367,64 @@ fn outcome_of(row: &sqlx::any::AnyRow, c: &Confirmation) -> Result<Result<Creati
     } else {
         Creation::AlreadyExists(id)
     }))
+}
+
+/// The confirmation on PostgreSQL: `create_in` as one call of the
+/// `kiebot_create_generation` function (see its migration), one round trip
+/// instead of eight, retried like a transaction when the server reports a
+/// deadlock or serialization failure.
+async fn create_pg(
+    pool: &sqlx::AnyPool,
+    new: &NewGeneration,
+    funding: &Funding,
+    then: Option<&DialogueAfter<'_>>,
+) -> Result<Creation> {
+    let (free_day, free_limit, budget) = funding_args(funding);
+    crate::tx::retrying_pg("confirmation", || async {
+        let now = now_ms();
+        let expires = then.map(|t| now.saturating_add(crate::sql::millis(t.ttl)));
+        let row = bind_new_row(
+            sqlx::query(
+                "SELECT out_created, out_id FROM kiebot_create_generation(\
+                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            ),
+            new,
+            now,
+        )
+        .bind(i64::from(new.max_active))
+        .bind(free_day)
+        .bind(free_limit)
+        .bind(budget)
+        .bind(new.traceparent.as_deref())
+        .bind(then.map(|t| t.state_json))
+        .bind(then.map(|t| t.id_field))
+        .bind(expires)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| refusal_of_pg(e, new, funding))?;
+        let id = GenerationId(row.try_get("out_id")?);
+        Ok(if crate::sql::get_bool(&row, "out_created")? {
+            Creation::Created(id)
+        } else {
+            Creation::AlreadyExists(id)
+        })
+    })
+    .await
+}
+
+/// The typed error behind a `kiebot_create_generation` refusal (SQLSTATE
+/// KB001, message `<kind>[ <number>]`); any other error as it is.
+fn refusal_of_pg(e: sqlx::Error, new: &NewGeneration, funding: &Funding) -> StoreError {
+    let sqlx::Error::Database(d) = &e else {
+        return StoreError::Db(e);
+    };
+    if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation {
+        return StoreError::not_found("user", new.user);
+    }
+    if d.code().as_deref() != Some(REFUSAL_SQLSTATE) {
+        return StoreError::Db(e);
+    }
+    refusal_of_message(d.message(), new, funding).unwrap_or(StoreError::Db(e))
 }
 
 #[cfg(test)]
