@@ -304,17 +304,16 @@ async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
             texts::money(topups)
         );
     }
-    match &ctx.deps.kie {
-        Some(kie) => match kie.credits().await {
+    if !ctx.deps.kie.generates() {
+        let _ = writeln!(t, "KIE credits: dry run");
+    } else {
+        match ctx.deps.kie.credits().await {
             Ok(c) => {
                 let _ = writeln!(t, "KIE credits: {c}");
             }
             Err(e) => {
                 let _ = writeln!(t, "KIE credits: unavailable ({e})");
             }
-        },
-        None => {
-            let _ = writeln!(t, "KIE credits: dry run");
         }
     }
     ctx.show(t, Some(keyboards::admin(ctx.lang))).await
