@@ -42,16 +42,16 @@ impl KieCatalogue for KieClient {
 /// KIE behind the pipeline's trait (the HTTP client, or a dry run whose
 /// catalogue calls fail).
 impl KieCatalogue for std::sync::Arc<dyn Kie + '_> {
-    fn list(&self) -> impl Future<Output = Result<Value, KieError>> + Send {
-        self.list_models()
+    async fn list(&self) -> Result<Value, KieError> {
+        self.list_models().await
     }
 
-    fn schema(&self, model: &str) -> impl Future<Output = Result<Value, KieError>> + Send {
-        async move { self.model_schema(model).await }
+    async fn schema(&self, model: &str) -> Result<Value, KieError> {
+        self.model_schema(model).await
     }
 
-    fn price(&self, model: &str) -> impl Future<Output = Result<Value, KieError>> + Send {
-        async move { self.model_price(model).await }
+    async fn price(&self, model: &str) -> Result<Value, KieError> {
+        self.model_price(model).await
     }
 }
 
