@@ -19,9 +19,8 @@ use kiebot_store::{PoolSize, Store};
 use kiebot_tg::delivery::{DeliveryOptions, FreshLinkFuture, FreshLinks, LinkError};
 use kiebot_tg::egress::EgressPolicy;
 use kiebot_tg::rate_limit::{DeliveryLimiter, InProcessLimiter, LimiterConfig, RedisLimiter};
-use rand::Rng;
-
 use kiebot_worker::{CallbackUrl, Ctx, PipelineConfig};
+use rand::Rng;
 
 /// Settings key of the secret in the KIE callback path, shared by every
 /// process through the database.
@@ -103,7 +102,6 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         }
     };
     let kie = kie(settings)?;
-
     let catalog = Arc::new(kiebot_catalog::load(settings.catalog_path.as_deref())?);
     let token = settings.require_telegram_token()?;
     let bot = teloxide::Bot::new(token.expose()).set_api_url(

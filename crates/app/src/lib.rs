@@ -10,7 +10,7 @@
 //! When `OPS_ADDR` equals `HTTP_ADDR`, one listener serves both sets of
 //! routes (the layout before the split).
 //!
-//! Every part is built from the same [`assemble`] context, so
+//! Every part is built from the same [`assemble::assemble`] context, so
 //! the store, queue, KIE client, Bot API client and rate limiter are the ones
 //! the settings name, whatever the process. A termination signal stops the
 //! bot from taking updates, lets the workers drain, then stops HTTP.
