@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The style gate CI holds before the tests: formatting, clippy with warnings
-# as errors, and known advisories against Cargo.lock.
+# as errors, crate boundaries, and known advisories against Cargo.lock.
 #
 # Advisories need RustSec's advisory database. It is read from
 # $ADVISORY_DB, else from ~/.cargo/advisory-db (cargo-audit's own place,
@@ -15,6 +15,19 @@ cargo fmt --all -- --check
 
 echo "lint: cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "lint: crate boundaries"
+# Crate boundaries: arrows only point down.
+# The job handlers know neither the settings nor the catalog file (the
+# composition root is kiebot-app), and a default kiebot build links no fakes.
+if cargo tree -e normal -p kiebot-worker | grep -E 'kiebot-(config|catalog|app|testkit) '; then
+    echo "kiebot-worker must not depend on the crates above" >&2; exit 1
+fi
+for bin in kiebot kiebot-bot-bin kiebot-worker-bin; do
+    if cargo tree -e normal -p "$bin" | grep 'kiebot-testkit '; then
+        echo "$bin must not link kiebot-testkit by default (the demo is a feature)" >&2; exit 1
+    fi
+done
 
 if ! cargo audit --version >/dev/null 2>&1; then
     echo "lint: installing cargo-audit from crates.io"

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kiebot_app::assemble::Options;
 use kiebot_app::{Parts, run_until};
 use kiebot_config::Settings;
 use kiebot_domain::{GenerationStatus, ModelId, Money, UserId};
@@ -17,7 +18,6 @@ use kiebot_testkit::kie::{FakeKie, Outcome, TINY_PNG};
 use kiebot_testkit::telegram::{BotMessage, FakeTelegram, FakeUser};
 use kiebot_tg::callback::Cb;
 use kiebot_worker::PipelineConfig;
-use kiebot_worker::assemble::Options;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use kiebot_app::demo::{Deployment, run_on};
+use kiebot_app::harness::{delete_redis_namespace, test_redis_url};
 use kiebot_testkit::TestDb;
-use kiebot_worker::harness::{delete_redis_namespace, test_redis_url};
 use rand::Rng;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,11 +11,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kiebot_app::harness::{delete_redis_namespace, test_redis_url};
 use kiebot_domain::{Money, UserId};
 use kiebot_store::Store;
 use kiebot_testkit::TestDb;
 use kiebot_testkit::telegram::FakeTelegram;
-use kiebot_worker::harness::{delete_redis_namespace, test_redis_url};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use kiebot_app::harness::{Flavor, Harness};
 use kiebot_domain::{GenerationStatus, Money};
-use kiebot_worker::harness::{Flavor, Harness};
 use rand::Rng;
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -35,7 +35,8 @@ enum Command {
     Run,
     /// Play a scripted user through a whole purchase against in-process fake
     /// Telegram and KIE servers; needs no token. Exits 0 only if the results
-    /// were delivered and the ledger is clean.
+    /// were delivered and the ledger is clean. Only in a build with the
+    /// `demo` feature (`cargo run -p kiebot --features demo -- demo`).
     Demo,
     /// Apply database migrations to DATABASE_URL.
     Migrate,
@@ -169,6 +170,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The demo's fakes are test servers: a production build leaves them out.
+#[cfg(feature = "demo")]
+async fn demo() -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout();
+    let report = kiebot_app::demo::run(&mut out).await?;
+    crate::out::say(format_args!(
+        "demo: {} results delivered; charged {}; balance {} -> {}; ledger clean",
+        report.delivered, report.charged, report.balance_before, report.balance_after
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Without the `demo` feature: says how to get a build that has it.
+#[cfg(not(feature = "demo"))]
+async fn demo() -> anyhow::Result<ExitCode> {
+    eprintln!("{DEMO_MISSING}");
+    Ok(ExitCode::from(2))
+}
+
+/// What `kiebot demo` says in a build without the demo.
+#[cfg(not(feature = "demo"))]
+const DEMO_MISSING: &str = "kiebot: this binary was built without the demo (its fake Telegram and KIE servers stay out of production builds); run it with `cargo run -p kiebot --features demo -- demo`";
+
 async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => {
@@ -183,15 +207,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
-            let mut out = std::io::stdout();
-            let report = kiebot_app::demo::run(&mut out).await?;
-            crate::out::say(format_args!(
-                "demo: {} results delivered; charged {}; balance {} -> {}; ledger clean",
-                report.delivered, report.charged, report.balance_before, report.balance_after
-            ));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo => demo().await,
         Command::Migrate => {
             let store = admin::open_store(&settings).await?;
             store.migrate().await.context("applying migrations")?;

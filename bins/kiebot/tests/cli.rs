@@ -167,3 +167,19 @@ credits = 1
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("x/broken") && err.contains("ratio"), "{err}");
 }
+
+/// A default build leaves the demo's fake servers out, and says how to get
+/// them instead of failing obscurely.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn the_demo_in_a_build_without_it_says_how_to_get_it() {
+    let db = TestDb::sqlite();
+    let demo = kiebot(&db, &["demo"]);
+    assert_eq!(demo.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&demo.stderr);
+    assert!(stderr.contains("built without the demo"), "{stderr}");
+    assert!(
+        stderr.contains("cargo run -p kiebot --features demo -- demo"),
+        "{stderr}"
+    );
+}

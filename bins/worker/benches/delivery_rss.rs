@@ -21,10 +21,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kiebot_app::harness::{Flavor, Harness, test_redis_url};
 use kiebot_domain::{GenerationStatus, Money};
 use kiebot_jobs::Job;
 use kiebot_testkit::kie::Outcome;
-use kiebot_worker::harness::{Flavor, Harness, test_redis_url};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -62,7 +62,7 @@ async fn main() {
     let file_bytes = file_mb * 1024 * 1024;
     let mut h = Harness::with_settings(
         Flavor::Fleet,
-        kiebot_worker::harness::quick_pipeline(),
+        kiebot_app::harness::quick_pipeline(),
         test_redis_url(),
         &[("DELIVERY_RATE_PER_SECOND", "100000")],
     )

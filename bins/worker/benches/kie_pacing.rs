@@ -21,11 +21,11 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kiebot_app::harness::{Flavor, Harness, test_redis_url};
 use kiebot_domain::{GenerationId, GenerationStatus, Money, UserId};
 use kiebot_jobs::Job;
 use kiebot_testkit::kie::{CallbackMode, Endpoint, Outcome};
 use kiebot_worker::PipelineConfig;
-use kiebot_worker::harness::{Flavor, Harness, test_redis_url};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -186,8 +186,9 @@ async fn latency(secs: u64, callbacks: bool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = PipelineConfig {
-        callback_url: callbacks
-            .then(|| kiebot_config::Secret::new(format!("http://{addr}/kie/callback/{secret}"))),
+        callback_url: callbacks.then(|| {
+            kiebot_worker::CallbackUrl::new(format!("http://{addr}/kie/callback/{secret}"))
+        }),
         ..PipelineConfig::default()
     };
     let mut h = Harness::with_settings(Flavor::Fleet, cfg, test_redis_url(), &KIE_LIMITS).await;

@@ -20,11 +20,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiebot_app::harness::{Flavor, Harness, test_redis_url};
 use kiebot_domain::{GenerationStatus, Money, UserId};
 use kiebot_jobs::Job;
 use kiebot_testkit::kie::{Endpoint, Outcome};
 use kiebot_worker::PipelineConfig;
-use kiebot_worker::harness::{Flavor, Harness, test_redis_url};
 
 // The allocator the shipped binaries use (the embedded run is in-process).
 #[global_allocator]

@@ -7,9 +7,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kiebot_app::harness::{Flavor, Harness, quick_pipeline, test_redis_url};
 use kiebot_domain::{GenerationStatus, Money};
 use kiebot_testkit::kie::Endpoint;
-use kiebot_worker::harness::{Flavor, Harness, quick_pipeline, test_redis_url};
 
 const KIE_LIMITS: [(&str, &str); 4] = [
     ("KIE_CREATES_PER_WINDOW", "20"),

@@ -6,8 +6,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kiebot_app::harness::{Flavor, Harness, quick_pipeline};
 use kiebot_domain::{GenerationStatus, Money};
-use kiebot_worker::harness::{Flavor, Harness, quick_pipeline};
 
 const SETTLE: Duration = Duration::from_secs(120);
 

@@ -21,9 +21,9 @@ use kiebot_store::Store;
 use kiebot_testkit::kie::{FakeKie, Outcome, TINY_PNG};
 use kiebot_testkit::telegram::{BotMessage, FakeTelegram, FakeUser, MediaSource, SentCall};
 use kiebot_worker::PipelineConfig;
-use kiebot_worker::assemble::Options;
 use serde_json::Value;
 
+use crate::assemble::Options;
 use crate::{Parts, run_until};
 
 /// How long any one step may take before the demo gives up.

@@ -10,12 +10,16 @@
 //! When `OPS_ADDR` equals `HTTP_ADDR`, one listener serves both sets of
 //! routes (the layout before the split).
 //!
-//! Every part is built from the same [`kiebot_worker::assemble`] context, so
+//! Every part is built from the same [`assemble::assemble`] context, so
 //! the store, queue, KIE client, Bot API client and rate limiter are the ones
 //! the settings name, whatever the process. A termination signal stops the
 //! bot from taking updates, lets the workers drain, then stops HTTP.
 
+pub mod assemble;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "harness")]
+pub mod harness;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,9 +28,10 @@ use anyhow::Context as _;
 use kiebot_bot::BotDeps;
 use kiebot_config::{BotMode, Settings};
 use kiebot_ops::{OpsState, install_metrics_recorder, ops_router, public_router, router};
-use kiebot_worker::assemble::{Options, assemble, callback_secret};
+use kiebot_worker::Ctx;
 use kiebot_worker::runtime::{WorkerRuntime, termination_signal};
-use kiebot_worker::{Ctx, KieMode};
+
+use crate::assemble::{Options, assemble, callback_secret};
 use rand::Rng;
 use teloxide::payloads::SetWebhookSetters;
 use teloxide::prelude::Requester;
@@ -54,10 +59,7 @@ pub fn bot_deps(ctx: &Ctx, settings: &Settings) -> BotDeps {
         admin_ids: settings.admin_ids.clone(),
         max_active: settings.max_active_generations,
         dry_run: settings.dry_run,
-        kie: match &ctx.kie {
-            KieMode::Live(c) => Some((**c).clone()),
-            KieMode::DryRun => None,
-        },
+        kie: Arc::clone(&ctx.kie),
         bot: ctx.bot.clone(),
         stars_rate: settings.stars_rate,
         limiter: ctx.limiter.clone(),

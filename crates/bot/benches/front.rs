@@ -212,7 +212,7 @@ impl Env {
                     admin_ids: vec![UserId(1)],
                     max_active: 5,
                     dry_run: false,
-                    kie: None,
+                    kie: std::sync::Arc::new(kiebot_kie::DryRunKie::new()),
                     bot,
                     stars_rate: Money::from_minor(150),
                     limiter: Arc::new(kiebot_tg::InProcessLimiter::new(kiebot_tg::LimiterConfig {

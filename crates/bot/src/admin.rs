@@ -240,14 +240,17 @@ async fn stats(ctx: &Ctx) -> anyhow::Result<()> {
         let topups = sum_since(ctx, "topup", since).await?;
         lines.push(texts::stats_period(label, revenue, topups));
     }
-    let credits = match &ctx.deps.kie {
-        Some(kie) => Some(
-            kie.credits()
+    let credits = if ctx.deps.kie.generates() {
+        Some(
+            ctx.deps
+                .kie
+                .credits()
                 .await
                 .map(|c| c.to_string())
                 .map_err(|e| e.to_string()),
-        ),
-        None => None,
+        )
+    } else {
+        None
     };
     lines.push(texts::stats_kie_credits(credits));
     let mut t = lines.join("\n");

@@ -207,7 +207,11 @@ async fn route(ctx: &Ctx, cb: Cb) -> anyhow::Result<bool> {
         }
         Cb::Confirm(draft) => match ctx.dialogue() {
             Dialogue::Wizard(d) if d.id == draft => {
-                let Some(m) = catalog.get(d.model.as_str()).filter(|m| m.is_sold()).cloned() else {
+                let Some(m) = catalog
+                    .get(d.model.as_str())
+                    .filter(|m| m.is_sold())
+                    .cloned()
+                else {
                     return Ok(false);
                 };
                 wizard::on_confirm(ctx, &m, &d).await?;

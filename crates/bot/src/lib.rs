@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use kiebot_domain::{Catalog, Money, Pricing, UserId};
 use kiebot_jobs::Queues;
-use kiebot_kie::KieClient;
+use kiebot_kie::Kie;
 use kiebot_store::Store;
 use kiebot_tg::DeliveryLimiter;
 use kiebot_tg::texts::{self, Lang};
@@ -131,9 +131,9 @@ pub struct BotDeps {
     pub max_active: u32,
     /// `DRY_RUN`: generations are created at price 0 and KIE is not called.
     pub dry_run: bool,
-    /// KIE client for user uploads; `None` in dry run (uploads then get a
-    /// placeholder URL).
-    pub kie: Option<KieClient>,
+    /// KIE for user uploads and the account's credits; a dry run
+    /// ([`kiebot_kie::DryRunKie`]) gives uploads a placeholder URL.
+    pub kie: Arc<dyn Kie>,
     /// The Bot API client.
     pub bot: Bot,
     /// Minor units credited per Telegram Star (`STARS_RATE`).

@@ -506,7 +506,11 @@ async fn refuse(ctx: &Ctx, model: &Model, draft: &Draft, r: Refusal) -> anyhow::
 pub(crate) async fn draft_for(ctx: &Ctx, id: DraftId) -> anyhow::Result<Option<(Draft, Model)>> {
     if let Dialogue::Wizard(d) = ctx.dialogue()
         && d.id == id
-        && let Some(m) = ctx.deps.catalog.get(d.model.as_str()).filter(|m| m.is_sold())
+        && let Some(m) = ctx
+            .deps
+            .catalog
+            .get(d.model.as_str())
+            .filter(|m| m.is_sold())
     {
         return Ok(Some((d, m.clone())));
     }
@@ -738,37 +742,32 @@ async fn fetch_and_store(ctx: &Ctx, file: &IncomingFile) -> anyhow::Result<Strin
         anyhow::bail!("the file is larger than the download limit");
     }
     let name = upload_name(file);
-    match &ctx.deps.kie {
-        Some(kie) => {
-            // Telegram's bytes go on to KIE as they arrive: the front never
-            // holds a whole file. More bytes than Telegram declared (or than
-            // the limit) abort the upload.
-            let mut seen: u64 = 0;
-            let chunks = bot.download_file_stream(&tg_file.path).map(move |chunk| {
-                let chunk = chunk.map_err(std::io::Error::other)?;
-                seen += chunk.len() as u64;
-                if seen > declared {
-                    return Err(std::io::Error::other(
-                        "the file grew past its declared size",
-                    ));
-                }
-                Ok::<Bytes, std::io::Error>(chunk)
-            });
-            let up = kie
-                .upload_from_stream(
-                    chunks,
-                    declared,
-                    &name,
-                    &file.mime,
-                    &format!("kiebot/{}", ctx.uid),
-                )
-                .await?;
-            Ok(up.download_url)
+    // Telegram's bytes go on to KIE as they arrive: the front never holds a
+    // whole file. More bytes than Telegram declared (or than the limit)
+    // abort the upload.
+    let mut seen: u64 = 0;
+    let chunks = bot.download_file_stream(&tg_file.path).map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len() as u64;
+        if seen > declared {
+            return Err(std::io::Error::other(
+                "the file grew past its declared size",
+            ));
         }
-        // Dry run: nothing reaches KIE, but the draft needs a URL that
-        // validates.
-        None => Ok(format!("https://dry-run.invalid/{}", file.unique_id)),
-    }
+        Ok::<Bytes, std::io::Error>(chunk)
+    });
+    let up = ctx
+        .deps
+        .kie
+        .upload(
+            Box::pin(chunks),
+            declared,
+            &name,
+            &file.mime,
+            &format!("kiebot/{}", ctx.uid),
+        )
+        .await?;
+    Ok(up.download_url)
 }
 
 /// A name for KIE's upload host that no other upload has: KIE overwrites an

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use kiebot_domain::{Catalog, Family, Model};
-use kiebot_kie::{KieClient, KieError};
+use kiebot_kie::{Kie, KieClient, KieError};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -36,6 +36,22 @@ impl KieCatalogue for KieClient {
 
     fn price(&self, model: &str) -> impl Future<Output = Result<Value, KieError>> + Send {
         self.model_price(model)
+    }
+}
+
+/// KIE behind the pipeline's trait (the HTTP client, or a dry run whose
+/// catalogue calls fail).
+impl KieCatalogue for std::sync::Arc<dyn Kie + '_> {
+    async fn list(&self) -> Result<Value, KieError> {
+        self.list_models().await
+    }
+
+    async fn schema(&self, model: &str) -> Result<Value, KieError> {
+        self.model_schema(model).await
+    }
+
+    async fn price(&self, model: &str) -> Result<Value, KieError> {
+        self.model_price(model).await
     }
 }
 

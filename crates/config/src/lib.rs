@@ -135,14 +135,7 @@ pub enum BotMode {
     Webhook,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable, for a terminal.
-    Pretty,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
+pub use kiebot_telemetry::LogFormat;
 
 /// How the processes are laid out, which follows from the storage settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,7 +510,7 @@ impl Settings {
         self.telegram_token.as_ref().ok_or_else(|| {
             ConfigError::new(
                 "TELEGRAM_BOT_TOKEN",
-                "required to talk to Telegram (try `kiebot demo`)",
+                "required to talk to Telegram (or try the demo: `cargo run -p kiebot --features demo -- demo`)",
             )
         })
     }

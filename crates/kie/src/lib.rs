@@ -15,6 +15,8 @@
 //! the catalog check.
 //!
 //! # Map
+//! - [`api`]: the [`Kie`] trait the bot and the pipeline call, implemented by
+//!   [`KieClient`] and by [`DryRunKie`] (`DRY_RUN`: nothing is called).
 //! - [`config`]: [`KieConfig`] (hosts, timeouts) and the [`ApiKey`] that never
 //!   prints.
 //! - [`client`]: [`KieClient`], one method per endpoint, each with a timeout and
@@ -57,6 +59,7 @@
 //! They never carry the key, a callback URL (its path holds a secret) or a
 //! request body (task inputs hold URLs of users' files).
 
+pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -65,6 +68,7 @@ pub mod task;
 pub mod upload;
 pub mod webhook;
 
+pub use api::{ByteStream, DryRunKie, Kie, KieFuture};
 pub use client::KieClient;
 pub use client::NO_CALLBACK;
 pub use config::{ApiKey, KieConfig};

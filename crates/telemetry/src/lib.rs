@@ -11,7 +11,6 @@
 //! Keep the returned [`Telemetry`] alive for the life of the process; dropping
 //! it flushes spans still buffered.
 
-use kiebot_config::LogFormat;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -20,6 +19,17 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The default filter: our crates at info, everything else at warn.
 pub const DEFAULT_FILTER: &str = "warn,kiebot=info,kiebot_worker=info,kiebot_store=info,kiebot_kie=info,kiebot_tg=info,kiebot_ops=info,kiebot_bot=info";
+
+/// Log output format (`LOG_FORMAT`). Defined here, below the settings, so
+/// crates that only trace (the worker) need not know the settings;
+/// `kiebot_config` re-exports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
 
 /// Set-up failed (a bad OTLP endpoint, a subscriber already installed).
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use kiebot_catalog_check::{CheckOptions, Severity, check};
 use kiebot_store::model_holds::HoldSource;
 use tracing::{error, info, warn};
 
-use crate::context::{Ctx, KieMode, now_ms};
+use crate::context::{Ctx, now_ms};
 use crate::metrics_names;
 
 /// The settings key of the next check's turn.
@@ -26,7 +26,8 @@ pub async fn maybe_start(ctx: &Arc<Ctx>) {
     let Some(every) = ctx.config.catalog_check_every else {
         return;
     };
-    if matches!(ctx.kie, KieMode::DryRun) {
+    if !ctx.kie.generates() {
+        // A dry run has no catalogue to compare with.
         return;
     }
     let now = now_ms();
@@ -55,10 +56,7 @@ pub async fn run(
     ctx: &Ctx,
     options: &CheckOptions,
 ) -> anyhow::Result<kiebot_catalog_check::Report> {
-    let KieMode::Live(client) = &ctx.kie else {
-        anyhow::bail!("DRY_RUN: KIE's catalogue is not read");
-    };
-    let report = check(&ctx.catalog, client.as_ref(), options).await?;
+    let report = check(&ctx.catalog, &ctx.kie, options).await?;
     for severity in [Severity::Error, Severity::Warning, Severity::Info] {
         metrics::counter!(metrics_names::CATALOG_FINDINGS, "severity" => severity.as_str())
             .increment(report.count(severity) as u64);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use kiebot_domain::{Catalog, Family};
 use kiebot_jobs::Queues;
-use kiebot_kie::KieClient;
+use kiebot_kie::Kie;
 use kiebot_kie_gate::KieGate;
 use kiebot_store::Store;
 use kiebot_tg::delivery::DeliveryOptions;
@@ -24,15 +24,27 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// Whether KIE is really called.
-#[derive(Clone)]
-pub enum KieMode {
-    /// Calls KIE (boxed: the client is large, and the enum is copied around
-    /// far less than it is matched).
-    Live(Box<KieClient>),
-    /// `DRY_RUN`: no KIE endpoint is called and nothing is charged; every
-    /// generation "succeeds" with a text that says it was a dry run.
-    DryRun,
+/// The KIE callback URL (`PUBLIC_URL/kie/callback/<secret>`): its path is
+/// the callback's password, so `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallbackUrl(String);
+
+impl CallbackUrl {
+    /// Wraps the full URL.
+    pub fn new(url: impl Into<String>) -> CallbackUrl {
+        CallbackUrl(url.into())
+    }
+
+    /// The URL, for the one place that sends it (createTask).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CallbackUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallbackUrl(***)")
+    }
 }
 
 /// Timings and limits of the pipeline. Production values are the defaults;
@@ -42,7 +54,7 @@ pub struct PipelineConfig {
     /// Base of the KIE callback URL (`PUBLIC_URL/kie/callback/<secret>`), or
     /// `None` to rely on polling alone. A secret (the path is the
     /// callback's password), so `Debug` never prints it.
-    pub callback_url: Option<kiebot_config::Secret>,
+    pub callback_url: Option<CallbackUrl>,
     /// Delay before the first poll of a fresh task.
     pub poll_first: Duration,
     /// Longest delay between polls.
@@ -153,8 +165,8 @@ pub struct Ctx {
     pub store: Store,
     /// The enqueue side.
     pub queues: Queues,
-    /// KIE, or a dry run.
-    pub kie: KieMode,
+    /// KIE over HTTP, or a dry run ([`kiebot_kie::DryRunKie`]).
+    pub kie: Arc<dyn Kie>,
     /// The catalog (deadlines, output kinds).
     pub catalog: Arc<Catalog>,
     /// The Bot API client used for delivery.
@@ -175,8 +187,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A copy sharing every connection, for tests that swap one part (the
-    /// KIE mode, the timings).
+    /// A copy sharing every connection, for tests that swap one part (KIE,
+    /// the timings).
     pub fn clone_for_test(&self) -> Ctx {
         Ctx {
             store: self.store.clone(),
@@ -305,7 +317,7 @@ mod debug_tests {
     #[test]
     fn the_pipeline_config_never_prints_the_callback_secret() {
         let cfg = super::PipelineConfig {
-            callback_url: Some(kiebot_config::Secret::new(
+            callback_url: Some(super::CallbackUrl::new(
                 "https://bot.example/kie/callback/cb-secret-in-path",
             )),
             ..super::PipelineConfig::default()

@@ -29,18 +29,23 @@
 //! [`catalog_watch`] compares the catalog with KIE's catalogue every
 //! `CATALOG_CHECK_HOURS` and takes broken models off sale.
 //!
+//! The crate knows neither the settings nor the catalog file: the process's
+//! composition root (`kiebot_app::assemble`) builds [`Ctx`] from plain
+//! values ([`PipelineConfig`], a loaded catalog) and parts. KIE is an
+//! `Arc<dyn kiebot_kie::Kie>`, the HTTP client or a dry run, so no handler
+//! branches on `DRY_RUN`; where the pipeline must act differently it asks
+//! [`kiebot_kie::Kie::paced`] (KIE's limits apply) or
+//! [`kiebot_kie::Kie::generates`] (results are real and may be charged).
+//!
 //! Every step reads the database first and treats "already done" as success,
 //! because apalis delivers jobs at least once and the reconciler re-enqueues
 //! anything a crash interrupted. The queue carries ids only; the database is
 //! the source of truth.
 
-pub mod assemble;
 pub mod catalog_watch;
 pub mod context;
 pub mod deliver;
 pub mod finalize;
-#[cfg(feature = "harness")]
-pub mod harness;
 pub mod housekeeping;
 pub mod metrics_names;
 pub mod plan;
@@ -49,7 +54,7 @@ pub mod reconcile;
 pub mod runtime;
 pub mod submit;
 
-pub use context::{Ctx, KieMode, PipelineConfig, now_ms};
+pub use context::{CallbackUrl, Ctx, PipelineConfig, now_ms};
 pub use runtime::{WorkerRuntime, worker_name};
 
 /// A handler failed for a reason that retrying may fix (the database or the

@@ -24,7 +24,7 @@ use kiebot_kie_gate::Admission;
 use kiebot_store::generations::Generation;
 use tracing::{info, warn};
 
-use crate::context::{Ctx, KieMode, now_ms};
+use crate::context::{Ctx, now_ms};
 use crate::{JobError, metrics_names};
 
 /// Handles one `Poll` job.
@@ -58,30 +58,6 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         // Not submitted yet, or finalized already.
         Lifecycle::Pending { .. } | Lifecycle::Finished { .. } => return Ok(()),
     };
-    let client = match &ctx.kie {
-        KieMode::DryRun => {
-            // Nothing was generated, so nothing may be charged: a priced
-            // generation ends as failed (its hold released), a free one gets
-            // the request echoed back.
-            let outcome = if g.price.is_positive() {
-                TaskOutcome::Failure {
-                    code: "dry_run".into(),
-                    reason: "DRY_RUN is on: nothing was generated and nothing was charged".into(),
-                }
-            } else {
-                let text = format!(
-                    "DRY RUN: no KIE call was made. Request:\n{}",
-                    g.request_json
-                );
-                TaskOutcome::Success {
-                    result: serde_json::json!({ "resultUrls": [], "text": text, "dryRun": true })
-                        .to_string(),
-                }
-            };
-            return finish(ctx, &g, outcome).await;
-        }
-        KieMode::Live(c) => c,
-    };
     let Some(task) = TaskId::parse(task_id) else {
         let o = TaskOutcome::Failure {
             code: "bad_task_id".into(),
@@ -89,7 +65,9 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
         };
         return finish(ctx, &g, o).await;
     };
-    if let Some(wait) = poll_token(ctx).await {
+    if ctx.kie.paced()
+        && let Some(wait) = poll_token(ctx).await
+    {
         metrics::counter!(metrics_names::KIE_POLLS_WAITED).increment(1);
         gens.schedule_poll(id, now_ms() + Ctx::ms(wait)).await?;
         return Ok(());
@@ -97,7 +75,7 @@ pub async fn run(ctx: &Ctx, job: Poll) -> Result<(), JobError> {
     let request = serde_json::from_str(&g.request_json).unwrap_or_default();
     let family = ctx.family_of(&g.model, &request);
     let started = Instant::now();
-    let reply = client.record_info(family, &task).await;
+    let reply = ctx.kie.record_info(family, &task).await;
     let seconds = started.elapsed().as_secs_f64();
     if let Ok(record) = &reply
         && record.state.is_final()

@@ -282,7 +282,7 @@ async fn dispatch_submits(
         let free = u64::from(cfg.max_in_flight).saturating_sub(in_flight);
         want = want.min(i64::try_from(free).unwrap_or(i64::MAX));
     }
-    if !matches!(ctx.kie, crate::KieMode::DryRun) {
+    if ctx.kie.paced() {
         match ctx.gate.creates_available().await {
             Ok(grant) => {
                 want = want.min(i64::from(grant.granted));
@@ -327,7 +327,7 @@ async fn dispatch_submits(
 /// Status polls the budget allows until the next tick (the reconciler's
 /// interval at its rate, plus the burst).
 async fn poll_budget(ctx: &Ctx) -> i64 {
-    if matches!(ctx.kie, crate::KieMode::DryRun) {
+    if !ctx.kie.paced() {
         return i64::MAX;
     }
     let gate = ctx.gate.config();

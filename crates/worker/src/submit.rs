@@ -29,7 +29,7 @@ use kiebot_kie_gate::Admission;
 use kiebot_store::generations::Generation;
 use tracing::{info, warn};
 
-use crate::context::{Ctx, KieMode, now_ms};
+use crate::context::{Ctx, now_ms};
 use crate::{JobError, metrics_names};
 
 /// How long a row waits after KIE said it is down for maintenance (455).
@@ -81,22 +81,16 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
     let model = ctx.catalog.get(generation.model.as_str());
     let deadline_ms = model.map_or(30 * 60 * 1000, |m| i64::from(m.deadline_secs) * 1000);
 
-    let client = match &ctx.kie {
-        KieMode::DryRun => {
-            // No KIE call: the task id says so, and the poll answers itself.
-            let task = format!("dry-run-{id}");
-            let next = now + Ctx::ms(ctx.config.lease);
-            if gens
-                .mark_submitted(id, &task, next, now + deadline_ms)
-                .await?
-            {
-                metrics_names::generation_state(GenerationStatus::Submitted.as_str());
-                ctx.enqueue(Job::Poll(id)).await?;
-            }
-            return Ok(());
-        }
-        KieMode::Live(client) => client,
-    };
+    if generation.price.is_positive() && !ctx.kie.generates() {
+        // A placeholder result must not be paid for: the hold is released.
+        return fail(
+            ctx,
+            id,
+            "dry_run",
+            "DRY_RUN is on: nothing was generated and nothing was charged",
+        )
+        .await;
+    }
 
     let request: serde_json::Value = match serde_json::from_str(&generation.request_json) {
         Ok(v) => v,
@@ -111,7 +105,9 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
             return Ok(());
         }
     };
-    if let Some(wait) = slot(ctx, &generation, now).await? {
+    if ctx.kie.paced()
+        && let Some(wait) = slot(ctx, &generation, now).await?
+    {
         metrics::counter!(metrics_names::KIE_CREATES_WAITED).increment(1);
         tracing::debug!(wait_ms = Ctx::ms(wait), "no KIE create slot; in line");
         // Due at once: the dispatcher hands out slots only as they free, in
@@ -126,10 +122,10 @@ pub async fn run(ctx: &Ctx, job: Submit) -> Result<(), JobError> {
         .config
         .callback_url
         .as_ref()
-        .map(kiebot_config::Secret::expose);
+        .map(crate::CallbackUrl::expose);
     let family = ctx.family_of(&generation.model, &request);
     let started = Instant::now();
-    let result = client.create_task(family, &request, callback).await;
+    let result = ctx.kie.create_task(family, &request, callback).await;
     let seconds = started.elapsed().as_secs_f64();
     let outcome = match &result {
         Ok(_) => "ok",
@@ -258,7 +254,8 @@ async fn accepted(
     // With no wait configured (benchmarks, fast fakes) the first poll goes
     // straight to the queue instead of waiting for a reconciler tick; the
     // row is then due only when that job has had a lease to run.
-    let poll_now = ctx.config.poll_first.is_zero();
+    // KIE that answers at once (a dry run) is asked at once, too.
+    let poll_now = ctx.config.poll_first.is_zero() || !ctx.kie.paced();
     let first_poll = if poll_now {
         now + Ctx::ms(ctx.config.lease)
     } else {

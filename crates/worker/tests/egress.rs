@@ -9,12 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiebot_app::harness::{Flavor, Harness};
 use kiebot_domain::{GenerationStatus, Money};
 use kiebot_testkit::kie::Endpoint;
 use kiebot_testkit::telegram::MediaSource;
 use kiebot_tg::delivery::DeliveryOptions;
 use kiebot_tg::egress::EgressPolicy;
-use kiebot_worker::harness::{Flavor, Harness};
 
 const SETTLE: Duration = Duration::from_secs(60);
 

@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use kiebot_app::harness::{Flavor, Harness, quick_pipeline, test_redis_url};
 use kiebot_domain::{GenerationId, GenerationStatus, Money, UserId};
 use kiebot_testkit::kie::Endpoint;
-use kiebot_worker::harness::{Flavor, Harness, quick_pipeline, test_redis_url};
 
 /// KIE's documented limit, as the settings give it to the pipeline.
 const KIE_LIMITS: [(&str, &str); 4] = [

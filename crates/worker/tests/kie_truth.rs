@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use kiebot_app::harness::{Flavor, Harness, quick_pipeline, test_redis_url};
 use kiebot_catalog_check::CheckOptions;
 use kiebot_domain::{GenerationStatus, Money};
 use kiebot_testkit::kie::Endpoint;
-use kiebot_worker::harness::{Flavor, Harness, quick_pipeline, test_redis_url};
 
 const SETTLE: Duration = Duration::from_secs(60);
 

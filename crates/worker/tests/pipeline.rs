@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
+use kiebot_app::harness::{Flavor, Harness};
 use kiebot_domain::{GenerationStatus, Money};
 use kiebot_testkit::kie::{BadReply, Endpoint, Outcome};
-use kiebot_worker::harness::{Flavor, Harness};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -144,7 +144,7 @@ async fn a_task_finished_in_time_but_polled_late_is_delivered_not_expired(flavor
     // No poll for a long while after submission: the poll is set by hand.
     let cfg = kiebot_worker::PipelineConfig {
         poll_first: Duration::from_secs(30),
-        ..kiebot_worker::harness::quick_pipeline()
+        ..kiebot_app::harness::quick_pipeline()
     };
     let mut h = Harness::with_config(flavor, cfg).await;
     let user = h.funded_user(Money::from_minor(5_000)).await;
@@ -190,7 +190,7 @@ on_both!(
 );
 
 async fn a_lost_create_reply_is_retried_and_charged_once(flavor: Flavor) {
-    let mut cfg = kiebot_worker::harness::quick_pipeline();
+    let mut cfg = kiebot_app::harness::quick_pipeline();
     cfg.lease = Duration::from_secs(2);
     let mut h = Harness::with_config(flavor, cfg).await;
     let user = h.funded_user(Money::from_minor(5_000)).await;
@@ -361,7 +361,7 @@ async fn dry_run_calls_no_kie_endpoint_and_charges_nothing(flavor: Flavor) {
     let mut h = Harness::start(flavor).await;
     let user = h.funded_user(Money::from_minor(5_000)).await;
     let mut ctx = (*h.ctx).clone_for_test();
-    ctx.kie = kiebot_worker::KieMode::DryRun;
+    ctx.kie = std::sync::Arc::new(kiebot_kie::DryRunKie::new());
     h.ctx = std::sync::Arc::new(ctx);
     h.start_workers(2);
     let paid = h.confirm(user, "google/nano-banana", price()).await;
@@ -422,7 +422,7 @@ async fn a_job_left_out_of_a_full_queue_runs_once_the_queue_drains() {
     use kiebot_jobs::{Job, REDIS_BACKLOG};
     let config = kiebot_worker::PipelineConfig {
         pending_grace: Duration::from_secs(600),
-        ..kiebot_worker::harness::quick_pipeline()
+        ..kiebot_app::harness::quick_pipeline()
     };
     let mut h = Harness::with_config(Flavor::Fleet, config).await;
     let user = h.funded_user(Money::from_minor(5_000)).await;

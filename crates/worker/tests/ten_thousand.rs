@@ -8,17 +8,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiebot_app::harness::{Flavor, Harness, test_redis_url};
 use kiebot_domain::{GenerationStatus, Money};
 use kiebot_jobs::Job;
 use kiebot_worker::PipelineConfig;
-use kiebot_worker::harness::{Flavor, Harness, test_redis_url};
 
 const N: usize = 10_000;
 
 async fn ten_thousand(flavor: Flavor, n: usize) {
     let cfg = PipelineConfig {
         poll_first: Duration::ZERO,
-        ..kiebot_worker::harness::quick_pipeline()
+        ..kiebot_app::harness::quick_pipeline()
     };
     let mut h = Harness::with_settings(
         flavor,

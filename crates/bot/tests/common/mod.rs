@@ -10,7 +10,7 @@ use kiebot_bot::{BotDeps, handle_update};
 use kiebot_domain::{Catalog, GenerationStatus, Money, Pricing, UserId};
 use kiebot_jobs::Queues;
 use kiebot_jobs::names::QueueNames;
-use kiebot_kie::{ApiKey, KieClient, KieConfig};
+use kiebot_kie::{ApiKey, DryRunKie, Kie, KieClient, KieConfig};
 use kiebot_store::{Generation, Store};
 use kiebot_testkit::TestDb;
 use kiebot_testkit::kie::FakeKie;
@@ -382,13 +382,17 @@ async fn build_deps(
         .await
         .expect("queue");
     let bot = Bot::new(tg.token()).set_api_url(tg.api_url().parse().unwrap());
-    let kie_client = (!o.dry_run).then(|| {
-        KieClient::new(KieConfig::with_base(
-            kie.base_url().parse().unwrap(),
-            ApiKey::new(kie.api_key()),
-        ))
-        .unwrap()
-    });
+    let kie_client: Arc<dyn Kie> = if o.dry_run {
+        Arc::new(DryRunKie::new())
+    } else {
+        Arc::new(
+            KieClient::new(KieConfig::with_base(
+                kie.base_url().parse().unwrap(),
+                ApiKey::new(kie.api_key()),
+            ))
+            .unwrap(),
+        )
+    };
     BotDeps {
         store,
         queues,

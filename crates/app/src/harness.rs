@@ -20,9 +20,10 @@ use kiebot_testkit::telegram::FakeTelegram;
 use rand::Rng;
 use tokio::sync::oneshot;
 
+use kiebot_worker::runtime::WorkerRuntime;
+use kiebot_worker::{Ctx, PipelineConfig};
+
 use crate::assemble::{Options, assemble};
-use crate::context::{Ctx, PipelineConfig};
-use crate::runtime::WorkerRuntime;
 
 /// Which deployment the harness imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,10 @@
 //! the queue, KIE, the Bot API client and the rate limiter are chosen for a
 //! mode. Binaries, the demo, tests and benchmarks all assemble here, so they
 //! run the same parts.
+//!
+//! This is the composition root: the worker crate knows neither the settings
+//! nor the catalog file, only the values and parts built here (its
+//! [`PipelineConfig`], an `Arc<dyn Kie>`, a loaded [`kiebot_domain::Catalog`]).
 
 use std::sync::Arc;
 
@@ -9,15 +13,14 @@ use anyhow::Context as _;
 use kiebot_config::{KieLimits, Mode, Settings};
 use kiebot_jobs::Queues;
 use kiebot_jobs::names::QueueNames;
-use kiebot_kie::{ApiKey, KieClient, KieConfig};
+use kiebot_kie::{ApiKey, DryRunKie, Kie, KieClient, KieConfig};
 use kiebot_kie_gate::{GateConfig, KieGate, LocalGate, RedisGate};
 use kiebot_store::{PoolSize, Store};
 use kiebot_tg::delivery::{DeliveryOptions, FreshLinkFuture, FreshLinks, LinkError};
 use kiebot_tg::egress::EgressPolicy;
 use kiebot_tg::rate_limit::{DeliveryLimiter, InProcessLimiter, LimiterConfig, RedisLimiter};
+use kiebot_worker::{CallbackUrl, Ctx, PipelineConfig};
 use rand::Rng;
-
-use crate::context::{Ctx, KieMode, PipelineConfig};
 
 /// Settings key of the secret in the KIE callback path, shared by every
 /// process through the database.
@@ -98,20 +101,7 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
             )
         }
     };
-    let kie = if settings.dry_run {
-        tracing::warn!("DRY_RUN: no KIE endpoint will be called and nothing will be charged");
-        KieMode::DryRun
-    } else {
-        let key = settings
-            .require_kie_key()?
-            .context("KIE_API_KEY: required unless DRY_RUN=true")?;
-        let mut cfg = KieConfig::new(ApiKey::new(key.expose()));
-        cfg.api_base = settings.kie_api_url.parse().context("KIE_API_URL")?;
-        cfg.upload_base = settings.kie_upload_url.parse().context("KIE_UPLOAD_URL")?;
-        KieMode::Live(Box::new(
-            KieClient::new(cfg).context("building the KIE client")?,
-        ))
-    };
+    let kie = kie(settings)?;
     let catalog = Arc::new(kiebot_catalog::load(settings.catalog_path.as_deref())?);
     let token = settings.require_telegram_token()?;
     let bot = teloxide::Bot::new(token.expose()).set_api_url(
@@ -130,9 +120,7 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
         .then(|| std::time::Duration::from_secs(u64::from(settings.catalog_check_hours) * 3600));
     if let Some(public) = &settings.public_url {
         let secret = callback_secret(&store).await?;
-        config.callback_url = Some(kiebot_config::Secret::new(format!(
-            "{public}/kie/callback/{secret}"
-        )));
+        config.callback_url = Some(CallbackUrl::new(format!("{public}/kie/callback/{secret}")));
     }
     let delivery = delivery_options(settings, &kie)?;
     Ok(Arc::new(Ctx {
@@ -150,9 +138,30 @@ pub async fn assemble(settings: &Settings, options: Options) -> anyhow::Result<A
     }))
 }
 
+/// KIE as the settings name it: the HTTP client, or with `DRY_RUN` a dry
+/// run that calls nothing.
+pub fn kie(settings: &Settings) -> anyhow::Result<Arc<dyn Kie>> {
+    if settings.dry_run {
+        tracing::warn!("DRY_RUN: no KIE endpoint will be called and nothing will be charged");
+        return Ok(Arc::new(DryRunKie::new()));
+    }
+    let key = settings
+        .require_kie_key()?
+        .context("KIE_API_KEY: required unless DRY_RUN=true")?;
+    let mut cfg = KieConfig::new(ApiKey::new(key.expose()));
+    cfg.api_base = settings.kie_api_url.parse().context("KIE_API_URL")?;
+    cfg.upload_base = settings.kie_upload_url.parse().context("KIE_UPLOAD_URL")?;
+    Ok(Arc::new(
+        KieClient::new(cfg).context("building the KIE client")?,
+    ))
+}
+
 /// Delivery held to `RESULT_HOSTS` (and the test switches), with KIE's
 /// download-url endpoint as the source of fresh links.
-pub fn delivery_options(settings: &Settings, kie: &KieMode) -> anyhow::Result<DeliveryOptions> {
+pub fn delivery_options(
+    settings: &Settings,
+    kie: &Arc<dyn Kie>,
+) -> anyhow::Result<DeliveryOptions> {
     let egress = &settings.result_egress;
     let policy = EgressPolicy::new(&egress.hosts)
         .allow_http(egress.allow_http)
@@ -162,14 +171,15 @@ pub fn delivery_options(settings: &Settings, kie: &KieMode) -> anyhow::Result<De
     }
     let mut options =
         DeliveryOptions::with_egress(policy).context("building the result download client")?;
-    if let KieMode::Live(client) = kie {
-        options.fresh_links = Some(Arc::new(KieLinks((**client).clone())));
+    // A dry run's results hold no KIE file to ask a fresh link for.
+    if kie.generates() {
+        options.fresh_links = Some(Arc::new(KieLinks(Arc::clone(kie))));
     }
     Ok(options)
 }
 
 /// Fresh links from KIE's download-url endpoint.
-struct KieLinks(KieClient);
+struct KieLinks(Arc<dyn Kie>);
 
 impl FreshLinks for KieLinks {
     fn fresh_link<'a>(&'a self, url: &'a str) -> FreshLinkFuture<'a> {
