@@ -39,6 +39,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::{BotDeps, Prefetched, dispatch, watch_broadcasts};
 
+/// How long Telegram may hold an empty getUpdates. It must stay under the
+/// Bot API client's own request timeout (teloxide's default client gives up
+/// after 17 s): a longer hold makes every quiet poll end in a client timeout,
+/// a warning and a retry pause during which no update is fetched.
+const LONG_POLL_SECS: u32 = 10;
+
 /// Updates fetched but not yet handled, across all chats. Telegram keeps the
 /// rest for us until we ask again.
 const IN_HAND: usize = 2_000;
@@ -83,7 +89,7 @@ pub async fn run_polling(deps: BotDeps, shutdown: impl Future<Output = ()>) {
             .bot
             .get_updates()
             .offset(offset)
-            .timeout(25)
+            .timeout(LONG_POLL_SECS)
             .allowed_updates(vec![])
             .send();
         let mut fetch = std::pin::pin!(fetch);

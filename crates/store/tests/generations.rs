@@ -33,7 +33,37 @@ on_both_engines!(
     a_confirmation_leaves_its_dialogue_only_with_a_new_generation,
     a_burst_of_confirmations_gets_each_its_own_outcome,
     many_users_are_read_with_their_live_dialogues,
+    a_batch_claim_never_takes_more_than_its_limit,
 );
+
+/// The reconciler's batch claims take at most `limit` rows, each once: the
+/// poll budget and the queue's room are counted in rows.
+async fn a_batch_claim_never_takes_more_than_its_limit(store: Store) {
+    let mut ids = std::collections::BTreeSet::new();
+    for u in 1..=6 {
+        let user = funded_user(&store, u, 10_000).await;
+        for n in 0..5 {
+            ids.insert(submitted(&store, user, &format!("{u}-{n}"), 100).await);
+        }
+    }
+    let gens = store.generations();
+    let mut claimed = std::collections::BTreeSet::new();
+    for limit in (1..=4).cycle() {
+        let got = gens.claim_due_polls(1, i64::MAX / 2, limit).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        assert!(
+            got.len() <= usize::try_from(limit).unwrap(),
+            "{} rows claimed with a limit of {limit}",
+            got.len()
+        );
+        for (id, _) in got {
+            assert!(claimed.insert(id), "{id:?} claimed twice");
+        }
+    }
+    assert_eq!(claimed, ids, "every due poll claimed once");
+}
 
 /// The senders of a getUpdates batch read at once: each user that exists,
 /// with the dialogue the single read would give, more than a batch holds.

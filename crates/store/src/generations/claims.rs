@@ -454,6 +454,12 @@ impl Generations<'_> {
         Ok(())
     }
 
+    // The batch claims pick their rows in a materialized CTE: as a plain
+    // `IN (SELECT .. LIMIT n FOR UPDATE SKIP LOCKED)`, PostgreSQL may run the
+    // subquery more than once, and each run skips the rows the last one
+    // locked, so one claim could take more than `limit` rows (more polls
+    // than KIE's budget allows).
+
     /// Reconciler: submitted rows whose next poll (or, with a recorded
     /// outcome, whose Finalize) is due, claimed until `requeue_at`, with
     /// their lifecycle: its [`next_job`](Lifecycle::next_job) says which of
@@ -466,9 +472,10 @@ impl Generations<'_> {
     ) -> Result<Vec<(GenerationId, Lifecycle)>> {
         let due = "status = 'submitted' AND next_poll_at <= $1";
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE generations SET next_poll_at = $2 \
-             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_poll_at, id LIMIT $3{lock}) \
-                 AND {due} \
+            "WITH picked AS MATERIALIZED ( \
+                 SELECT id FROM generations WHERE {due} ORDER BY next_poll_at, id LIMIT $3{lock}) \
+             UPDATE generations SET next_poll_at = $2 \
+             WHERE id IN (SELECT id FROM picked) AND {due} \
              RETURNING {LIFECYCLE_COLUMNS}",
             lock = self.store().skip_locked()
         )))
@@ -493,9 +500,10 @@ impl Generations<'_> {
         let due =
             format!("delivered_at IS NULL AND status IN {FINISHED} AND next_delivery_at <= $1");
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE generations SET next_delivery_at = $2 \
-             WHERE id IN (SELECT id FROM generations WHERE {due} ORDER BY next_delivery_at, id LIMIT $3{lock}) \
-                 AND {due} \
+            "WITH picked AS MATERIALIZED ( \
+                 SELECT id FROM generations WHERE {due} ORDER BY next_delivery_at, id LIMIT $3{lock}) \
+             UPDATE generations SET next_delivery_at = $2 \
+             WHERE id IN (SELECT id FROM picked) AND {due} \
              RETURNING id",
             lock = self.store().skip_locked()
         )))
